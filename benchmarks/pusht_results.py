@@ -1,0 +1,116 @@
+"""PushT results: train a Diffusion Policy on the human demonstrations within a wall-clock budget,
+then evaluate every kept checkpoint in gym-pusht; writes the learning curve (JSON + PNG).
+
+    python benchmarks/pusht_results.py --task pusht_state --minutes 60 --steps 24000 \
+        --dataset ../shared/data/pusht/pusht_cchi_v7_replay.zarr
+
+Runs the real CLIs (protege-train, protege-eval). The curve is mean max reward (the paper's PushT
+score) and mean max coverage against training wall-clock minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {torch.get_num_threads()} threads, {gpu}, torch {torch.__version__}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", default="pusht_state", choices=["pusht_state", "pusht_image"])
+    ap.add_argument("--policy", default="diffusion")
+    ap.add_argument("--dataset", default=str(HERE.parent.parent / "shared/data/pusht/pusht_cchi_v7_replay.zarr"))
+    ap.add_argument("--minutes", type=float, default=60.0, help="training wall-clock budget")
+    ap.add_argument("--steps", type=int, default=24000, help="optimizer steps (the cosine schedule's length)")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--checkpoint-every", type=int, default=3000)
+    ap.add_argument("--eval-episodes", type=int, default=50)
+    ap.add_argument("--run-dir", default=None)
+    ap.add_argument("--skip-train", action="store_true", help="only evaluate the checkpoints of --run-dir")
+    ap.add_argument("--extra", nargs="*", default=[], help="more hydra overrides for protege-train")
+    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<task>.json)")
+    args = ap.parse_args()
+
+    run_dir = Path(args.run_dir or f"runs/bench-{args.task}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = Path(args.out or HERE / "results" / f"{args.task}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    if not args.skip_train:
+        subprocess.run([
+            str(BIN / "protege-train"), f"task={args.task}", f"policy={args.policy}", f"dataset={args.dataset}",
+            f"run_dir={run_dir}", f"train.steps={args.steps}", f"train.max_minutes={args.minutes}",
+            f"train.batch_size={args.batch_size}", f"train.checkpoint_every={args.checkpoint_every}",
+            "train.keep_checkpoints=true", "train.progress=false", *args.extra,
+        ], check=True)
+    train_wall = time.time() - t0
+
+    ckpts = sorted((run_dir / "checkpoints").glob("step_*.pt")) + [run_dir / "checkpoints/latest.pt"]
+    curve = []
+    for ckpt in ckpts:
+        final = ckpt.name == "latest.pt"
+        eval_dir = run_dir / "eval" / ckpt.stem
+        subprocess.run([
+            str(BIN / "protege-eval"), f"checkpoint={ckpt}", f"n_episodes={args.eval_episodes}",
+            f"n_videos={4 if final else 0}", f"out_dir={eval_dir}",
+        ], check=True)
+        r = json.loads((eval_dir / "eval.json").read_text())
+        curve.append({k: r[k] for k in ("checkpoint", "train_step", "train_minutes", "mean_max_reward",
+                                         "mean_max_coverage", "success_rate", "success_rate_ci95", "eval_seconds")})
+        print(f"{ckpt.name:>20}  step {r['train_step']:>6}  {r['train_minutes']:6.1f} min  "
+              f"score {r['mean_max_reward']:.3f}  coverage {r['mean_max_coverage']:.3f}  success {r['success_rate']:.2f}")
+    final = curve[-1]
+    result = {
+        "benchmark": "pusht_results", "task": args.task, "policy": args.policy, "machine": machine(),
+        "dataset": args.dataset, "budget_minutes": args.minutes, "steps": args.steps, "batch_size": args.batch_size,
+        "eval_episodes": args.eval_episodes, "train_wall_minutes": train_wall / 60, "run_dir": str(run_dir),
+        "final": final, "curve": curve,
+    }
+    out.write_text(json.dumps(result, indent=2))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        xs = [c["train_minutes"] for c in curve]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(xs, [c["mean_max_reward"] for c in curve], "o-", label="mean max reward (paper's score)")
+        ax.plot(xs, [c["mean_max_coverage"] for c in curve], "s--", label="mean max coverage")
+        ax.plot(xs, [c["success_rate"] for c in curve], "^:", label="success rate")
+        ax.set_xlabel("training wall-clock minutes")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{args.task}, {args.policy}, {args.eval_episodes} seeds")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out.with_suffix(".png"), dpi=100)
+    except ImportError:
+        print("matplotlib not installed: no plot (pip install -e '.[dev]')")
+    print(f"\n{args.task}: score {final['mean_max_reward']:.3f}, coverage {final['mean_max_coverage']:.3f}, "
+          f"success {final['success_rate']:.2f} after {final['train_minutes']:.1f} training minutes -> {out}")
+
+
+if __name__ == "__main__":
+    main()

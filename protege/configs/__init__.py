@@ -1,0 +1,1 @@
+"""Hydra config groups (robot/, task/, policy/, ...), shipped as package data."""

@@ -1,0 +1,94 @@
+"""Per-key statistics and the normalizer that lives inside a policy and its checkpoint."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+STAT_NAMES = ("min", "max", "mean", "std")
+
+
+def compute_stats(array: np.ndarray, chunk: int = 65536) -> dict[str, np.ndarray]:
+    """Min, max, mean and std over axis 0 of ``array`` (N, ...) in one pass, chunk by chunk.
+
+    Sums are accumulated in float64 so the mean and std of long datasets stay exact to float32.
+    Returns {name: (...) float32 array}.
+
+    Raises:
+        ValueError: the array is empty or holds NaN / inf.
+    """
+    n = len(array)
+    if n == 0:
+        raise ValueError("cannot compute statistics of an empty array")
+    lo = hi = None
+    total = sq = 0.0
+    for i in range(0, n, chunk):
+        x = np.asarray(array[i : i + chunk], dtype=np.float64)
+        if not np.all(np.isfinite(x)):
+            bad = i + int(np.argwhere(~np.isfinite(x.reshape(len(x), -1)).any(1))[0, 0])
+            raise ValueError(f"non-finite value at row {bad}")
+        lo = x.min(0) if lo is None else np.minimum(lo, x.min(0))
+        hi = x.max(0) if hi is None else np.maximum(hi, x.max(0))
+        total = total + x.sum(0)
+        sq = sq + (x * x).sum(0)
+    mean = total / n
+    std = np.sqrt(np.maximum(sq / n - mean * mean, 0.0))
+    return {k: v.astype(np.float32) for k, v in zip(STAT_NAMES, (lo, hi, mean, std))}
+
+
+class Normalizer(nn.Module):
+    """Maps each key to [-1, 1]: low-dim keys and actions by their [min, max] range, images
+    (floats in [0, 1]) by ``2x - 1``. Its buffers travel in the policy's ``state_dict``.
+
+    A dimension whose range is below ``eps`` (a constant in the data) is only centred, not scaled.
+    """
+
+    def __init__(self, stats: Mapping[str, Mapping[str, np.ndarray]] | None = None, image_keys=(), eps: float = 1e-4):
+        super().__init__()
+        self.keys: list[str] = []
+        for key, s in (stats or {}).items():
+            lo, hi = torch.as_tensor(s["min"], dtype=torch.float32), torch.as_tensor(s["max"], dtype=torch.float32)
+            span = hi - lo
+            ok = span > eps
+            scale = torch.where(ok, 2.0 / torch.where(ok, span, torch.ones_like(span)), torch.ones_like(span))
+            offset = torch.where(ok, -1.0 - lo * scale, -(lo + hi) / 2)
+            self._add(key, scale, offset, s)
+        for key in image_keys:
+            self._add(key, torch.tensor(2.0), torch.tensor(-1.0), None)
+
+    def _add(self, key: str, scale: torch.Tensor, offset: torch.Tensor, stats) -> None:
+        self.keys.append(key)
+        self.register_buffer(f"{key}__scale", scale)
+        self.register_buffer(f"{key}__offset", offset)
+        for name in STAT_NAMES if stats is not None else ():
+            self.register_buffer(f"{key}__{name}", torch.as_tensor(stats[name], dtype=torch.float32))
+
+    def _params(self, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if key not in self.keys:
+            raise KeyError(f"normalizer has no key {key!r}; it has {self.keys}")
+        return getattr(self, f"{key}__scale"), getattr(self, f"{key}__offset")
+
+    def normalize(self, key: str, x: torch.Tensor) -> torch.Tensor:
+        """x (..., D) for low-dim keys, (..., C, H, W) in [0, 1] for images -> same shape in [-1, 1]."""
+        scale, offset = self._params(key)
+        return x * scale + offset
+
+    def unnormalize(self, key: str, x: torch.Tensor) -> torch.Tensor:
+        scale, offset = self._params(key)
+        return (x - offset) / scale
+
+    @property
+    def image_keys(self) -> list[str]:
+        return [k for k in self.keys if not hasattr(self, f"{k}__min")]
+
+    def stats(self) -> dict[str, dict[str, list]]:
+        """{key: {stat: list}} for the keys with data statistics (JSON-able); with
+        :attr:`image_keys` it rebuilds an identical normalizer: ``Normalizer(n.stats(), n.image_keys)``."""
+        out = {}
+        for key in self.keys:
+            if hasattr(self, f"{key}__min"):
+                out[key] = {n: getattr(self, f"{key}__{n}").tolist() for n in STAT_NAMES}
+        return out

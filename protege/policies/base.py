@@ -1,0 +1,47 @@
+"""The Policy API shared by every policy family (DESIGN.md, "Policy")."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from ..data.stats import Normalizer
+
+
+class Policy(nn.Module):
+    """A visuomotor policy: tensors in, tensors out; it never sees hardware or the simulator.
+
+    Observations are {key: (B, To, ...)} tensors: low-dim keys float32 (B, To, D) in the store's
+    units, images float32 (B, To, C, H, W) in [0, 1]. Actions are float32 (B, Ta, Da) in the
+    store's units. The normalizer lives inside the policy, so its statistics are saved with the
+    weights.
+
+    Subclasses implement :meth:`compute_loss` and :meth:`predict_action`; their constructor takes
+    ``shape_meta``, ``normalizer`` and the keyword arguments of their hydra config (whose
+    ``_target_`` names the class), which the checkpoint stores so that loading needs no dataset.
+    """
+
+    n_obs_steps: int = 1
+
+    def __init__(self, shape_meta: Mapping[str, Any], normalizer: Normalizer):
+        super().__init__()
+        self.shape_meta = shape_meta
+        self.normalizer = normalizer
+
+    def compute_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Scalar training loss of a batch ``{"obs": {...}, "action": (B, horizon, Da), "mask": (B, horizon)}``."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict_action(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Action chunk (B, Ta, Da) starting at the latest observation step."""
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Forget per-episode state (none by default)."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device

@@ -1,0 +1,3 @@
+from .policy import DiffusionPolicy
+
+__all__ = ["DiffusionPolicy"]

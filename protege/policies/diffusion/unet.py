@@ -1,0 +1,121 @@
+"""1-D temporal conditional U-Net with FiLM conditioning.
+
+Source: Chi et al., "Diffusion Policy: Visuomotor Policy Learning via Action Diffusion", RSS 2023,
+section 3.2 ("CNN-based"): convolutions over the action sequence's time axis, each residual block
+modulated per channel by FiLM (Perez et al., AAAI 2018) from the diffusion step embedding
+concatenated with the observation features.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class SinusoidalPosEmb(nn.Module):
+    """Diffusion step k (B,) -> (B, dim) sinusoidal embedding (Vaswani et al., 2017)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, k: torch.Tensor) -> torch.Tensor:
+        half = self.dim // 2
+        freq = torch.exp(torch.arange(half, device=k.device) * -(math.log(10000) / (half - 1)))
+        arg = k.float()[:, None] * freq[None]
+        return torch.cat([arg.sin(), arg.cos()], dim=-1)
+
+
+class Conv1dBlock(nn.Sequential):
+    """Conv1d -> GroupNorm -> Mish, length preserving."""
+
+    def __init__(self, cin: int, cout: int, kernel_size: int, n_groups: int = 8):
+        super().__init__(
+            nn.Conv1d(cin, cout, kernel_size, padding=kernel_size // 2),
+            nn.GroupNorm(n_groups, cout),
+            nn.Mish(),
+        )
+
+
+class ConditionalResidualBlock1D(nn.Module):
+    """Two conv blocks; the condition sets a per-channel scale and bias (FiLM) between them."""
+
+    def __init__(self, cin: int, cout: int, cond_dim: int, kernel_size: int = 5, n_groups: int = 8):
+        super().__init__()
+        self.block1 = Conv1dBlock(cin, cout, kernel_size, n_groups)
+        self.block2 = Conv1dBlock(cout, cout, kernel_size, n_groups)
+        self.film = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * cout))
+        self.residual = nn.Conv1d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        scale, bias = self.film(cond).unsqueeze(-1).chunk(2, dim=1)
+        out = self.block1(x) * scale + bias
+        return self.block2(out) + self.residual(x)
+
+
+class ConditionalUnet1D(nn.Module):
+    """Noise prediction network eps(x_k, k, obs_features).
+
+    Args:
+        input_dim: action dimension Da.
+        global_cond_dim: size of the flattened observation features (To * F).
+        diffusion_step_embed_dim: size of the step embedding.
+        down_dims: channels per U-Net level; the horizon must be divisible by
+            2 ** (len(down_dims) - 1).
+        kernel_size, n_groups: convolution kernel over time and GroupNorm groups.
+
+    Shapes: ``forward(sample (B, horizon, Da), timestep (B,) int, global_cond (B, To*F)) -> (B, horizon, Da)``.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        global_cond_dim: int,
+        diffusion_step_embed_dim: int = 128,
+        down_dims: tuple[int, ...] = (256, 512, 1024),
+        kernel_size: int = 5,
+        n_groups: int = 8,
+    ):
+        super().__init__()
+        dsed = diffusion_step_embed_dim
+        self.step_encoder = nn.Sequential(
+            SinusoidalPosEmb(dsed), nn.Linear(dsed, dsed * 4), nn.Mish(), nn.Linear(dsed * 4, dsed)
+        )
+        cond_dim = dsed + global_cond_dim
+        dims = [input_dim, *down_dims]
+        block = lambda i, o: ConditionalResidualBlock1D(i, o, cond_dim, kernel_size, n_groups)  # noqa: E731
+        self.down = nn.ModuleList()
+        for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:])):
+            last = i == len(down_dims) - 1
+            self.down.append(nn.ModuleList([
+                block(cin, cout), block(cout, cout),
+                nn.Conv1d(cout, cout, 3, stride=2, padding=1) if not last else nn.Identity(),
+            ]))
+        self.mid = nn.ModuleList([block(down_dims[-1], down_dims[-1]), block(down_dims[-1], down_dims[-1])])
+        self.up = nn.ModuleList()
+        # as in the reference, every up level upsamples and the finest skip is left unused
+        for cin, cout in reversed(list(zip(dims[1:-1], dims[2:]))):
+            self.up.append(nn.ModuleList([
+                block(cout * 2, cin), block(cin, cin), nn.ConvTranspose1d(cin, cin, 4, stride=2, padding=1),
+            ]))
+        self.final = nn.Sequential(Conv1dBlock(down_dims[0], down_dims[0], kernel_size, n_groups), nn.Conv1d(down_dims[0], input_dim, 1))
+        self.downsampling = 2 ** (len(down_dims) - 1)
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, global_cond: torch.Tensor) -> torch.Tensor:
+        if sample.shape[1] % self.downsampling:
+            raise ValueError(f"horizon {sample.shape[1]} must be divisible by {self.downsampling}")
+        cond = torch.cat([self.step_encoder(timestep.expand(sample.shape[0])), global_cond], dim=-1)
+        x = sample.transpose(1, 2)  # (B, Da, T)
+        skips = []
+        for res1, res2, downsample in self.down:
+            x = res2(res1(x, cond), cond)
+            skips.append(x)
+            x = downsample(x)
+        for res in self.mid:
+            x = res(x, cond)
+        for res1, res2, upsample in self.up:
+            x = torch.cat([x, skips.pop()], dim=1)
+            x = upsample(res2(res1(x, cond), cond))
+        return self.final(x).transpose(1, 2)

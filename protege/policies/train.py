@@ -1,0 +1,261 @@
+"""The one training loop for every policy: ``protege-train policy=<name> task=<name> dataset=<store>``.
+
+A policy differs only in its model and loss (:meth:`Policy.compute_loss`); everything else is
+here: data, AdamW with a warmup + cosine schedule, EMA weights (diffusers), bf16 autocast on CUDA,
+TensorBoard scalars, periodic and atomic checkpoints, ``resume=true`` and an optional evaluation
+every N steps (the evaluator is chosen in config, e.g. a simulator rollout).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import hydra
+import numpy as np
+import torch
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from ..data.dataset import TaskData, load_task_data
+from ..data.sampler import SequenceSampler
+from ..data.stats import Normalizer
+from .base import Policy
+from .checkpoint import build_policy, read_checkpoint, save_checkpoint
+
+log = logging.getLogger("protege.train")
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else the CPU; any torch device string is accepted."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def to_torch(batch: dict[str, np.ndarray], obs_keys, image_keys, device: torch.device) -> dict[str, Any]:
+    """Sampler batch -> policy batch: images uint8 (B, To, H, W, 3) become float (B, To, 3, H, W) in [0, 1]."""
+    obs = {}
+    for k in obs_keys:
+        x = torch.from_numpy(batch[k]).to(device, non_blocking=True)
+        if k in image_keys:
+            x = x.permute(0, 1, 4, 2, 3).float().div_(255.0)
+        obs[k] = x
+    return {
+        "obs": obs,
+        "action": torch.from_numpy(batch["action"]).to(device),
+        "mask": torch.from_numpy(batch["mask"]).to(device),
+    }
+
+
+def policy_kwargs(policy_cfg: DictConfig) -> dict[str, Any]:
+    """The policy constructor's arguments: its config without ``_target_`` and ``name``."""
+    kwargs = OmegaConf.to_container(policy_cfg, resolve=True)
+    kwargs.pop("_target_", None)
+    kwargs.pop("name", None)
+    return kwargs
+
+
+def rng_state(np_rng: np.random.Generator) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np_rng.bit_generator.state, "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], np_rng: np.random.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    np_rng.bit_generator.state = state["numpy"]
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def infinite_batches(sampler: SequenceSampler, batch_size: int, rng: np.random.Generator, epoch: list[int]) -> Iterator[dict]:
+    while True:
+        yield from sampler.batches(batch_size, rng)
+        epoch[0] += 1
+
+
+class Trainer:
+    """Runs one training job described by the full hydra config (see ``configs/train.yaml``)."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.run_dir = Path(cfg.run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.device = select_device(cfg.device)
+        random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        self.np_rng = np.random.default_rng(cfg.seed)
+
+        t = cfg.train
+        self.data: TaskData = load_task_data(
+            cfg.dataset, OmegaConf.to_container(cfg.task.obs), OmegaConf.to_container(cfg.task.action), cfg.max_episodes
+        )
+        p = cfg.policy
+        self.train_sampler, self.val_sampler = self.data.samplers(p.horizon, p.n_obs_steps, p.n_action_steps, t.val_ratio, cfg.seed)
+        if len(self.train_sampler) == 0:
+            raise ValueError(f"{cfg.dataset}: no training windows")
+        self.target = p._target_
+        self.kwargs = policy_kwargs(p)
+        normalizer = Normalizer(self.data.stats, self.data.image_keys)
+        self.policy: Policy = build_policy(self.target, self.kwargs, self.data.shape_meta, normalizer).to(self.device)
+        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+        self.lr_scheduler = get_scheduler(t.lr_schedule, self.optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=t.steps)
+        self.ema = (
+            EMAModel(self.policy.parameters(), decay=t.ema.max_decay, use_ema_warmup=True, power=t.ema.power)
+            if t.ema.enabled else None
+        )
+        self.step, self.epoch, self.train_seconds = 0, [0], 0.0
+        self.evaluator = hydra.utils.instantiate(cfg.evaluator) if t.eval_every else None
+
+    # -- state ------------------------------------------------------------------------------
+    def ema_weights(self) -> dict[str, torch.Tensor] | None:
+        if self.ema is None:
+            return None
+        self.ema.store(self.policy.parameters())
+        self.ema.copy_to(self.policy.parameters())
+        weights = {k: v.detach().cpu().clone() for k, v in self.policy.state_dict().items()}
+        self.ema.restore(self.policy.parameters())
+        return weights
+
+    def save(self, name: str) -> Path:
+        train_state = {
+            "step": self.step,
+            "epoch": self.epoch[0],
+            "train_seconds": self.train_seconds,
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+            "rng": rng_state(self.np_rng),
+        }
+        config = OmegaConf.to_container(self.cfg, resolve=True)
+        return save_checkpoint(self.ckpt_dir / name, self.policy, self.target, self.kwargs, config, self.ema_weights(), train_state)
+
+    def resume(self) -> None:
+        path = self.ckpt_dir / "latest.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"resume=true but {path} does not exist; name the run with run_dir=<dir of an earlier run>")
+        ckpt = read_checkpoint(path)
+        self.policy.load_state_dict(ckpt["state_dict"])
+        s = ckpt["train_state"]
+        self.optimizer.load_state_dict(s["optimizer"])
+        self.lr_scheduler.load_state_dict(s["lr_scheduler"])
+        if self.ema is not None and s["ema"] is not None:
+            self.ema.load_state_dict(s["ema"])
+            self.ema.to(self.device)
+        set_rng_state(s["rng"], self.np_rng)
+        self.step, self.epoch[0], self.train_seconds = s["step"], s["epoch"], s["train_seconds"]
+        log.info("resumed %s at step %d", path, self.step)
+
+    # -- loop -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def val_loss(self, max_batches: int = 20) -> float | None:
+        if self.val_sampler is None:
+            return None
+        self.policy.eval()
+        rng = np.random.default_rng(0)  # the same validation batches every time
+        losses = []
+        for i, b in enumerate(self.val_sampler.batches(self.cfg.train.batch_size, rng, drop_last=False)):
+            if i >= max_batches:
+                break
+            losses.append(self.policy.compute_loss(self.batch(b)).item())
+        self.policy.train()
+        return float(np.mean(losses))
+
+    def batch(self, b: dict[str, np.ndarray]) -> dict[str, Any]:
+        return to_torch(b, self.data.shape_meta["obs"], self.data.image_keys, self.device)
+
+    def evaluate(self) -> dict[str, Any]:
+        self.policy.eval()
+        if self.ema is not None:
+            self.ema.store(self.policy.parameters())
+            self.ema.copy_to(self.policy.parameters())
+        try:
+            return self.evaluator(self.policy)
+        finally:
+            if self.ema is not None:
+                self.ema.restore(self.policy.parameters())
+            self.policy.train()
+
+    def run(self) -> Path:
+        cfg, t = self.cfg, self.cfg.train
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.resume:
+            self.resume()
+        tb = SummaryWriter(str(self.run_dir / "tb"))
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else torch.autocast("cpu", enabled=False)
+        batches = infinite_batches(self.train_sampler, t.batch_size, self.np_rng, self.epoch)
+        budget = math.inf if t.max_minutes is None else 60.0 * t.max_minutes
+        log.info("training %s on %s: %d train windows, %d params, device %s", self.target.rsplit(".", 1)[-1], cfg.dataset,
+                 len(self.train_sampler), sum(p.numel() for p in self.policy.parameters()), self.device)
+        self.policy.train()
+        bar = tqdm(total=t.steps, initial=self.step, desc="train", dynamic_ncols=True, disable=not t.progress)
+        window_start, window_samples = time.perf_counter(), 0
+        last = None
+        while self.step < t.steps and self.train_seconds < budget:
+            t0 = time.perf_counter()
+            batch = self.batch(next(batches))
+            with autocast:
+                loss = self.policy.compute_loss(batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at step {self.step}; last checkpoint: {last}")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            if self.ema is not None:
+                self.ema.step(self.policy.parameters())
+            self.step += 1
+            self.train_seconds += time.perf_counter() - t0
+            window_samples += len(batch["action"])
+            bar.update(1)
+            if self.step % t.log_every == 0 or self.step == t.steps:
+                rate = window_samples / (time.perf_counter() - window_start)
+                window_start, window_samples = time.perf_counter(), 0
+                bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{rate:.0f}", epoch=self.epoch[0])
+                tb.add_scalar("train/loss", loss.item(), self.step)
+                tb.add_scalar("train/lr", self.lr_scheduler.get_last_lr()[0], self.step)
+                tb.add_scalar("train/samples_per_s", rate, self.step)
+            if t.val_every and self.step % t.val_every == 0:
+                v = self.val_loss()
+                if v is not None:
+                    tb.add_scalar("val/loss", v, self.step)
+            if t.checkpoint_every and self.step % t.checkpoint_every == 0:
+                last = self.save("latest.pt")
+                if t.keep_checkpoints:
+                    self.save(f"step_{self.step:07d}.pt")
+            if self.evaluator is not None and self.step % t.eval_every == 0:
+                metrics = self.evaluate()
+                for k, v in metrics.items():
+                    if isinstance(v, (int, float)):
+                        tb.add_scalar(f"eval/{k}", v, self.step)
+                with open(self.run_dir / "eval_log.jsonl", "a") as f:
+                    f.write(json.dumps({"step": self.step, "train_minutes": self.train_seconds / 60, **metrics}) + "\n")
+                window_start, window_samples = time.perf_counter(), 0
+        bar.close()
+        last = self.save("latest.pt")
+        tb.close()
+        why = "time budget" if self.step < t.steps else "all steps"
+        log.info("stopped after %d steps (%s, %.1f train minutes); checkpoint %s", self.step, why, self.train_seconds / 60, last)
+        print(f"checkpoint: {last}")
+        return last
+
+
+@hydra.main(config_path="../configs", config_name="train", version_base=None)
+def main(cfg: DictConfig) -> None:
+    """Train a policy; see ``protege-train --help`` and ``configs/train.yaml``."""
+    Trainer(cfg).run()
+
+
+if __name__ == "__main__":
+    main()
