@@ -28,7 +28,7 @@ def compute_stats(array: np.ndarray, chunk: int = 65536) -> dict[str, np.ndarray
     for i in range(0, n, chunk):
         x = np.asarray(array[i : i + chunk], dtype=np.float64)
         if not np.all(np.isfinite(x)):
-            bad = i + int(np.argwhere(~np.isfinite(x.reshape(len(x), -1)).any(1))[0, 0])
+            bad = i + int(np.flatnonzero((~np.isfinite(x.reshape(len(x), -1))).any(axis=1))[0])
             raise ValueError(f"non-finite value at row {bad}")
         lo = x.min(0) if lo is None else np.minimum(lo, x.min(0))
         hi = x.max(0) if hi is None else np.maximum(hi, x.max(0))

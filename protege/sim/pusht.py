@@ -76,6 +76,18 @@ class PushTEnv:
         self._env.reset(seed=int(seed))
         self.steps = 0
 
+    def set_state(self, state: np.ndarray) -> None:
+        """Place agent and block exactly at a recorded ``state`` (5,) (agent x, y, block x, y, angle).
+
+        Unlike gym-pusht's ``reset_to_state`` option (which keeps a legacy offset), this sets the
+        bodies' poses as the store records them, so the render matches the recorded image.
+        """
+        env = self._env
+        env.agent.position = [float(state[0]), float(state[1])]
+        env.block.angle = float(state[4])
+        env.block.position = [float(state[2]), float(state[3])]
+        env.space.step(1e-6)  # let pymunk update the shapes' cached geometry
+
     def step(self, action: np.ndarray) -> tuple[float, bool, dict]:
         """Move the agent toward ``action`` (2,) px for one 0.1 s control step.
 

@@ -1,0 +1,113 @@
+"""Training throughput, inference latency and data-loader speed of Diffusion Policy on PushT.
+
+    python benchmarks/throughput.py [--dataset ...] [--quick]
+
+For the state and image models at the paper's sizes (policy=diffusion_paper) and at the CPU
+defaults we ship (policy=diffusion): optimizer steps per second in samples/s, the data loader's
+samples/s (sampling + tensor conversion, what the trainer consumes per step), and the latency
+of one action chunk at batch 1 with DDIM 10 and 16 steps. Prints a table, writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra import compose, initialize_config_module
+
+from machine import machine  # benchmarks/machine.py
+from protege.data.dataset import load_task_data
+from protege.data.stats import Normalizer
+from protege.policies.checkpoint import build_policy
+from protege.policies.train import policy_kwargs, select_device, to_torch
+
+HERE = Path(__file__).resolve().parent
+
+
+def config(policy: str, task: str):
+    with initialize_config_module("protege.configs", version_base=None):
+        return compose("train", overrides=[f"policy={policy}", f"task={task}", "dataset=unused"])
+
+
+def bench(policy_name: str, task: str, data, batch_size: int, steps: int, latency_reps: int, device) -> dict:
+    cfg = config(policy_name, task)
+    p = cfg.policy
+    train, _ = data.samplers(p.horizon, p.n_obs_steps, p.n_action_steps, 0.0, 0)
+    policy = build_policy(p._target_, policy_kwargs(p), data.shape_meta, Normalizer(data.stats, data.image_keys)).to(device)
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
+    rng = np.random.default_rng(0)
+    obs_keys = data.shape_meta["obs"]
+
+    # data loader alone
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < 3.0:
+        to_torch(train.sample(rng.integers(0, len(train), batch_size)), obs_keys, data.image_keys, device)
+        n += batch_size
+    loader = n / (time.perf_counter() - t0)
+
+    # training steps (data included), after 2 warm-up steps
+    policy.train()
+    times = []
+    for i in range(steps + 2):
+        t = time.perf_counter()
+        batch = to_torch(train.sample(rng.integers(0, len(train), batch_size)), obs_keys, data.image_keys, device)
+        loss = policy.compute_loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    train_rate = batch_size / statistics.median(times[2:])
+
+    policy.eval()
+    obs = {k: v[:1] for k, v in to_torch(train.sample(np.array([0])), obs_keys, data.image_keys, device)["obs"].items()}
+    latency = {}
+    for k in (10, 16):
+        policy.num_inference_steps = k
+        policy.predict_action(obs)
+        ts = []
+        for _ in range(latency_reps):
+            t = time.perf_counter()
+            policy.predict_action(obs)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            ts.append(time.perf_counter() - t)
+        latency[f"ddim{k}_ms"] = 1000 * statistics.median(ts)
+    return {
+        "task": task, "policy": policy_name, "params_M": sum(x.numel() for x in policy.parameters()) / 1e6,
+        "batch_size": batch_size, "train_samples_per_s": train_rate, "loader_samples_per_s": loader, **latency,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default=str(HERE.parent.parent / "shared/data/pusht/pusht_cchi_v7_replay.zarr"))
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    ap.add_argument("--out", default=str(HERE / "results" / "throughput.json"))
+    args = ap.parse_args()
+    device = select_device("auto")
+    steps, reps = (3, 3) if args.quick else (10, 10)
+    state = load_task_data(args.dataset, dict(config("diffusion", "pusht_state").task.obs), {"source": "action"})
+    image = load_task_data(args.dataset, dict(config("diffusion", "pusht_image").task.obs), {"source": "action"})
+    rows = []
+    for task, data, batch in (("pusht_state", state, 256), ("pusht_image", image, 64)):
+        for pol in ("diffusion", "diffusion_paper"):
+            rows.append(bench(pol, task, data, batch, steps, reps, device))
+            r = rows[-1]
+            print(f"{r['task']:<12} {r['policy']:<16} {r['params_M']:6.1f}M  batch {r['batch_size']:>3}  "
+                  f"train {r['train_samples_per_s']:8.1f}/s  loader {r['loader_samples_per_s']:9.0f}/s  "
+                  f"DDIM10 {r['ddim10_ms']:7.1f} ms  DDIM16 {r['ddim16_ms']:7.1f} ms", flush=True)
+    result = {"benchmark": "throughput", "machine": machine(), "device": str(device), "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"\nmachine: {result['machine']}\n-> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""``protege-data``: inspect episode stores.
+
+    protege-data info STORE        episodes, steps, lengths and key specs (add --json for JSON)
+    protege-data validate STORE    check the layout and every committed value; exit 1 on a problem
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+from tqdm import tqdm
+
+from .store import EpisodeStore, StoreError, describe
+
+
+def validate(store: EpisodeStore, chunk: int = 4096) -> list[str]:
+    """Problems found in a store: non-finite low-dim values, uncommitted trailing rows, empty episodes."""
+    problems = []
+    lengths = store.episode_lengths
+    if (lengths == 0).any():
+        problems.append(f"{int((lengths == 0).sum())} empty episodes: {np.flatnonzero(lengths == 0)[:10].tolist()}")
+    for key in tqdm(store.keys, desc="validate", leave=False):
+        arr = store._array(key)
+        if arr.shape[0] > store.n_steps:
+            problems.append(f"data/{key}: {arr.shape[0] - store.n_steps} rows past the last episode end (uncommitted)")
+        if arr.dtype.kind != "f":
+            continue
+        for i in range(0, store.n_steps, chunk):
+            x = np.asarray(arr[i : min(i + chunk, store.n_steps)])
+            bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+            if bad.any():
+                problems.append(f"data/{key}: non-finite value at row {i + int(np.flatnonzero(bad)[0])}")
+                break
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="protege-data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    info = sub.add_parser("info", help="describe a store")
+    info.add_argument("store")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    val = sub.add_parser("validate", help="check a store")
+    val.add_argument("store")
+    args = ap.parse_args(argv)
+    try:
+        store = EpisodeStore(args.store)
+    except StoreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.command == "info":
+        d = describe(store)
+        if args.json:
+            print(json.dumps(d, indent=2))
+        else:
+            el = d["episode_length"]
+            print(f"{d['path']}  (zarr format {d['zarr_format']})")
+            print(f"episodes {d['episodes']}, steps {d['steps']}, length min/mean/max {el['min']}/{el['mean']:.1f}/{el['max']}, fps {d['fps']}")
+            for k, s in d["keys"].items():
+                extra = "  ".join(x for x in (s["unit"], s["frame"]) if x)
+                print(f"  {k:<16} {str(tuple(s['shape'])):<16} {s['dtype']:<8} {extra}")
+        return 0
+    problems = validate(store)
+    for p in problems:
+        print(f"problem: {p}")
+    print(f"{store.path}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""End to end: the real console scripts on real PushT episodes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from protege.data.store import EpisodeWriter
+from protege.policies.checkpoint import read_checkpoint
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+TINY = ["policy.unet.down_dims=[32,64,128]", "policy.unet.diffusion_step_embed_dim=32", "train.batch_size=32",
+        "train.log_every=10", "train.progress=false", "max_episodes=4", "train.val_every=20"]
+
+
+def run(*args, check=True):
+    p = subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, env=ENV, timeout=600)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{args[0]} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+@pytest.mark.slow
+def test_train_save_reload_evaluate(tmp_path, pusht_path):
+    pytest.importorskip("gym_pusht")
+    run_dir = tmp_path / "run"
+    run("protege-train", "task=pusht_state", f"dataset={pusht_path}", f"run_dir={run_dir}", "train.steps=50",
+        "train.checkpoint_every=25", *TINY)
+    ckpt = run_dir / "checkpoints/latest.pt"
+    c = read_checkpoint(ckpt)
+    assert c["train_state"]["step"] == 50 and c["ema_state_dict"] is not None
+    assert c["config"]["task"]["name"] == "pusht_state" and c["shape_meta"]["action"]["shape"] == [2]
+    assert (run_dir / "tb").is_dir() and any((run_dir / "tb").iterdir())
+
+    out = tmp_path / "eval"
+    p = run("protege-eval", f"checkpoint={ckpt}", "n_episodes=2", "n_videos=1", f"out_dir={out}", "num_inference_steps=4")
+    report = json.loads((out / "eval.json").read_text())
+    assert report["n_episodes"] == 2 and [e["seed"] for e in report["episodes"]] == [100000, 100001]
+    for e in report["episodes"]:
+        assert 0 <= e["max_coverage"] <= 1 and 1 <= e["steps"] <= 300
+    assert report["mean_max_coverage"] == pytest.approx(np.mean([e["max_coverage"] for e in report["episodes"]]))
+    assert report["num_inference_steps"] == 4 and report["train_step"] == 50
+    video = Path(report["episodes"][0]["video"])
+    assert video.exists() and video.stat().st_size > 1000 and "video" not in report["episodes"][1]
+    assert "mean max reward" in p.stdout
+
+
+@pytest.mark.slow
+def test_resume_continues_step_schedule_and_ema(tmp_path, pusht_path):
+    run_dir = tmp_path / "run"
+    common = ["task=pusht_state", f"dataset={pusht_path}", f"run_dir={run_dir}", "train.checkpoint_every=10", *TINY]
+    run("protege-train", "train.steps=40", "train.max_minutes=0.0001", *common)  # stops early, like a killed job
+    first = read_checkpoint(run_dir / "checkpoints/latest.pt")["train_state"]
+    assert 1 <= first["step"] < 40
+    run("protege-train", "train.steps=40", "resume=true", *common)
+    s = read_checkpoint(run_dir / "checkpoints/latest.pt")["train_state"]
+    assert s["step"] == 40
+    assert s["lr_scheduler"]["last_epoch"] == 40 and s["ema"]["optimization_step"] == 40
+    assert s["train_seconds"] > first["train_seconds"]
+
+
+def test_resume_without_a_run_is_a_clear_error(tmp_path, pusht_path):
+    p = run("protege-train", f"dataset={pusht_path}", f"run_dir={tmp_path / 'none'}", "resume=true", *TINY, check=False)
+    assert p.returncode != 0 and "does not exist" in p.stderr + p.stdout
+
+
+def test_missing_dataset_is_a_clear_error():
+    p = run("protege-train", "train.steps=1", check=False)
+    assert p.returncode != 0 and "dataset" in p.stderr + p.stdout
+
+
+def test_data_info_and_validate(tmp_path, pusht_path):
+    p = run("protege-data", "info", str(pusht_path))
+    assert "episodes 206, steps 25650" in p.stdout
+    info = json.loads(run("protege-data", "info", "--json", str(pusht_path)).stdout)
+    assert info["keys"]["img"]["shape"] == [96, 96, 3]
+    assert "OK" in run("protege-data", "validate", str(pusht_path)).stdout
+
+    w = EpisodeWriter(tmp_path / "bad.zarr")
+    w.add_episode({"action": np.array([[0.0, 1.0], [np.nan, 2.0]], np.float32)})
+    p = run("protege-data", "validate", str(tmp_path / "bad.zarr"), check=False)
+    assert p.returncode == 1 and "non-finite value at row 1" in p.stdout
+    p = run("protege-data", "info", str(tmp_path / "nothing"), check=False)
+    assert p.returncode == 2 and "no such episode store" in p.stderr

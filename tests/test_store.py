@@ -1,0 +1,106 @@
+import numpy as np
+import pytest
+import zarr
+from hypothesis import given, settings, strategies as st
+
+from protege.data.store import EpisodeStore, EpisodeWriter, StoreError, describe
+
+
+def test_opens_diffusion_policy_pusht_store_as_is(pusht_path):
+    store = EpisodeStore(pusht_path)
+    assert store.zarr_format == 2
+    assert store.n_episodes == 206 and store.n_steps == 25650
+    assert store.keys == ["action", "img", "keypoint", "n_contacts", "state"]
+    assert store.spec("img").shape == (96, 96, 3) and store.spec("img").is_image
+    assert store.spec("keypoint").shape == (9, 2)
+    assert store.episode_lengths.sum() == 25650 and store.episode_lengths.min() > 0
+    ep = store.episode(-1, ["state", "action"])
+    assert len(ep["state"]) == store.episode_lengths[-1]
+    np.testing.assert_array_equal(ep["action"], store.read("action")[store.episode_starts[-1]:])
+    d = describe(store)
+    assert d["episodes"] == 206 and d["keys"]["action"]["shape"] == [2]
+    with pytest.raises(IndexError):
+        store.episode(206)
+
+
+def _random_episode(rng, T):
+    return {
+        "img": rng.integers(0, 256, (T, 8, 10, 3), dtype=np.uint8),
+        "state": rng.normal(size=(T, 4)).astype(np.float32),
+        "action": rng.normal(size=(T, 2)).astype(np.float32),
+    }
+
+
+@settings(max_examples=10, deadline=None)
+@given(lengths=st.lists(st.integers(1, 40), min_size=1, max_size=5), seed=st.integers(0, 2**16))
+def test_writer_round_trips_exactly(tmp_path_factory, lengths, seed):
+    rng = np.random.default_rng(seed)
+    path = tmp_path_factory.mktemp("store") / "demo.zarr"
+    writer = EpisodeWriter(path, fps=10, key_meta={"state": {"unit": "m", "frame": "base"}})
+    episodes = [_random_episode(rng, T) for T in lengths]
+    for i, ep in enumerate(episodes):
+        assert writer.add_episode(ep) == i
+    store = EpisodeStore(path)
+    assert store.zarr_format == 3 and store.fps == 10
+    assert list(store.episode_lengths) == lengths
+    assert store.spec("state").unit == "m" and store.spec("state").frame == "base"
+    assert store._array("img").chunks == (1, 8, 10, 3)  # one frame per chunk
+    for i, ep in enumerate(episodes):
+        got = store.episode(i)
+        for k in ep:
+            np.testing.assert_array_equal(got[k], ep[k])
+            assert got[k].dtype == ep[k].dtype
+
+
+def test_reopened_writer_appends(tmp_path):
+    rng = np.random.default_rng(0)
+    EpisodeWriter(tmp_path / "s.zarr").add_episode(_random_episode(rng, 5))
+    EpisodeWriter(tmp_path / "s.zarr").add_episode(_random_episode(rng, 7))
+    assert list(EpisodeStore(tmp_path / "s.zarr").episode_ends) == [5, 12]
+
+
+def test_rows_past_the_last_episode_end_are_not_visible(tmp_path):
+    """episode_ends is the commit record: data written without its commit does not exist."""
+    rng = np.random.default_rng(0)
+    w = EpisodeWriter(tmp_path / "s.zarr")
+    w.add_episode(_random_episode(rng, 5))
+    for k, a in zarr.open_group(str(tmp_path / "s.zarr"), mode="r+")["data"].arrays():
+        a.resize((9, *a.shape[1:]))  # a crash after writing rows, before the commit
+    store = EpisodeStore(tmp_path / "s.zarr")
+    assert store.n_steps == 5 and len(store.read("state")) == 5
+
+
+def test_writer_rejects_mismatched_episodes(tmp_path):
+    rng = np.random.default_rng(0)
+    w = EpisodeWriter(tmp_path / "s.zarr")
+    w.add_episode(_random_episode(rng, 5))
+    bad = _random_episode(rng, 5)
+    bad["state"] = bad["state"][:, :3]
+    with pytest.raises(StoreError, match="per-step shape"):
+        w.add_episode(bad)
+    with pytest.raises(StoreError, match="differ in length"):
+        w.add_episode({**_random_episode(rng, 5), "action": np.zeros((4, 2), np.float32)})
+    with pytest.raises(StoreError, match="keys"):
+        w.add_episode({"state": np.zeros((3, 4), np.float32)})
+    assert EpisodeStore(tmp_path / "s.zarr").n_episodes == 1  # nothing half-written became visible
+
+
+def test_clear_errors_for_things_that_are_not_stores(tmp_path):
+    with pytest.raises(StoreError, match="no such"):
+        EpisodeStore(tmp_path / "missing.zarr")
+    (tmp_path / "notzarr").mkdir()
+    with pytest.raises(StoreError):
+        EpisodeStore(tmp_path / "notzarr")
+    g = zarr.open_group(str(tmp_path / "plain.zarr"), mode="w")
+    g.create_array("x", shape=(3,), dtype="f4")
+    with pytest.raises(StoreError, match="episode_ends"):
+        EpisodeStore(tmp_path / "plain.zarr")
+
+
+def test_truncated_data_is_reported(tmp_path):
+    rng = np.random.default_rng(0)
+    EpisodeWriter(tmp_path / "s.zarr").add_episode(_random_episode(rng, 6))
+    a = zarr.open_group(str(tmp_path / "s.zarr"), mode="r+")["data/state"]
+    a.resize((3, 4))
+    with pytest.raises(StoreError, match="truncated"):
+        EpisodeStore(tmp_path / "s.zarr")
