@@ -104,3 +104,24 @@ def test_truncated_data_is_reported(tmp_path):
     a.resize((3, 4))
     with pytest.raises(StoreError, match="truncated"):
         EpisodeStore(tmp_path / "s.zarr")
+
+
+def test_streamed_episodes_commit_discard_and_metadata(tmp_path):
+    rng = np.random.default_rng(1)
+    w = EpisodeWriter(tmp_path / "s.zarr", fps=10)
+    a, b, c = (_random_episode(rng, T) for T in (300, 4, 6))
+    for i in range(0, 300, 7):  # step by step, as a recorder does
+        w.add_steps({k: v[i : i + 7] for k, v in a.items()})
+    assert w.commit(task="lift", success=True) == 0
+    w.add_steps(b)
+    w.discard()  # the operator threw this one away
+    w.add_steps(c)
+    w.commit(task="lift", success=False)
+    w.add_steps(b)  # a crash here: never committed
+    store = EpisodeStore(tmp_path / "s.zarr")
+    assert list(store.episode_lengths) == [300, 6]
+    np.testing.assert_array_equal(store.episode(1)["img"], c["img"])
+    assert [e["success"] for e in store.attrs["episodes"]] == [True, False]
+    assert store._array("state").shape[0] > store.n_steps  # uncommitted rows and capacity remain
+    w.close()
+    assert EpisodeStore(tmp_path / "s.zarr")._array("state").shape[0] == 306

@@ -2,6 +2,7 @@
 
     protege-data info STORE        episodes, steps, lengths and key specs (add --json for JSON)
     protege-data validate STORE    check the layout and every committed value; exit 1 on a problem
+    protege-data repair STORE      trim rows past the last committed episode (left by a crash)
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from .store import EpisodeStore, StoreError, describe
+from .store import EpisodeStore, EpisodeWriter, StoreError, describe
 
 
 def validate(store: EpisodeStore, chunk: int = 4096) -> list[str]:
@@ -45,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     info.add_argument("--json", action="store_true", help="print JSON")
     val = sub.add_parser("validate", help="check a store")
     val.add_argument("store")
+    rep = sub.add_parser("repair", help="trim uncommitted rows")
+    rep.add_argument("store")
     args = ap.parse_args(argv)
     try:
         store = EpisodeStore(args.store)
@@ -62,6 +65,13 @@ def main(argv: list[str] | None = None) -> int:
             for k, s in d["keys"].items():
                 extra = "  ".join(x for x in (s["unit"], s["frame"]) if x)
                 print(f"  {k:<16} {str(tuple(s['shape'])):<16} {s['dtype']:<8} {extra}")
+        return 0
+    if args.command == "repair":
+        before = {k: store._array(k).shape[0] for k in store.keys}
+        EpisodeWriter(store.path).close()
+        trimmed = {k: n - store.n_steps for k, n in before.items() if n > store.n_steps}
+        print(f"{store.path}: trimmed {trimmed} uncommitted rows" if trimmed else f"{store.path}: nothing to repair")
+        print(f"{store.n_episodes} episodes, {store.n_steps} steps kept")
         return 0
     problems = validate(store)
     for p in problems:

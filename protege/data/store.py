@@ -161,10 +161,16 @@ class EpisodeStore:
 
 
 class EpisodeWriter:
-    """Appends episodes to a new or existing store in zarr format 3.
+    """Writes episodes into a new or existing store (new stores in zarr format 3).
 
-    Each :meth:`add_episode` writes the data rows first and ``meta/episode_ends`` last, so a
-    crash between the two leaves uncommitted rows that readers ignore.
+    Episodes are streamed: :meth:`add_steps` writes rows past the last committed episode end,
+    :meth:`commit` appends the episode's metadata and then its end to ``meta/episode_ends`` (the
+    commit record, written last), :meth:`discard` rewinds. A crash before the commit leaves only
+    uncommitted rows, which readers ignore and the next episode overwrites; every earlier episode
+    stays readable. :meth:`add_episode` does all three for a whole episode.
+
+    Images ((T, H, W, 3) uint8) are chunked one frame per chunk; other arrays in ~1 MB chunks.
+    Values are stored with the dtype given (the recorder passes low-dim data as float32).
 
     Args:
         path: store directory; created if missing.
@@ -172,65 +178,112 @@ class EpisodeWriter:
         key_meta: optional {key: {"unit": ..., "frame": ...}} recorded in the attributes.
 
     Raises:
-        StoreError: an episode's keys or per-step shapes/dtypes differ from the store's.
+        StoreError: the path exists and is not an episode store; an episode's keys or per-step
+            shapes/dtypes differ from the store's.
     """
+
+    grow = 256  # rows added to an array's capacity at a time
 
     def __init__(self, path: str | Path, fps: float | None = None, key_meta: Mapping[str, Mapping] | None = None):
         self.path = Path(path)
         if self.path.exists():
+            EpisodeStore(self.path)  # validates the layout
             self.root = zarr.open_group(str(self.path), mode="r+")
-            if "meta" not in self.root or "episode_ends" not in self.root["meta"]:
-                raise StoreError(f"{self.path}: exists and is not an episode store")
         else:
             self.root = zarr.open_group(str(self.path), mode="w", zarr_format=3)
             self.root.create_group("data")
             meta = self.root.create_group("meta")
             meta.create_array("episode_ends", shape=(0,), chunks=(4096,), dtype="int64")
-            self.root.attrs.update({"schema_version": SCHEMA_VERSION, "fps": fps, "keys": {}})
-        self._key_meta = {k: dict(v) for k, v in (key_meta or {}).items()}
+            self.root.attrs.update({"schema_version": SCHEMA_VERSION, "fps": fps, "keys": {}, "episodes": []})
+        for key, m in (key_meta or {}).items():
+            self._set_key_attrs(key, dict(m))
+        self._cursor = self.n_steps  # next row to write
 
     @property
     def n_steps(self) -> int:
         ends = self.root["meta/episode_ends"]
         return int(ends[-1]) if ends.shape[0] else 0
 
-    def add_episode(self, episode: Mapping[str, np.ndarray]) -> int:
-        """Append one episode {key: (T, ...) array}; returns its index."""
-        lengths = {k: len(v) for k, v in episode.items()}
+    @property
+    def n_episodes(self) -> int:
+        return int(self.root["meta/episode_ends"].shape[0])
+
+    def _set_key_attrs(self, key: str, values: dict) -> None:
+        keys = dict(self.root.attrs.get("keys", {}))
+        keys[key] = {**keys.get(key, {}), **values}
+        self.root.attrs["keys"] = keys
+
+    def add_steps(self, steps: Mapping[str, np.ndarray]) -> None:
+        """Append rows {key: (n, ...) array} to the open episode (every key, the same n)."""
+        lengths = {k: len(v) for k, v in steps.items()}
         if len(set(lengths.values())) != 1:
-            raise StoreError(f"episode arrays differ in length: {lengths}")
-        (T,) = set(lengths.values())
-        if T == 0:
-            raise StoreError("an episode must have at least one step")
+            raise StoreError(f"step arrays differ in length: {lengths}")
+        (n,) = set(lengths.values())
         data = self.root["data"]
         existing = {k for k, _ in data.arrays()}
-        if existing and existing != set(episode):
-            raise StoreError(f"episode keys {sorted(episode)} differ from the store's {sorted(existing)}")
-        start = self.n_steps
-        attrs_keys = dict(self.root.attrs.get("keys", {}))
-        for key, value in episode.items():
-            value = np.asarray(value)
-            if value.dtype.kind == "f" and value.dtype != np.float32:
-                value = value.astype(np.float32)
+        if existing and existing != set(steps):
+            raise StoreError(f"keys {sorted(steps)} differ from the store's {sorted(existing)}")
+        values = {k: np.asarray(v) for k, v in steps.items()}
+        for key, value in values.items():  # check everything before writing anything
+            if key in existing and (data[key].shape[1:] != value.shape[1:] or data[key].dtype != value.dtype):
+                raise StoreError(f"data/{key}: per-step shape {value.shape[1:]} {value.dtype}, "
+                                 f"store has {data[key].shape[1:]} {data[key].dtype}")
+        start, end = self._cursor, self._cursor + n
+        for key, value in values.items():
             if key not in existing:
-                image = value.ndim == 4 and value.shape[-1] == 3
-                chunks = (1, *value.shape[1:]) if image else (max(1, 2**20 // max(1, value[0].nbytes)), *value.shape[1:])
-                data.create_array(key, shape=(0, *value.shape[1:]), chunks=chunks, dtype=value.dtype)
-                attrs_keys[key] = {"shape": list(value.shape[1:]), "dtype": str(value.dtype), **self._key_meta.get(key, {})}
+                image = value.ndim == 4 and value.shape[-1] == 3 and value.dtype == np.uint8
+                rows = 1 if image else max(1, 2**20 // max(1, value[0].nbytes))
+                data.create_array(key, shape=(0, *value.shape[1:]), chunks=(rows, *value.shape[1:]), dtype=value.dtype)
+                self._set_key_attrs(key, {"shape": list(value.shape[1:]), "dtype": str(value.dtype)})
             arr = data[key]
-            if arr.shape[1:] != value.shape[1:] or arr.dtype != value.dtype:
-                raise StoreError(
-                    f"data/{key}: episode has per-step shape {value.shape[1:]} {value.dtype}, "
-                    f"store has {arr.shape[1:]} {arr.dtype}"
-                )
-            arr.resize((start + T, *arr.shape[1:]))
-            arr[start : start + T] = value
-        self.root.attrs["keys"] = attrs_keys
+            if arr.shape[0] < end:
+                arr.resize((end + self.grow, *arr.shape[1:]))
+            arr[start:end] = value
+        self._cursor = end
+
+    def commit(self, **metadata: Any) -> int:
+        """Close the open episode; returns its index. ``metadata`` (JSON-able: task, operator,
+        start_time, success, ...) is stored in the ``episodes`` attribute of the store.
+
+        Raises:
+            StoreError: the open episode has no step.
+        """
+        if self._cursor == self.n_steps:
+            raise StoreError("an episode must have at least one step")
+        episodes = list(self.root.attrs.get("episodes", []))
+        index = self.n_episodes
+        episodes.append({"index": index, **metadata})
+        self.root.attrs["episodes"] = episodes
         ends = self.root["meta/episode_ends"]
-        n = ends.shape[0]
-        ends.resize((n + 1,))
-        ends[n] = start + T  # the commit
-        return n
+        ends.resize((index + 1,))
+        ends[index] = self._cursor  # the commit
+        return index
+
+    def discard(self) -> None:
+        """Drop the open episode's rows (they are overwritten by the next episode)."""
+        self._cursor = self.n_steps
+
+    def add_episode(self, episode: Mapping[str, np.ndarray], **metadata: Any) -> int:
+        """Write one whole episode {key: (T, ...) array} and commit it; returns its index."""
+        try:
+            self.add_steps(episode)
+        except Exception:
+            self.discard()
+            raise
+        return self.commit(**metadata)
+
+    def close(self) -> None:
+        """Trim arrays to the committed steps (capacity grown ahead is released)."""
+        n = self.n_steps
+        for _, arr in self.root["data"].arrays():
+            if arr.shape[0] != n:
+                arr.resize((n, *arr.shape[1:]))
+
+    def __enter__(self) -> "EpisodeWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def open_store(path: str | Path) -> EpisodeStore:
