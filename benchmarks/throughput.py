@@ -37,8 +37,8 @@ def config(policy: str, task: str):
 def bench(policy_name: str, task: str, data, batch_size: int, steps: int, latency_reps: int, device) -> dict:
     cfg = config(policy_name, task)
     p = cfg.policy
-    train, _ = data.samplers(p.horizon, p.n_obs_steps, p.n_action_steps, 0.0, 0)
     policy = build_policy(p._target_, policy_kwargs(p), data.shape_meta, Normalizer(data.stats, data.image_keys)).to(device)
+    train, _ = data.samplers(policy.horizon, policy.n_obs_steps, *policy.sampler_padding, 0.0, 0)
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
     rng = np.random.default_rng(0)
     obs_keys = data.shape_meta["obs"]

@@ -88,3 +88,20 @@ def test_data_info_and_validate(tmp_path, pusht_path):
     assert p.returncode == 1 and "non-finite value at row 1" in p.stdout
     p = run("protege-data", "info", str(tmp_path / "nothing"), check=False)
     assert p.returncode == 2 and "no such episode store" in p.stderr
+
+
+@pytest.mark.slow
+def test_act_trains_and_evaluates_with_temporal_ensembling(tmp_path, pusht_path):
+    pytest.importorskip("gym_pusht")
+    run_dir = tmp_path / "act"
+    run("protege-train", "policy=act", "task=pusht_state", f"dataset={pusht_path}", f"run_dir={run_dir}",
+        "train.steps=30", "policy.hidden_dim=64", "policy.dim_feedforward=128", "policy.enc_layers=2",
+        "policy.dec_layers=2", "policy.vae_enc_layers=2", *TINY[2:])
+    ckpt = run_dir / "checkpoints/latest.pt"
+    assert read_checkpoint(ckpt)["policy"]["target"] == "protege.policies.act.ACTPolicy"
+    out = tmp_path / "eval"
+    run("protege-eval", f"checkpoint={ckpt}", "n_episodes=2", "n_videos=0", f"out_dir={out}",
+        "scheduler=temporal_ensembling")
+    report = json.loads((out / "eval.json").read_text())
+    assert report["scheduler"] == "temporal_ensembling" and report["n_episodes"] == 2
+    assert all(1 <= e["steps"] <= 300 for e in report["episodes"])

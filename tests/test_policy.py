@@ -79,7 +79,7 @@ def test_predict_action_shape_and_units(state_data):
 def test_overfits_a_few_episodes(state_data):
     torch.manual_seed(0)
     policy = DiffusionPolicy(state_data.shape_meta, Normalizer(state_data.stats), **SMALL)
-    train, _ = state_data.samplers(16, 2, 8, val_ratio=0.0, seed=0)
+    train, _ = state_data.samplers(16, 2, 1, 7, val_ratio=0.0, seed=0)
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-3)
     rng = np.random.default_rng(0)
     fixed = to_torch(train.sample(np.arange(0, len(train), 4)), state_data.shape_meta["obs"], [], torch.device("cpu"))

@@ -82,15 +82,14 @@ class TaskData:
         return [k for k, m in self.shape_meta["obs"].items() if m["type"] == "rgb"]
 
     def samplers(
-        self, horizon: int, n_obs_steps: int, n_action_steps: int, val_ratio: float, seed: int
+        self, horizon: int, n_obs_steps: int, pad_before: int, pad_after: int, val_ratio: float, seed: int
     ) -> tuple[SequenceSampler, SequenceSampler | None]:
         """Train and validation samplers split by episode; observation keys return n_obs_steps
-        steps, the action ``horizon`` steps; padding as in Diffusion Policy (To - 1 before,
-        Ta - 1 after)."""
+        steps, the action ``horizon`` steps (padding: see :func:`~protege.data.sampler.sequence_windows`)."""
         train, val = split_episodes(len(self.episode_ends), val_ratio, seed)
         steps = {k: n_obs_steps for k in self.shape_meta["obs"]}
         make = lambda mask: SequenceSampler(  # noqa: E731
-            self.arrays, self.episode_ends, horizon, steps, n_obs_steps - 1, n_action_steps - 1, mask
+            self.arrays, self.episode_ends, horizon, steps, pad_before, pad_after, mask
         )
         return make(train), (make(val) if val.any() else None)
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from ..data.dataset import obs_from_step
 from ..policies.base import Policy
 from ..policies.checkpoint import load_policy
-from .schedulers import RecedingHorizon
+from .schedulers import make_scheduler
 
 log = logging.getLogger("protege.eval")
 
@@ -66,6 +66,8 @@ class SimEvaluator:
         n_episodes: episodes, seeded ``seed, seed + 1, ...``.
         seed: first seed.
         n_action_steps: override the policy's receding-horizon length (None: the policy's).
+        scheduler: ``receding_horizon`` or ``temporal_ensembling`` (queries the policy every step).
+        temporal_ensembling_k: the ensemble's weight decay k (ACT: 0.01).
         num_inference_steps: override the diffusion policy's DDIM steps (None: the policy's).
         batch_envs: episodes run in lockstep per policy call.
         n_videos: record the first N episodes as mp4 into ``video_dir``.
@@ -75,12 +77,15 @@ class SimEvaluator:
     """
 
     def __init__(self, env: Mapping[str, Any], obs_spec: Mapping[str, Mapping], n_episodes: int = 50, seed: int = 100000,
-                 n_action_steps: int | None = None, num_inference_steps: int | None = None, batch_envs: int = 50,
+                 n_action_steps: int | None = None, num_inference_steps: int | None = None,
+                 scheduler: str = "receding_horizon", temporal_ensembling_k: float = 0.01, batch_envs: int = 50,
                  n_videos: int = 0, video_dir: str | None = None, fps: float = 10.0, progress: bool = False):
         self.env_cfg = OmegaConf.create(dict(env)) if not isinstance(env, DictConfig) else env
         self.obs_spec = {k: dict(v) for k, v in obs_spec.items()}
         self.n_episodes, self.seed, self.batch_envs = n_episodes, seed, max(1, batch_envs)
         self.n_action_steps, self.num_inference_steps = n_action_steps, num_inference_steps
+        self.scheduler, self.k = scheduler, temporal_ensembling_k
+        make_scheduler(scheduler, 1, temporal_ensembling_k)  # fail on a bad name before any rollout
         self.n_videos, self.video_dir, self.fps, self.progress = n_videos, video_dir, fps, progress
         if n_videos and not video_dir:
             raise ValueError("n_videos > 0 needs a video_dir")
@@ -120,7 +125,7 @@ class SimEvaluator:
             env.reset(seed)
             first = obs_from_step(env.observation(self.keys), self.obs_spec)
             history.append(deque([first] * to, maxlen=to))
-            scheds.append(RecedingHorizon(n_act))
+            scheds.append(make_scheduler(self.scheduler, n_act, self.k))
             results.append({"seed": seed, "max_reward": 0.0, "max_coverage": 0.0, "success": False, "steps": 0})
             if first_index + j < self.n_videos:
                 frames[j] = [env.render()]
@@ -170,7 +175,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     torch.manual_seed(cfg.seed)
     evaluator = SimEvaluator(
         env=cfg.env if cfg.env else task["env"], obs_spec=task["obs"], n_episodes=cfg.n_episodes, seed=cfg.seed,
-        n_action_steps=cfg.n_action_steps, num_inference_steps=cfg.num_inference_steps, batch_envs=cfg.batch_envs,
+        n_action_steps=cfg.n_action_steps, num_inference_steps=cfg.num_inference_steps, scheduler=cfg.scheduler,
+        temporal_ensembling_k=cfg.temporal_ensembling_k, batch_envs=cfg.batch_envs,
         n_videos=cfg.n_videos, video_dir=str(out_dir / "videos"), fps=task.get("fps", 10), progress=True,
     )
     report = evaluator(policy)
@@ -178,6 +184,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
         "checkpoint": str(ckpt_path), "task": task["name"], "policy": ckpt["policy"]["target"],
         "train_step": ckpt["train_state"]["step"], "train_minutes": ckpt["train_state"]["train_seconds"] / 60,
         "device": str(device), "use_ema": cfg.use_ema,
+        "scheduler": cfg.scheduler,
         "n_action_steps": cfg.n_action_steps or getattr(policy, "n_action_steps", None),
         "num_inference_steps": getattr(policy, "num_inference_steps", None),
         **report,

@@ -24,6 +24,7 @@ class Policy(nn.Module):
     """
 
     n_obs_steps: int = 1
+    horizon: int = 1  # action steps per training sample
 
     def __init__(self, shape_meta: Mapping[str, Any], normalizer: Normalizer):
         super().__init__()
@@ -38,6 +39,12 @@ class Policy(nn.Module):
     def predict_action(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Action chunk (B, Ta, Da) starting at the latest observation step."""
         raise NotImplementedError
+
+    @property
+    def sampler_padding(self) -> tuple[int, int]:
+        """(pad_before, pad_after) steps a training window may reach outside its episode
+        (Diffusion Policy: To - 1 before, Ta - 1 after)."""
+        return self.n_obs_steps - 1, getattr(self, "n_action_steps", 1) - 1
 
     def reset(self) -> None:
         """Forget per-episode state (none by default)."""

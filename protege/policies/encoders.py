@@ -86,8 +86,7 @@ class ResNetImageEncoder(nn.Module):
 
     def __init__(self, crop_shape=(84, 84), feature_dim: int = 64, num_kp: int = 32, width: int = 64):
         super().__init__()
-        resnet = _narrow_resnet18(width)
-        self.backbone = replace_batchnorm(nn.Sequential(*list(resnet.children())[:-2]))
+        self.backbone = resnet18_backbone(width)
         out_channels = width * 8
         self.pool = SpatialSoftmax(out_channels, num_kp)
         self.proj = nn.Linear(2 * num_kp, feature_dim)
@@ -100,8 +99,9 @@ class ResNetImageEncoder(nn.Module):
         return self.proj(self.pool(self.backbone(x)))
 
 
-def _narrow_resnet18(width: int) -> nn.Module:
-    """ResNet18's topology with ``width`` channels in the first stage (64 is torchvision's)."""
+def resnet18_backbone(width: int = 64) -> nn.Sequential:
+    """torchvision's ResNet18 without its pooling and classifier, BatchNorm replaced by GroupNorm,
+    with ``width`` channels in the first stage (64 is ResNet18's): (N, 3, H, W) -> (N, 8*width, H/32, W/32)."""
     model = torchvision.models.resnet18(weights=None)
     model.inplanes = width
     model.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
@@ -111,7 +111,7 @@ def _narrow_resnet18(width: int) -> nn.Module:
     model.layer2 = model._make_layer(block, width * 2, 2, stride=2)
     model.layer3 = model._make_layer(block, width * 4, 2, stride=2)
     model.layer4 = model._make_layer(block, width * 8, 2, stride=2)
-    return model
+    return replace_batchnorm(nn.Sequential(*list(model.children())[:-2]))
 
 
 class ObsEncoder(nn.Module):

@@ -101,14 +101,13 @@ class Trainer:
         self.data: TaskData = load_task_data(
             cfg.dataset, OmegaConf.to_container(cfg.task.obs), OmegaConf.to_container(cfg.task.action), cfg.max_episodes
         )
-        p = cfg.policy
-        self.train_sampler, self.val_sampler = self.data.samplers(p.horizon, p.n_obs_steps, p.n_action_steps, t.val_ratio, cfg.seed)
-        if len(self.train_sampler) == 0:
-            raise ValueError(f"{cfg.dataset}: no training windows")
-        self.target = p._target_
-        self.kwargs = policy_kwargs(p)
+        self.target = cfg.policy._target_
+        self.kwargs = policy_kwargs(cfg.policy)
         normalizer = Normalizer(self.data.stats, self.data.image_keys)
         self.policy: Policy = build_policy(self.target, self.kwargs, self.data.shape_meta, normalizer).to(self.device)
+        self.train_sampler, self.val_sampler = self.data.samplers(
+            self.policy.horizon, self.policy.n_obs_steps, *self.policy.sampler_padding, t.val_ratio, cfg.seed
+        )
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
         self.lr_scheduler = get_scheduler(t.lr_schedule, self.optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=t.steps)
         self.ema = (

@@ -1,0 +1,3 @@
+from .policy import ACTPolicy
+
+__all__ = ["ACTPolicy"]
