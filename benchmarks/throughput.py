@@ -1,11 +1,12 @@
-"""Training throughput, inference latency and data-loader speed of Diffusion Policy on PushT.
+"""Training throughput, inference latency and data-loader speed of the policies on PushT.
 
     python benchmarks/throughput.py [--dataset ...] [--quick]
 
-For the state and image models at the paper's sizes (policy=diffusion_paper) and at the CPU
-defaults we ship (policy=diffusion): optimizer steps per second in samples/s, the data loader's
-samples/s (sampling + tensor conversion, what the trainer consumes per step), and the latency
-of one action chunk at batch 1 with DDIM 10 and 16 steps. Prints a table, writes JSON.
+For the state and image models at the paper's sizes (policy=diffusion_paper, act_paper) and at
+the CPU defaults we ship (policy=diffusion, act): training throughput in samples/s (data
+included), the data loader's samples/s alone (sampling + tensor conversion: what the trainer
+consumes), and the latency of one action chunk at batch 1 (Diffusion Policy with DDIM 10 and 16
+steps; ACT one forward pass). Prints a table, writes JSON.
 """
 
 from __future__ import annotations
@@ -68,8 +69,10 @@ def bench(policy_name: str, task: str, data, batch_size: int, steps: int, latenc
     policy.eval()
     obs = {k: v[:1] for k, v in to_torch(train.sample(np.array([0])), obs_keys, data.image_keys, device)["obs"].items()}
     latency = {}
-    for k in (10, 16):
-        policy.num_inference_steps = k
+    # diffusion: one chunk per DDIM step count; ACT: one forward pass
+    for k in (10, 16) if hasattr(policy, "num_inference_steps") else (None,):
+        if k is not None:
+            policy.num_inference_steps = k
         policy.predict_action(obs)
         ts = []
         for _ in range(latency_reps):
@@ -78,7 +81,7 @@ def bench(policy_name: str, task: str, data, batch_size: int, steps: int, latenc
             if device.type == "cuda":
                 torch.cuda.synchronize()
             ts.append(time.perf_counter() - t)
-        latency[f"ddim{k}_ms"] = 1000 * statistics.median(ts)
+        latency[f"ddim{k}_ms" if k else "chunk_ms"] = 1000 * statistics.median(ts)
     return {
         "task": task, "policy": policy_name, "params_M": sum(x.numel() for x in policy.parameters()) / 1e6,
         "batch_size": batch_size, "train_samples_per_s": train_rate, "loader_samples_per_s": loader, **latency,
@@ -89,6 +92,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default=str(HERE.parent.parent / "shared/data/pusht/pusht_cchi_v7_replay.zarr"))
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    ap.add_argument("--policies", nargs="+", default=["diffusion", "diffusion_paper", "act", "act_paper"])
     ap.add_argument("--out", default=str(HERE / "results" / "throughput.json"))
     args = ap.parse_args()
     device = select_device("auto")
@@ -96,13 +100,14 @@ def main() -> None:
     state = load_task_data(args.dataset, dict(config("diffusion", "pusht_state").task.obs), {"source": "action"})
     image = load_task_data(args.dataset, dict(config("diffusion", "pusht_image").task.obs), {"source": "action"})
     rows = []
+    print(f"{'task':<12} {'policy':<16} {'params':>7}  {'batch':>5}  {'train/s':>8}  {'loader/s':>9}  latency per chunk (batch 1)")
     for task, data, batch in (("pusht_state", state, 256), ("pusht_image", image, 64)):
-        for pol in ("diffusion", "diffusion_paper"):
+        for pol in args.policies:
             rows.append(bench(pol, task, data, batch, steps, reps, device))
             r = rows[-1]
-            print(f"{r['task']:<12} {r['policy']:<16} {r['params_M']:6.1f}M  batch {r['batch_size']:>3}  "
-                  f"train {r['train_samples_per_s']:8.1f}/s  loader {r['loader_samples_per_s']:9.0f}/s  "
-                  f"DDIM10 {r['ddim10_ms']:7.1f} ms  DDIM16 {r['ddim16_ms']:7.1f} ms", flush=True)
+            lat = "  ".join(f"{k[:-3]} {v:.1f} ms" for k, v in r.items() if k.endswith("_ms"))
+            print(f"{r['task']:<12} {r['policy']:<16} {r['params_M']:6.1f}M  {r['batch_size']:>5}  "
+                  f"{r['train_samples_per_s']:8.1f}  {r['loader_samples_per_s']:9.0f}  {lat}", flush=True)
     result = {"benchmark": "throughput", "machine": machine(), "device": str(device), "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

@@ -1,11 +1,11 @@
-"""PushT results: train a Diffusion Policy on the human demonstrations within a wall-clock budget,
-then evaluate every kept checkpoint in gym-pusht; writes the learning curve (JSON + PNG).
+"""Train a policy within a wall-clock budget, then evaluate every kept checkpoint in simulation;
+writes the learning curve as JSON and PNG (benchmarks/results/<task>-<policy>.json).
 
-    python benchmarks/pusht_results.py --task pusht_state --minutes 60 --steps 24000 \
-        --dataset ../shared/data/pusht/pusht_cchi_v7_replay.zarr
+    python benchmarks/train_eval.py --task pusht_state --policy diffusion --minutes 60 --steps 26000
+    python benchmarks/train_eval.py --task pusht_state --policy act --scheduler temporal_ensembling
 
 Runs the real CLIs (protege-train, protege-eval). The curve is mean max reward (the paper's PushT
-score) and mean max coverage against training wall-clock minutes.
+score), mean max coverage and success rate against training wall-clock minutes.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ BIN = Path(sys.executable).parent
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--task", default="pusht_state", choices=["pusht_state", "pusht_image"])
+    ap.add_argument("--task", default="pusht_state")
     ap.add_argument("--policy", default="diffusion")
     ap.add_argument("--dataset", default=str(HERE.parent.parent / "shared/data/pusht/pusht_cchi_v7_replay.zarr"))
     ap.add_argument("--minutes", type=float, default=60.0, help="training wall-clock budget")
@@ -33,14 +33,15 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--checkpoint-every", type=int, default=3000)
     ap.add_argument("--eval-episodes", type=int, default=50)
+    ap.add_argument("--scheduler", default="receding_horizon", choices=["receding_horizon", "temporal_ensembling"])
     ap.add_argument("--run-dir", default=None)
     ap.add_argument("--skip-train", action="store_true", help="only evaluate the checkpoints of --run-dir")
     ap.add_argument("--extra", nargs="*", default=[], help="more hydra overrides for protege-train")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<task>.json)")
     args = ap.parse_args()
 
-    run_dir = Path(args.run_dir or f"runs/bench-{args.task}-{time.strftime('%Y%m%d-%H%M%S')}")
-    out = Path(args.out or HERE / "results" / f"{args.task}.json")
+    run_dir = Path(args.run_dir or f"runs/bench-{args.task}-{args.policy}")
+    out = Path(args.out or HERE / "results" / f"{args.task}-{args.policy}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     if not args.skip_train:
@@ -59,7 +60,7 @@ def main() -> None:
         eval_dir = run_dir / "eval" / ckpt.stem
         subprocess.run([
             str(BIN / "protege-eval"), f"checkpoint={ckpt}", f"n_episodes={args.eval_episodes}",
-            f"n_videos={4 if final else 0}", f"out_dir={eval_dir}",
+            f"n_videos={4 if final else 0}", f"out_dir={eval_dir}", f"scheduler={args.scheduler}",
         ], check=True)
         r = json.loads((eval_dir / "eval.json").read_text())
         curve.append({k: r[k] for k in ("checkpoint", "train_step", "train_minutes", "mean_max_reward",
@@ -68,7 +69,7 @@ def main() -> None:
               f"score {r['mean_max_reward']:.3f}  coverage {r['mean_max_coverage']:.3f}  success {r['success_rate']:.2f}")
     final = curve[-1]
     result = {
-        "benchmark": "pusht_results", "task": args.task, "policy": args.policy, "machine": machine(),
+        "benchmark": "train_eval", "task": args.task, "policy": args.policy, "scheduler": args.scheduler, "machine": machine(),
         "dataset": args.dataset, "budget_minutes": args.minutes, "steps": args.steps, "batch_size": args.batch_size,
         "eval_episodes": args.eval_episodes, "train_wall_minutes": train_wall / 60, "run_dir": str(run_dir),
         "final": final, "curve": curve,
@@ -87,7 +88,7 @@ def main() -> None:
         ax.plot(xs, [c["success_rate"] for c in curve], "^:", label="success rate")
         ax.set_xlabel("training wall-clock minutes")
         ax.set_ylim(0, 1)
-        ax.set_title(f"{args.task}, {args.policy}, {args.eval_episodes} seeds")
+        ax.set_title(f"{args.task}, {args.policy} ({args.scheduler}), {args.eval_episodes} seeds")
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
