@@ -1,0 +1,199 @@
+"""Scripted experts: TCP waypoints planned from the object poses, with seeded variation.
+
+An expert is a teleoperation device like any other: it knows nothing of the recorder or the
+simulator's internals, only the :class:`~protege.sim.tasks.TaskState` (object poses, sizes) and
+the robot's state, and it answers with a TCP target (position m, quaternion (x, y, z, w), base
+frame) and a gripper width (m) for a given time.
+
+Each plan is the classic pick skeleton (as in ACT's scripted policies, Zhao et al. 2023, section
+4): approach above the object, descend, close, lift, carry, descend, open, retreat. The seed
+varies segment durations (x0.8-1.25), approach heights, a lateral via point, and small grasp
+offsets (+-3 mm, +-3 deg), so demonstrations differ while staying well inside the gripper's
+tolerances. Plans are anchored at the first :meth:`ScriptedExpert.act` call (its state's TCP pose
+and timestamp) and are open loop after that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from collections.abc import Callable
+
+import numpy as np
+from scipy.spatial.transform import Rotation, Slerp
+
+from protege.robot.interfaces import RobotState
+from protege.sim.tasks import TaskState
+
+OPEN = 0.085  # m, fully open 2F-85
+CLOSED = 0.0  # m, squeeze: the fingers stop on the object
+# TCP pointing down (z = -z_base), fingers closing along the base x axis at yaw 0.
+DOWN = Rotation.from_matrix([[0.0, -1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
+SPEED = 0.25  # m/s, nominal TCP speed of free moves
+
+
+@dataclass(frozen=True)
+class Waypoint:
+    """Reach ``position`` (3,) m with ``rotation`` and gripper ``width`` m, ``duration`` s after the previous one."""
+
+    duration: float
+    position: np.ndarray
+    rotation: Rotation
+    width: float
+
+
+@dataclass(frozen=True)
+class ExpertAction:
+    """A target: TCP ``position`` (3,) m, ``quat`` (4,) (x, y, z, w) in the base frame, gripper ``width`` m."""
+
+    position: np.ndarray
+    quat: np.ndarray
+    width: float
+
+
+class _Planner:
+    """Builds a waypoint list from a start pose, with the seeded variation."""
+
+    def __init__(self, position: np.ndarray, rotation: Rotation, width: float, rng: np.random.Generator):
+        self.rng = rng
+        self.waypoints = [Waypoint(0.0, np.asarray(position, float), rotation, float(width))]
+
+    @property
+    def last(self) -> Waypoint:
+        return self.waypoints[-1]
+
+    def _time(self, nominal: float) -> float:
+        return nominal * self.rng.uniform(0.8, 1.25)
+
+    def move(self, position, rotation: Rotation | None = None, width: float | None = None,
+             duration: float | None = None) -> None:
+        """A straight move; its duration from the distance at :data:`SPEED` (at least 0.4 s) unless given."""
+        position = np.asarray(position, float)
+        rotation = self.last.rotation if rotation is None else rotation
+        if duration is None:
+            turn = (rotation * self.last.rotation.inv()).magnitude()
+            duration = max(0.4, np.linalg.norm(position - self.last.position) / SPEED, turn / 1.5)
+        width = self.last.width if width is None else width
+        self.waypoints.append(Waypoint(self._time(duration), position, rotation, float(width)))
+
+    def wait(self, duration: float, width: float | None = None) -> None:
+        self.move(self.last.position, width=width, duration=duration)
+
+    def pick(self, center: np.ndarray, yaw: float) -> None:
+        """Approach above the object at ``center`` (3,), descend, close, lift clear of the table."""
+        rng = self.rng
+        grasp_yaw = yaw + np.radians(rng.uniform(-3, 3))
+        rot = Rotation.from_euler("z", grasp_yaw) * DOWN
+        grasp = center + np.array([*rng.uniform(-0.003, 0.003, 2), rng.uniform(-0.002, 0.004)])
+        above = grasp + [0.0, 0.0, rng.uniform(0.08, 0.14)]
+        via = 0.5 * (self.last.position + above) + [*rng.uniform(-0.04, 0.04, 2), rng.uniform(0.0, 0.04)]
+        self.move(via, rot, width=OPEN)
+        self.move(above + [*rng.uniform(-0.01, 0.01, 2), 0.0])
+        self.move(grasp, duration=max(0.6, (above[2] - grasp[2]) / 0.12))
+        self.wait(0.6, width=CLOSED)
+        self.wait(0.3)
+        self.move(grasp + [0.0, 0.0, rng.uniform(0.12, 0.16)], duration=1.0)
+
+    def place(self, release: np.ndarray, yaw: float | None = None) -> None:
+        """Carry over ``release`` (3,) (where the TCP lets go), descend, open, retreat upward."""
+        rng = self.rng
+        rot = self.last.rotation if yaw is None else Rotation.from_euler("z", yaw) * DOWN
+        over = release + [*rng.uniform(-0.003, 0.003, 2), 0.0]
+        self.move([over[0], over[1], max(self.last.position[2], over[2] + 0.06)], rot)
+        self.move(over, duration=0.8)
+        self.wait(0.4)
+        self.wait(0.5, width=OPEN)
+        self.move(over + [0.0, 0.0, 0.1], duration=0.8)
+
+
+def _cube_yaw(quat_xyzw: np.ndarray, reference: float = 0.0) -> float:
+    """The cube's yaw rad folded by its 90 deg symmetry to within 45 deg of ``reference``."""
+    yaw = Rotation.from_quat(quat_xyzw).as_euler("xyz")[2]
+    return reference + (yaw - reference + np.pi / 4) % (np.pi / 2) - np.pi / 4
+
+
+def plan_lift(p: _Planner, objects: TaskState) -> None:
+    cube = objects["cube"]
+    p.pick(cube.position, _cube_yaw(cube.quat))
+    p.move(p.last.position + [0.0, 0.0, p.rng.uniform(0.02, 0.06)], duration=1.0)
+    p.wait(2.0)
+
+
+def plan_pick_place(p: _Planner, objects: TaskState) -> None:
+    cube, bin_ = objects["cube"], objects["bin"]
+    p.pick(cube.position, _cube_yaw(cube.quat))
+    top = bin_.position[2] + 2 * bin_.half_extents[2]
+    p.place(bin_.position + [0.0, 0.0, top - bin_.position[2] + cube.half_extents[2] + 0.03])
+    p.wait(1.0)
+
+
+def plan_stack(p: _Planner, objects: TaskState) -> None:
+    cube, base = objects["cube"], objects["base_cube"]
+    grasp_yaw = _cube_yaw(cube.quat)
+    p.pick(cube.position, grasp_yaw)
+    release = base.position + [0.0, 0.0, base.half_extents[2] + cube.half_extents[2] + 0.004]
+    p.place(release, yaw=_cube_yaw(base.quat, reference=grasp_yaw))
+    p.wait(1.0)
+
+
+PLANNERS: dict[str, Callable[[_Planner, TaskState], None]] = {
+    "lift": plan_lift, "pick_place": plan_pick_place, "stack": plan_stack,
+}
+
+
+class ScriptedExpert:
+    """A scripted demonstrator for one task.
+
+    Args:
+        task: a name in :data:`PLANNERS`.
+
+    Raises:
+        KeyError: no planner for ``task``.
+
+    Usage: ``expert.reset(seed, task.state(scene))``, then each control step
+    ``expert.act(robot.state(), t)`` for the target to reach at time ``t``.
+    """
+
+    def __init__(self, task: str):
+        if task not in PLANNERS:
+            raise KeyError(f"no scripted expert for task {task!r}; have {sorted(PLANNERS)}")
+        self.task = task
+        self._plan = PLANNERS[task]
+        self._times: np.ndarray | None = None
+
+    def reset(self, seed: int, task_state: TaskState) -> None:
+        """Start a new demonstration of the scene in ``task_state``; ``seed`` draws its variation."""
+        self._rng = np.random.default_rng(seed)
+        self._objects = task_state
+        self._times = None
+
+    def _make_plan(self, state: RobotState) -> None:
+        planner = _Planner(state.tcp_position, Rotation.from_quat(state.tcp_quat), state.gripper_width, self._rng)
+        self._plan(planner, self._objects)
+        wps = planner.waypoints
+        self._times = state.timestamp + np.cumsum([w.duration for w in wps])
+        self._positions = np.array([w.position for w in wps])
+        self._widths = np.array([w.width for w in wps])
+        self._rotations = Rotation.concatenate([w.rotation for w in wps])
+        self._slerps = [Slerp([0.0, 1.0], self._rotations[i : i + 2]) for i in range(len(wps) - 1)]
+
+    @property
+    def end_time(self) -> float:
+        """Time s at which the plan's last waypoint is reached (inf before the first :meth:`act`)."""
+        return float("inf") if self._times is None else float(self._times[-1])
+
+    def act(self, state: RobotState, t: float) -> ExpertAction:
+        """The target for time ``t`` s (the robot's clock). The first call plans from ``state``.
+
+        Raises:
+            RuntimeError: :meth:`reset` was never called.
+        """
+        if not hasattr(self, "_objects"):
+            raise RuntimeError("call reset(seed, task_state) before act()")
+        if self._times is None:
+            self._make_plan(state)
+        times = self._times
+        i = int(np.clip(np.searchsorted(times, t, side="right") - 1, 0, len(times) - 2))
+        s = float(np.clip((t - times[i]) / max(times[i + 1] - times[i], 1e-9), 0.0, 1.0))
+        pos = self._positions[i] + s * (self._positions[i + 1] - self._positions[i])
+        width = self._widths[i] + s * (self._widths[i + 1] - self._widths[i])
+        return ExpertAction(pos, self._slerps[i]([s]).as_quat()[0], float(width))

@@ -1,0 +1,394 @@
+"""The simulated UR5e + 2F-85 (:class:`SimRobot`) and its cameras (:class:`SimCamera`).
+
+The controller behaves like the e-Series servo loop: every 2 ms physics step (500 Hz) it evaluates
+the target trajectory (linear / slerp between the timestamped targets, see
+:mod:`protege.robot.interfaces`) and turns it into joint position commands for the UR5e's
+position actuators:
+
+* TCP targets go through differential inverse kinematics: one damped-least-squares step per
+  tick on MuJoCo's site Jacobian (``mj_jacSite``), ``dq = J^T (J J^T + lambda^2 I)^-1 e`` with
+  ``e`` the 6-D pose error (position m, rotation vector rad, base frame), integrated on the
+  *commanded* joint positions (the controller's own state, as on the real arm), so a static
+  target is reached to solver precision and the physical arm tracks it through its PD gains
+  (gravity is compensated). Buss, "Introduction to Inverse Kinematics with Jacobian Transpose,
+  Pseudoinverse and Damped Least Squares methods" (2004), section 5.
+* Joint targets are interpolated linearly.
+* Either way, commanded joint speeds are capped at ``max_joint_speed`` (the UR5e's pi rad/s) and
+  positions at the joint limits.
+
+Two clocks (:data:`CLOCKS`): ``"lockstep"`` (time is the simulation's ``MjData.time``; it advances
+only through :meth:`SimRobot.advance`, as fast as the CPU allows) and ``"realtime"`` (time is
+``time.monotonic()``; every call first steps the simulation up to the wall clock).
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections.abc import Callable
+
+import mujoco
+import numpy as np
+
+from protege.robot.interfaces import Camera, DeviceError, Frame, Gripper, Robot, RobotState, check_array, check_quat
+from protege.sim.scene import READY_Q, OffscreenRenderer, Scene
+
+# 2F-85 calibration: finger-pad gap (m) at actuator commands 0, 15, ..., 255, measured in this
+# scene after 1 s at each command (pad inner faces, along the TCP's y axis).
+_GRIPPER_CTRL = np.linspace(0.0, 255.0, 18)
+_GRIPPER_WIDTH = np.array([0.08517, 0.08082, 0.07631, 0.07167, 0.06689, 0.06199, 0.05698, 0.05186, 0.04664,
+                           0.04135, 0.03598, 0.03055, 0.02507, 0.01955, 0.01400, 0.00843, 0.00286, 0.0])
+GRIPPER_MAX_WIDTH = float(_GRIPPER_WIDTH[0])
+
+
+def width_to_ctrl(width: float) -> float:
+    """2F-85 actuator command (0 open ... 255 closed) for a finger gap ``width`` m (clipped to the stroke)."""
+    return float(np.interp(width, _GRIPPER_WIDTH[::-1], _GRIPPER_CTRL[::-1]))
+
+
+def wxyz_to_xyzw(q: np.ndarray) -> np.ndarray:
+    """MuJoCo's scalar-first quaternion (4,) to scipy's scalar-last."""
+    return np.asarray(q)[..., [1, 2, 3, 0]]
+
+
+def xyzw_to_wxyz(q: np.ndarray) -> np.ndarray:
+    """Scipy's scalar-last quaternion (4,) to MuJoCo's scalar-first."""
+    return np.asarray(q)[..., [3, 0, 1, 2]]
+
+
+def slerp(q0: np.ndarray, q1: np.ndarray, s: float) -> np.ndarray:
+    """Spherical interpolation of unit quaternions (4,) (any order, same for both) at ``s`` in [0, 1], shortest arc."""
+    d = float(np.dot(q0, q1))
+    if d < 0.0:
+        q1, d = -q1, -d
+    if d > 0.9995:
+        q = q0 + s * (q1 - q0)
+        return q / np.linalg.norm(q)
+    th = np.arccos(d)
+    return (np.sin((1.0 - s) * th) * q0 + np.sin(s * th) * q1) / np.sin(th)
+
+
+def lerp(a: np.ndarray, b: np.ndarray, s: float) -> np.ndarray:
+    return a + s * (b - a)
+
+
+def pose_lerp(a: np.ndarray, b: np.ndarray, s: float) -> np.ndarray:
+    """Interpolate poses (7,) = position (3,) + quaternion (4,): linear, then slerp."""
+    return np.concatenate([a[:3] + s * (b[:3] - a[:3]), slerp(a[3:], b[3:], s)])
+
+
+class Schedule:
+    """A trajectory through timestamped waypoints, evaluated by interpolation (pure, no clock of its own).
+
+    Args:
+        value: the value held until the first target (e.g. the current command).
+        t: its time, s.
+        interp: ``interp(a, b, s)`` between two waypoint values, ``s`` in [0, 1].
+    """
+
+    def __init__(self, value: np.ndarray, t: float, interp: Callable = lerp):
+        self.times, self.values, self.interp = [float(t)], [np.asarray(value, float)], interp
+
+    def __call__(self, t: float) -> np.ndarray:
+        """The value at time ``t``: the first/last waypoint outside the schedule, interpolated inside."""
+        times = self.times
+        if t >= times[-1]:
+            return self.values[-1]
+        if t <= times[0]:
+            return self.values[0]
+        i = bisect.bisect_right(times, t)
+        return self.interp(self.values[i - 1], self.values[i], (t - times[i - 1]) / (times[i] - times[i - 1]))
+
+    def add(self, now: float, t: float, value: np.ndarray) -> None:
+        """Go from the current value at ``now`` through the kept waypoints to ``value`` at ``t``.
+
+        Waypoints at or after ``t`` are dropped; a ``t`` in the past becomes ``now`` (reach at once).
+        """
+        t = max(float(t), now)
+        keep = [(ti, vi) for ti, vi in zip(self.times, self.values) if now < ti < t]
+        start = self(now)
+        self.times = [now] + [k[0] for k in keep] + [t]
+        self.values = [start] + [k[1] for k in keep] + [np.asarray(value, float)]
+
+
+class LockstepClock:
+    """Host time == simulation time; nothing happens between calls."""
+
+    def reset(self, sim_time: float) -> None:
+        pass
+
+    def to_host(self, sim_time: float) -> float:
+        return sim_time
+
+    def to_sim(self, host_time: float) -> float:
+        return host_time
+
+    def due(self, sim_time: float) -> float:
+        """The simulation time the simulation must reach now."""
+        return sim_time
+
+    def wait(self, host_time: float) -> None:
+        pass
+
+
+class RealtimeClock:
+    """Host time == ``time.monotonic()``; the simulation is stepped up to it on every call."""
+
+    def reset(self, sim_time: float) -> None:
+        self.offset = time.monotonic() - sim_time
+
+    def to_host(self, sim_time: float) -> float:
+        return sim_time + self.offset
+
+    def to_sim(self, host_time: float) -> float:
+        return host_time - self.offset
+
+    def due(self, sim_time: float) -> float:
+        return time.monotonic() - self.offset
+
+    def wait(self, host_time: float) -> None:
+        time.sleep(max(0.0, host_time - time.monotonic()))
+
+
+CLOCKS = {"lockstep": LockstepClock, "realtime": RealtimeClock}
+# MuJoCo resets MjData when these fire; the counters survive the reset.
+_DIVERGED = (mujoco.mjtWarning.mjWARN_BADQPOS, mujoco.mjtWarning.mjWARN_BADQVEL, mujoco.mjtWarning.mjWARN_BADQACC)
+
+
+class SimRobot(Robot, Gripper):
+    """The simulated arm and gripper, driven like a UR e-Series through servoL / servoJ-style targets.
+
+    Args:
+        scene: a built :class:`~protege.sim.scene.Scene` (owned by this robot from now on).
+        clock: ``"lockstep"`` or ``"realtime"`` (:data:`CLOCKS`).
+        max_joint_speed: cap on commanded joint speed, rad/s.
+        damping: lambda of the damped least squares (m, rad); larger is smoother near singularities.
+
+    Raises:
+        KeyError: an unknown clock.
+    """
+
+    def __init__(self, scene: Scene, clock: str = "lockstep", max_joint_speed: float = np.pi, damping: float = 0.01):
+        if clock not in CLOCKS:
+            raise KeyError(f"unknown clock {clock!r}; choose from {sorted(CLOCKS)}")
+        self.scene, self.model, self.data = scene, scene.model, scene.data
+        self.clock = CLOCKS[clock]()
+        self.max_joint_speed, self.damping = float(max_joint_speed), float(damping)
+        self._kin = mujoco.MjData(self.model)  # scratch state for the IK's forward kinematics
+        self._jac = np.zeros((6, self.model.nv))
+        self._limits = self.model.jnt_range[[self.model.dof_jntid[i] for i in scene.arm_dof]].T.copy()
+        # Velocity feed-forward: the actuators are PD (force = kp (ctrl - q) - kv qdot), so a command
+        # ctrl = q_cmd + kv / kp * qdot_cmd tracks a moving reference without the kv / kp (0.2 s) lag.
+        acts = scene.arm_act
+        self._kv_over_kp = -self.model.actuator_biasprm[acts, 2] / self.model.actuator_gainprm[acts, 0]
+        self._closed = self._diverged = False
+        self.resets = -1  # count of reset() calls, so cameras know a new episode began
+        self.reset()
+
+    # -- simulation-only API -------------------------------------------------------------------
+    def reset(self, q=READY_Q, width: float = GRIPPER_MAX_WIDTH) -> None:
+        """Reset the whole simulation to time 0, arm at ``q`` (6,) rad at rest, gripper at ``width`` m.
+
+        Objects go back to the model's defaults; a task places them afterwards. Recovers a
+        diverged simulation.
+
+        Raises:
+            DeviceError: the robot was closed.
+        """
+        if self._closed:
+            raise DeviceError("SimRobot is closed")
+        m, d, s = self.model, self.data, self.scene
+        q = check_array("q", q, (6,))
+        mujoco.mj_resetData(m, d)
+        d.qpos[s.arm_qpos] = q
+        d.ctrl[s.arm_act] = q
+        d.ctrl[s.gripper_act] = width_to_ctrl(width)
+        mujoco.mj_forward(m, d)
+        self._q_cmd = q.copy()
+        self._mode = "joint"
+        self._joints = Schedule(q, 0.0)
+        self._pose: Schedule | None = None
+        self._grip = Schedule(np.array([width]), 0.0)
+        self.clock.reset(0.0)
+        self.resets += 1
+        self._diverged = False
+
+    def now(self) -> float:
+        """Current time on this robot's clock, s."""
+        return self.clock.to_host(self.data.time)
+
+    def sync(self) -> None:
+        """Step the simulation up to the clock (a no-op in lockstep mode)."""
+        self._check_open()
+        self._step_until(self.clock.due(self.data.time))
+
+    def advance(self, duration: float) -> None:
+        """Let ``duration`` s pass: step the simulation (lockstep) or sleep and catch up (realtime)."""
+        self.advance_to(self.now() + float(duration))
+
+    def advance_to(self, t: float) -> None:
+        """Run until time ``t`` s on this robot's clock (in realtime mode: sleep until then; no-op if past)."""
+        self._check_open()
+        self.clock.wait(t)
+        self._step_until(self.clock.to_sim(t))
+
+    def _step_until(self, sim_time: float) -> None:
+        dt = self.model.opt.timestep
+        while self.data.time + 0.5 * dt < sim_time:
+            self._tick()
+        if any(self.data.warning[w].number for w in _DIVERGED) or not np.isfinite(self.data.qpos).all():
+            self._diverged = True
+            raise DeviceError(f"simulation diverged at t={self.data.time:.3f} s; reset() to go on")
+
+    def _tick(self) -> None:
+        """One 500 Hz servo cycle: interpolate the target, update the joint command, step physics."""
+        m, d, s = self.model, self.data, self.scene
+        t = d.time + m.opt.timestep
+        if self._mode == "tcp":
+            dq = self._ik_step(self._pose(t))
+        else:
+            dq = self._joints(t) - self._q_cmd
+        limit = self.max_joint_speed * m.opt.timestep
+        dq *= min(1.0, limit / max(float(np.max(np.abs(dq))), 1e-12))
+        q_cmd = np.clip(self._q_cmd + dq, self._limits[0], self._limits[1])
+        d.ctrl[s.arm_act] = q_cmd + self._kv_over_kp * (q_cmd - self._q_cmd) / m.opt.timestep
+        self._q_cmd = q_cmd
+        d.ctrl[s.gripper_act] = width_to_ctrl(float(self._grip(t)[0]))
+        mujoco.mj_step(m, d)
+
+    def _ik_step(self, target: np.ndarray) -> np.ndarray:
+        """One damped-least-squares step (6,) rad from the commanded joints toward ``target`` (7,) pos + quat wxyz."""
+        m, k, s = self.model, self._kin, self.scene
+        k.qpos[s.arm_qpos] = self._q_cmd
+        mujoco.mj_kinematics(m, k)
+        mujoco.mj_comPos(m, k)
+        err = np.empty(6)
+        err[:3] = target[:3] - k.site_xpos[s.tcp_site]
+        cur, inv, diff = np.empty(4), np.empty(4), np.empty(4)
+        mujoco.mju_mat2Quat(cur, k.site_xmat[s.tcp_site])
+        mujoco.mju_negQuat(inv, cur)
+        mujoco.mju_mulQuat(diff, target[3:], inv)
+        if diff[0] < 0.0:
+            diff = -diff
+        mujoco.mju_quat2Vel(err[3:], diff, 1.0)
+        mujoco.mj_jacSite(m, k, self._jac[:3], self._jac[3:], s.tcp_site)
+        jac = self._jac[:, s.arm_dof]
+        return jac.T @ np.linalg.solve(jac @ jac.T + self.damping**2 * np.eye(6), err)
+
+    def tcp_pose_of(self, q) -> tuple[np.ndarray, np.ndarray]:
+        """Forward kinematics: TCP position (3,) m and quaternion (4,) (x, y, z, w) in the base frame at joints ``q`` (6,)."""
+        k, s = self._kin, self.scene
+        k.qpos[s.arm_qpos] = check_array("q", q, (6,))
+        mujoco.mj_kinematics(self.model, k)
+        quat = np.empty(4)
+        mujoco.mju_mat2Quat(quat, k.site_xmat[s.tcp_site])
+        return k.site_xpos[s.tcp_site].copy(), wxyz_to_xyzw(quat)
+
+    # -- Robot -------------------------------------------------------------------------------
+    def state(self) -> RobotState:
+        self.sync()
+        d, s = self.data, self.scene
+        quat = np.empty(4)
+        mujoco.mju_mat2Quat(quat, d.site_xmat[s.tcp_site])
+        return RobotState(
+            joint_positions=d.qpos[s.arm_qpos].copy(), joint_velocities=d.qvel[s.arm_dof].copy(),
+            tcp_position=d.site_xpos[s.tcp_site].copy(), tcp_quat=wxyz_to_xyzw(quat),
+            gripper_width=self._measured_width(), timestamp=self.now(),
+        )
+
+    def servo_tcp(self, position, quat, t: float) -> None:
+        position = check_array("position", position, (3,))
+        quat = xyzw_to_wxyz(check_quat("quat", quat))
+        t = float(check_array("t", t, ()))
+        self.sync()
+        now = self.data.time
+        if self._mode != "tcp":
+            pos, cur = self.tcp_pose_of(self._q_cmd)
+            self._pose = Schedule(np.concatenate([pos, xyzw_to_wxyz(cur)]), now, pose_lerp)
+            self._mode = "tcp"
+        self._pose.add(now, self.clock.to_sim(t), np.concatenate([position, quat]))
+
+    def servo_joints(self, q, t: float) -> None:
+        q = check_array("q", q, (6,))
+        t = float(check_array("t", t, ()))
+        self.sync()
+        now = self.data.time
+        if self._mode != "joint":
+            self._joints = Schedule(self._q_cmd.copy(), now)
+            self._mode = "joint"
+        self._joints.add(now, self.clock.to_sim(t), q)
+
+    def stop(self) -> None:
+        self.sync()
+        self._joints = Schedule(self._q_cmd.copy(), self.data.time)
+        self._mode = "joint"
+        self._grip = Schedule(self._grip(self.data.time), self.data.time)
+
+    def close(self) -> None:
+        self._closed = True
+
+    # -- Gripper -----------------------------------------------------------------------------
+    def set_width(self, width: float, t: float) -> None:
+        width = float(np.clip(check_array("width", width, ()), 0.0, GRIPPER_MAX_WIDTH))
+        t = float(check_array("t", t, ()))
+        self.sync()
+        self._grip.add(self.data.time, self.clock.to_sim(t), np.array([width]))
+
+    def width(self) -> float:
+        self.sync()
+        return self._measured_width()
+
+    def _measured_width(self) -> float:
+        d, s = self.data, self.scene
+        left, right = s.pad_geoms
+        y_axis = d.site_xmat[s.tcp_site].reshape(3, 3)[:, 1]
+        gap = abs(float(np.dot(d.geom_xpos[right] - d.geom_xpos[left], y_axis))) - 2 * self.model.geom_size[left][1]
+        return max(gap, 0.0)
+
+    def _check_open(self) -> None:
+        if self._closed or self._diverged:
+            raise DeviceError("SimRobot is closed" if self._closed else "simulation diverged; reset() to go on")
+
+
+class SimCamera(Camera):
+    """A camera of the scene, rendered on demand at the simulation's current state.
+
+    Args:
+        robot: the simulated robot whose scene (and clock) the camera sees.
+        name: a camera of the scene (``"scene"``, ``"wrist"``).
+        height, width: frame size, px (at most the scene's ``image_size``).
+        renderer: share an :class:`OffscreenRenderer` of the same size between cameras; default: own one.
+
+    Raises:
+        KeyError: no camera called ``name``.
+    """
+
+    def __init__(self, robot: SimRobot, name: str, height: int = 96, width: int = 96,
+                 renderer: OffscreenRenderer | None = None):
+        if mujoco.mj_name2id(robot.model, mujoco.mjtObj.mjOBJ_CAMERA, name) < 0:
+            raise KeyError(f"no camera {name!r} in the scene")
+        if renderer is not None and (renderer.height, renderer.width) != (height, width):
+            raise ValueError(f"renderer is {renderer.height}x{renderer.width}, camera wants {height}x{width}")
+        self.robot, self.name = robot, name
+        self._owns = renderer is None
+        self._renderer = renderer or OffscreenRenderer(robot.model, height, width)
+        self._frame: Frame | None = None
+        self._sim_time = None
+        self._index = -1
+
+    def read(self) -> Frame:
+        """The frame at the simulation's current time; a new index only when time has moved on."""
+        if self._renderer is None:
+            raise DeviceError(f"camera {self.name!r} is closed")
+        self.robot.sync()
+        t = (self.robot.resets, self.robot.data.time)
+        if self._frame is None or t != self._sim_time:
+            self._index += 1
+            rgb = self._renderer.render(self.robot.data, self.name)
+            self._frame, self._sim_time = Frame(rgb, self.robot.now(), self._index), t
+        return self._frame
+
+    def close(self) -> None:
+        if self._renderer is not None and self._owns:
+            self._renderer.close()
+        self._renderer = None

