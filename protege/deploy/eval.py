@@ -78,7 +78,7 @@ class SimEvaluator:
 
     def __init__(self, env: Mapping[str, Any], obs_spec: Mapping[str, Mapping], n_episodes: int = 50, seed: int = 100000,
                  n_action_steps: int | None = None, num_inference_steps: int | None = None,
-                 scheduler: str = "receding_horizon", temporal_ensembling_k: float = 0.01, batch_envs: int = 50,
+                 scheduler: str = "receding_horizon", temporal_ensembling_k: float = 0.01, batch_envs: int = 10,
                  n_videos: int = 0, video_dir: str | None = None, fps: float = 10.0, progress: bool = False):
         self.env_cfg = OmegaConf.create(dict(env)) if not isinstance(env, DictConfig) else env
         self.obs_spec = {k: dict(v) for k, v in obs_spec.items()}
@@ -107,7 +107,7 @@ class SimEvaluator:
         return {
             "n_episodes": len(episodes),
             "mean_max_reward": float(np.mean([e["max_reward"] for e in episodes])),
-            "mean_max_coverage": float(np.mean([e["max_coverage"] for e in episodes])),
+            "mean_max_coverage": float(np.mean([e["max_coverage"] for e in episodes])) if "max_coverage" in episodes[0] else None,
             "success_rate": n_success / len(episodes),
             "success_rate_ci95": [lo, hi],
             "eval_seconds": time.perf_counter() - t0,
@@ -126,7 +126,7 @@ class SimEvaluator:
             first = obs_from_step(env.observation(self.keys), self.obs_spec)
             history.append(deque([first] * to, maxlen=to))
             scheds.append(make_scheduler(self.scheduler, n_act, self.k))
-            results.append({"seed": seed, "max_reward": 0.0, "max_coverage": 0.0, "success": False, "steps": 0})
+            results.append({"seed": seed, "max_reward": 0.0, "success": False, "steps": 0})
             if first_index + j < self.n_videos:
                 frames[j] = [env.render()]
         policy.reset()
@@ -148,7 +148,8 @@ class SimEvaluator:
                 r = results[j]
                 r["steps"] += 1
                 r["max_reward"] = max(r["max_reward"], reward)
-                r["max_coverage"] = max(r["max_coverage"], info["coverage"])
+                if "coverage" in info:  # PushT's goal coverage; other tasks report success only
+                    r["max_coverage"] = max(r.get("max_coverage", 0.0), info["coverage"])
                 r["success"] = r["success"] or info["success"]
                 if j in frames:
                     frames[j].append(envs[j].render())
@@ -200,9 +201,9 @@ def main(cfg: DictConfig) -> None:
     """Evaluate a checkpoint in simulation; see ``protege-eval --help`` and ``configs/eval.yaml``."""
     report, path = evaluate_checkpoint(cfg)
     lo, hi = report["success_rate_ci95"]
+    coverage = f"mean max coverage {report['mean_max_coverage']:.3f}, " if report["mean_max_coverage"] is not None else ""
     print(f"{report['task']}: {report['n_episodes']} episodes, mean max reward {report['mean_max_reward']:.3f}, "
-          f"mean max coverage {report['mean_max_coverage']:.3f}, success {report['success_rate']:.2f} "
-          f"(95% CI {lo:.2f}-{hi:.2f})")
+          f"{coverage}success {report['success_rate']:.2f} (95% CI {lo:.2f}-{hi:.2f})")
     print(f"report: {path}")
     videos = [e["video"] for e in report["episodes"] if "video" in e]
     if videos:

@@ -35,42 +35,11 @@ import dataclasses
 from collections.abc import Iterable
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
-from protege.robot.interfaces import check_array
+from protege.robot.actions import ACTION_DIM, action_to_pose, pose_to_action  # noqa: F401 (re-exported)
 from protege.sim.robot import SimCamera, SimRobot
 from protege.sim.scene import OffscreenRenderer, build_scene
 from protege.sim.tasks import TaskState, make_task
-
-ACTION_DIM = 10
-
-
-def pose_to_action(position, quat, width: float) -> np.ndarray:
-    """(10,) float32 action from TCP ``position`` (3,) m, ``quat`` (4,) (x, y, z, w), gripper ``width`` m."""
-    mat = Rotation.from_quat(np.asarray(quat, float)).as_matrix()
-    return np.concatenate([np.asarray(position, float), mat[:, 0], mat[:, 1], [width]]).astype(np.float32)
-
-
-def action_to_pose(action) -> tuple[np.ndarray, np.ndarray, float]:
-    """(position (3,) m, quat (4,) (x, y, z, w), width m) from a (10,) action.
-
-    Raises:
-        ValueError: wrong shape, NaN / inf, or degenerate rotation columns (zero or parallel).
-    """
-    a = check_array("action", action, (ACTION_DIM,))
-    c1, c2 = a[3:6], a[6:9]
-    n1 = np.linalg.norm(c1)
-    if n1 < 1e-6:
-        raise ValueError(f"degenerate rotation in action {a}")
-    b1 = c1 / n1
-    b2 = c2 - np.dot(b1, c2) * b1
-    n2 = np.linalg.norm(b2)
-    if n2 < 1e-6:
-        raise ValueError(f"degenerate rotation in action {a}")
-    b2 /= n2
-    mat = np.column_stack([b1, b2, np.cross(b1, b2)])
-    return a[:3].copy(), Rotation.from_matrix(mat).as_quat(), float(a[9])
-
 
 class SimEnv:
     """One task episode at a time on the simulated UR5e + 2F-85.
@@ -90,6 +59,15 @@ class SimEnv:
     """
 
     store_keys = ("scene_rgb", "wrist_rgb", "tcp_pose", "joint_positions", "gripper_width", "timestamp")
+    key_meta = {  # units and frames recorded in the store's attributes
+        "scene_rgb": {"unit": "RGB", "frame": "scene camera"},
+        "wrist_rgb": {"unit": "RGB", "frame": "wrist camera"},
+        "tcp_pose": {"unit": "m, quaternion (x, y, z, w)", "frame": "robot base"},
+        "joint_positions": {"unit": "rad", "frame": "joint"},
+        "gripper_width": {"unit": "m", "frame": ""},
+        "timestamp": {"unit": "s", "frame": "robot clock"},
+        "action": {"unit": "m, 6-D rotation, m (protege.robot.actions)", "frame": "robot base"},
+    }
     cameras = ("scene", "wrist")
 
     def __init__(self, task: str = "lift", image_size: int = 96, control_hz: float = 10.0, clock: str = "lockstep",

@@ -21,6 +21,7 @@ from collections.abc import Callable
 import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
 
+from protege.robot.actions import pose_to_action
 from protege.robot.interfaces import RobotState
 from protege.sim.tasks import TaskState
 
@@ -197,3 +198,22 @@ class ScriptedExpert:
         pos = self._positions[i] + s * (self._positions[i + 1] - self._positions[i])
         width = self._widths[i] + s * (self._widths[i + 1] - self._widths[i])
         return ExpertAction(pos, self._slerps[i]([s]).as_quat()[0], float(width))
+
+
+class ScriptedExpertDevice:
+    """The task's scripted expert as a teleop device for the recording session
+    (:mod:`protege.teleop.session`); it never asks to stop: the session keeps successful episodes."""
+
+    def __init__(self, task: str):
+        self.expert = ScriptedExpert(task)
+
+    def reset(self, seed: int, env) -> None:
+        self.env = env
+        self.expert.reset(seed, env.task_state())
+
+    def act(self, obs) -> np.ndarray:
+        a = self.expert.act(self.env.robot.state(), self.env.now + self.env.dt)
+        return pose_to_action(a.position, a.quat, a.width)
+
+    def poll(self) -> str | None:
+        return None

@@ -66,8 +66,8 @@ def record(env, device: TeleopDevice, writer: BackgroundWriter, episodes: int, s
         realtime: pace the loop at ``fps`` on the wall clock (for humans); otherwise lockstep.
         max_attempts: give up after this many attempts (default ``3 * episodes``).
 
-    Each step stores the observation, the action, ``timestamp`` (s since the episode start, float64)
-    and the step's reward; each episode stores its seed, task, operator, start time and success.
+    Each step stores the observation, the action, the step's reward and ``timestamp`` (the env's own
+    when it reports one, else s since the episode start, float64); each episode stores its seed, task, operator, start time and success.
     """
     report = SessionReport()
     max_attempts = max_attempts or 3 * episodes
@@ -88,7 +88,8 @@ def record(env, device: TeleopDevice, writer: BackgroundWriter, episodes: int, s
             action = np.asarray(device.act(obs), dtype=np.float32)
             reward, done, info = env.step(action)
             success = success or bool(info.get("success", False))
-            writer.add_step({**obs, "action": action, "reward": np.float32(reward), "timestamp": np.float64(k * dt)})
+            step = {"timestamp": np.float64(k * dt), **obs, "action": action, "reward": np.float32(reward)}
+            writer.add_step(step)  # the env's own timestamp wins when it has one
             k += 1
             decision = device.poll()
             if decision in (KEEP, DISCARD, QUIT) or done:
