@@ -27,13 +27,18 @@ class BackgroundWriter:
     """Queue-fed :class:`EpisodeWriter` running in a daemon thread.
 
     Args:
-        path, fps, key_meta: as for :class:`EpisodeWriter`.
+        path, fps, key_meta, image_codec: as for :class:`EpisodeWriter` (``image_codec``:
+            ``"lossless"``, the default, or ``"jpeg:Q"``; compression runs in the writer thread).
+
+    Raises:
+        ValueError: an unknown ``image_codec`` (at construction, not in the thread).
 
     Errors from the thread are raised as :class:`WriterError` by the next call on the writer.
     """
 
-    def __init__(self, path: str | Path, fps: float | None = None, key_meta: Mapping[str, Mapping] | None = None):
-        self._writer = EpisodeWriter(path, fps, key_meta)
+    def __init__(self, path: str | Path, fps: float | None = None, key_meta: Mapping[str, Mapping] | None = None,
+                 image_codec: str = "lossless"):
+        self._writer = EpisodeWriter(path, fps, key_meta, image_codec=image_codec)
         self._queue: queue.Queue = queue.Queue()
         self._error: BaseException | None = None
         self._committed: list[int] = []
