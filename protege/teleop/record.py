@@ -14,7 +14,8 @@ def main(cfg: DictConfig) -> None:
     """Record ``episodes`` demonstrations of ``task`` with the ``teleop`` device into ``out``."""
     env = hydra.utils.instantiate(cfg.robot.env, **({"clock": "realtime"} if cfg.teleop.realtime else {}))
     device = hydra.utils.instantiate(cfg.teleop.device)
-    writer = BackgroundWriter(cfg.out, fps=cfg.task.fps, key_meta=getattr(env, "key_meta", None))
+    writer = BackgroundWriter(cfg.out, fps=cfg.task.fps, key_meta=getattr(env, "key_meta", None),
+                              image_codec=cfg.image_codec)
     try:
         report = record(env, device, writer, cfg.episodes, seed=cfg.seed, task=cfg.task.name, operator=cfg.operator,
                         keep=cfg.keep, realtime=cfg.teleop.realtime, fps=cfg.task.fps, max_attempts=cfg.max_attempts)
