@@ -32,7 +32,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=24000, help="optimizer steps (the cosine schedule's length)")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--checkpoint-every", type=int, default=3000)
-    ap.add_argument("--eval-episodes", type=int, default=50)
+    ap.add_argument("--eval-episodes", type=int, default=50, help="episodes for the final checkpoint")
+    ap.add_argument("--curve-episodes", type=int, default=None, help="episodes per earlier checkpoint (default: --eval-episodes)")
     ap.add_argument("--scheduler", default="receding_horizon", choices=["receding_horizon", "temporal_ensembling"])
     ap.add_argument("--run-dir", default=None)
     ap.add_argument("--skip-train", action="store_true", help="only evaluate the checkpoints of --run-dir")
@@ -59,14 +60,16 @@ def main() -> None:
         final = ckpt.name == "latest.pt"
         eval_dir = run_dir / "eval" / ckpt.stem
         subprocess.run([
-            str(BIN / "protege-eval"), f"checkpoint={ckpt}", f"n_episodes={args.eval_episodes}",
+            str(BIN / "protege-eval"), f"checkpoint={ckpt}",
+            f"n_episodes={args.eval_episodes if final else (args.curve_episodes or args.eval_episodes)}",
             f"n_videos={4 if final else 0}", f"out_dir={eval_dir}", f"scheduler={args.scheduler}",
         ], check=True)
         r = json.loads((eval_dir / "eval.json").read_text())
-        curve.append({k: r[k] for k in ("checkpoint", "train_step", "train_minutes", "mean_max_reward",
+        curve.append({k: r[k] for k in ("checkpoint", "n_episodes", "train_step", "train_minutes", "mean_max_reward",
                                          "mean_max_coverage", "success_rate", "success_rate_ci95", "eval_seconds")})
+        cov = f"coverage {r['mean_max_coverage']:.3f}  " if r["mean_max_coverage"] is not None else ""
         print(f"{ckpt.name:>20}  step {r['train_step']:>6}  {r['train_minutes']:6.1f} min  "
-              f"score {r['mean_max_reward']:.3f}  coverage {r['mean_max_coverage']:.3f}  success {r['success_rate']:.2f}")
+              f"score {r['mean_max_reward']:.3f}  {cov}success {r['success_rate']:.2f}  ({r['n_episodes']} episodes)")
     final = curve[-1]
     result = {
         "benchmark": "train_eval", "task": args.task, "policy": args.policy, "scheduler": args.scheduler, "machine": machine(),
@@ -84,7 +87,8 @@ def main() -> None:
         xs = [c["train_minutes"] for c in curve]
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.plot(xs, [c["mean_max_reward"] for c in curve], "o-", label="mean max reward (paper's score)")
-        ax.plot(xs, [c["mean_max_coverage"] for c in curve], "s--", label="mean max coverage")
+        if curve[0]["mean_max_coverage"] is not None:
+            ax.plot(xs, [c["mean_max_coverage"] for c in curve], "s--", label="mean max coverage")
         ax.plot(xs, [c["success_rate"] for c in curve], "^:", label="success rate")
         ax.set_xlabel("training wall-clock minutes")
         ax.set_ylim(0, 1)
@@ -95,8 +99,8 @@ def main() -> None:
         fig.savefig(out.with_suffix(".png"), dpi=100)
     except ImportError:
         print("matplotlib not installed: no plot (pip install -e '.[dev]')")
-    print(f"\n{args.task}: score {final['mean_max_reward']:.3f}, coverage {final['mean_max_coverage']:.3f}, "
-          f"success {final['success_rate']:.2f} after {final['train_minutes']:.1f} training minutes -> {out}")
+    print(f"\n{args.task} {args.policy}: score {final['mean_max_reward']:.3f}, success {final['success_rate']:.2f} "
+          f"after {final['train_minutes']:.1f} training minutes -> {out}")
 
 
 if __name__ == "__main__":
