@@ -4,7 +4,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PUSHT = Path(os.environ.get("PROTEGE_PUSHT", ROOT.parent / "shared/data/pusht/pusht_cchi_v7_replay.zarr"))
+REL = "shared/data/pusht/pusht_cchi_v7_replay.zarr"
+# $PROTEGE_PUSHT, else the shared folder beside the checkout, else the workplace's shared folder
+CANDIDATES = [os.environ.get("PROTEGE_PUSHT"), ROOT.parent / REL, Path("/work") / REL]
+PUSHT = next((Path(c) for c in CANDIDATES if c and Path(c).exists()), ROOT.parent / REL)
 
 
 @pytest.fixture(scope="session")
