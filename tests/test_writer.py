@@ -75,7 +75,7 @@ def test_kill_9_mid_episode_keeps_every_committed_episode(tmp_path):
     store = EpisodeStore(path)
     assert list(store.episode_lengths) == [20, 21, 22]
     assert set(np.unique(store.read("a"))) == {0, 1, 2}
-    assert store._array("a").shape[0] >= 63  # the open episode's rows are there, uncommitted
+    assert store._array("a").shape[0] > 63  # the open episode's rows reached disk, uncommitted
     from protege.data.cli import main as data_cli
 
     assert data_cli(["repair", str(path)]) == 0

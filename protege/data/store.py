@@ -477,9 +477,6 @@ class EpisodeWriter:
         self.close()
 
 
-def open_store(path: str | Path) -> EpisodeStore:
-    return EpisodeStore(path)
-
 
 def describe(store: EpisodeStore) -> dict[str, Any]:
     """A JSON-able summary: episodes, steps, lengths and key specs."""

@@ -42,7 +42,6 @@ class BackgroundWriter:
         self._queue: queue.Queue = queue.Queue()
         self._error: BaseException | None = None
         self._committed: list[int] = []
-        self.steps_written = 0
         self._thread = threading.Thread(target=self._run, name="protege-writer", daemon=True)
         self._thread.start()
 
@@ -125,4 +124,3 @@ class BackgroundWriter:
     def _write(self, steps: list[dict]) -> None:
         if steps:
             self._writer.add_steps({k: np.stack([s[k] for s in steps]) for k in steps[0]})
-            self.steps_written += len(steps)

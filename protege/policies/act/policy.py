@@ -115,7 +115,6 @@ class ACTPolicy(Policy):
         pred = self._decode(batch["obs"], z)
         l1 = (F.l1_loss(pred, actions, reduction="none").mean(-1) * mask).sum() / mask.sum().clamp(min=1)
         kl = kl_divergence(mu, logvar)
-        self.last_terms = {"l1": l1.detach(), "kl": kl.detach()}
         return l1 + self.kl_weight * kl
 
     @torch.no_grad()
