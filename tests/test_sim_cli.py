@@ -14,7 +14,8 @@ from test_cli import TINY, run  # noqa: E402
 @pytest.mark.slow
 def test_record_train_evaluate_lift(tmp_path):
     store = tmp_path / "demos.zarr"
-    p = run("protege-record", "task=sim_lift", "teleop=scripted", "episodes=2", f"out={store}", "seed=5")
+    # The command line: task=lift is an alias of task=sim_lift.
+    p = run("protege-record", "robot=sim", "task=lift", "teleop=scripted", "episodes=2", f"out={store}", "seed=5")
     assert "kept 2 of 2" in p.stdout
     s = EpisodeStore(store)
     assert s.n_episodes == 2 and s.zarr_format == 3 and s.fps == 10
