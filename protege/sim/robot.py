@@ -18,18 +18,26 @@ position actuators:
 
 Two clocks (:data:`CLOCKS`): ``"lockstep"`` (time is the simulation's ``MjData.time``; it advances
 only through :meth:`SimRobot.advance`, as fast as the CPU allows) and ``"realtime"`` (time is
-``time.monotonic()``; every call first steps the simulation up to the wall clock).
+``time.monotonic()``; every call first steps the simulation up to the wall clock, and
+:meth:`SimRobot.advance_to` keeps stepping it while it waits, so the world moves on between
+control steps as a real one does).
+
+Threads: every method takes :attr:`SimRobot.lock`, so a camera's reader thread (see
+:class:`SimCamera`) can step and render the simulation beside the control loop; code that reads
+``robot.data`` directly while such a thread runs holds the lock.
 """
 
 from __future__ import annotations
 
 import bisect
+import threading
 import time
 from collections.abc import Callable
 
 import mujoco
 import numpy as np
 
+from protege.robot.frames import ThreadedCamera
 from protege.robot.interfaces import Camera, DeviceError, Frame, Gripper, Robot, RobotState, check_array, check_quat
 from protege.sim.scene import READY_Q, OffscreenRenderer, Scene
 
@@ -182,6 +190,7 @@ class SimRobot(Robot, Gripper):
         acts = scene.arm_act
         self._kv_over_kp = -self.model.actuator_biasprm[acts, 2] / self.model.actuator_gainprm[acts, 0]
         self._closed = self._diverged = False
+        self.lock = threading.RLock()
         self.resets = -1  # count of reset() calls, so cameras know a new episode began
         self.reset()
 
@@ -197,8 +206,12 @@ class SimRobot(Robot, Gripper):
         """
         if self._closed:
             raise DeviceError("SimRobot is closed")
-        m, d, s = self.model, self.data, self.scene
         q = check_array("q", q, (6,))
+        with self.lock:
+            self._reset(q, width)
+
+    def _reset(self, q: np.ndarray, width: float) -> None:
+        m, d, s = self.model, self.data, self.scene
         mujoco.mj_resetData(m, d)
         d.qpos[s.arm_qpos] = q
         d.ctrl[s.arm_act] = q
@@ -227,18 +240,27 @@ class SimRobot(Robot, Gripper):
         self.advance_to(self.now() + float(duration))
 
     def advance_to(self, t: float) -> None:
-        """Run until time ``t`` s on this robot's clock (in realtime mode: sleep until then; no-op if past)."""
+        """Run until time ``t`` s on this robot's clock (no-op if past).
+
+        In realtime mode this waits for the wall clock, stepping the simulation along in servo
+        ticks meanwhile (releasing :attr:`lock` between them).
+        """
         self._check_open()
-        self.clock.wait(t)
+        if isinstance(self.clock, RealtimeClock):
+            while (left := t - time.monotonic()) > 0:
+                self.sync()
+                time.sleep(min(left, self.model.opt.timestep))
         self._step_until(self.clock.to_sim(t))
 
     def _step_until(self, sim_time: float) -> None:
         dt = self.model.opt.timestep
-        while self.data.time + 0.5 * dt < sim_time:
-            self._tick()
-        if any(self.data.warning[w].number for w in _DIVERGED) or not np.isfinite(self.data.qpos).all():
-            self._diverged = True
-            raise DeviceError(f"simulation diverged at t={self.data.time:.3f} s; reset() to go on")
+        with self.lock:
+            self._check_open()
+            while self.data.time + 0.5 * dt < sim_time:
+                self._tick()
+            if any(self.data.warning[w].number for w in _DIVERGED) or not np.isfinite(self.data.qpos).all():
+                self._diverged = True
+                raise DeviceError(f"simulation diverged at t={self.data.time:.3f} s; reset() to go on")
 
     def _tick(self) -> None:
         """One 500 Hz servo cycle: interpolate the target, update the joint command, step physics."""
@@ -286,6 +308,10 @@ class SimRobot(Robot, Gripper):
 
     # -- Robot -------------------------------------------------------------------------------
     def state(self) -> RobotState:
+        with self.lock:
+            return self._state()
+
+    def _state(self) -> RobotState:
         self.sync()
         d, s = self.data, self.scene
         quat = np.empty(4)
@@ -300,43 +326,49 @@ class SimRobot(Robot, Gripper):
         position = check_array("position", position, (3,))
         quat = xyzw_to_wxyz(check_quat("quat", quat))
         t = float(check_array("t", t, ()))
-        self.sync()
-        now = self.data.time
-        if self._mode != "tcp":
-            pos, cur = self.tcp_pose_of(self._q_cmd)
-            self._pose = Schedule(np.concatenate([pos, xyzw_to_wxyz(cur)]), now, pose_lerp)
-            self._mode = "tcp"
-        self._pose.add(now, self.clock.to_sim(t), np.concatenate([position, quat]))
+        with self.lock:
+            self.sync()
+            now = self.data.time
+            if self._mode != "tcp":
+                pos, cur = self.tcp_pose_of(self._q_cmd)
+                self._pose = Schedule(np.concatenate([pos, xyzw_to_wxyz(cur)]), now, pose_lerp)
+                self._mode = "tcp"
+            self._pose.add(now, self.clock.to_sim(t), np.concatenate([position, quat]))
 
     def servo_joints(self, q, t: float) -> None:
         q = check_array("q", q, (6,))
         t = float(check_array("t", t, ()))
-        self.sync()
-        now = self.data.time
-        if self._mode != "joint":
-            self._joints = Schedule(self._q_cmd.copy(), now)
-            self._mode = "joint"
-        self._joints.add(now, self.clock.to_sim(t), q)
+        with self.lock:
+            self.sync()
+            now = self.data.time
+            if self._mode != "joint":
+                self._joints = Schedule(self._q_cmd.copy(), now)
+                self._mode = "joint"
+            self._joints.add(now, self.clock.to_sim(t), q)
 
     def stop(self) -> None:
-        self.sync()
-        self._joints = Schedule(self._q_cmd.copy(), self.data.time)
-        self._mode = "joint"
-        self._grip = Schedule(self._grip(self.data.time), self.data.time)
+        with self.lock:
+            self.sync()
+            self._joints = Schedule(self._q_cmd.copy(), self.data.time)
+            self._mode = "joint"
+            self._grip = Schedule(self._grip(self.data.time), self.data.time)
 
     def close(self) -> None:
-        self._closed = True
+        with self.lock:
+            self._closed = True
 
     # -- Gripper -----------------------------------------------------------------------------
     def set_width(self, width: float, t: float) -> None:
         width = float(np.clip(check_array("width", width, ()), 0.0, GRIPPER_MAX_WIDTH))
         t = float(check_array("t", t, ()))
-        self.sync()
-        self._grip.add(self.data.time, self.clock.to_sim(t), np.array([width]))
+        with self.lock:
+            self.sync()
+            self._grip.add(self.data.time, self.clock.to_sim(t), np.array([width]))
 
     def width(self) -> float:
-        self.sync()
-        return self._measured_width()
+        with self.lock:
+            self.sync()
+            return self._measured_width()
 
     def _measured_width(self) -> float:
         d, s = self.data, self.scene
@@ -351,44 +383,105 @@ class SimRobot(Robot, Gripper):
 
 
 class SimCamera(Camera):
-    """A camera of the scene, rendered on demand at the simulation's current state.
+    """A camera of the scene.
+
+    In lockstep mode (and whenever ``fps`` is None) frames are rendered on demand, in the
+    caller's thread, at the simulation's current state: deterministic, and a new frame only when
+    time has moved on. In realtime mode with an ``fps``, a reader thread renders at ``fps`` on the
+    wall clock into a ring buffer, like a real camera driver (:class:`~protege.robot.frames.ThreadedCamera`):
+    :meth:`read` returns the newest frame without rendering, stamped with the simulation time it
+    shows.
 
     Args:
         robot: the simulated robot whose scene (and clock) the camera sees.
         name: a camera of the scene (``"scene"``, ``"wrist"``).
         height, width: frame size, px (at most the scene's ``image_size``).
-        renderer: share an :class:`OffscreenRenderer` of the same size between cameras; default: own one.
+        renderer: share an :class:`OffscreenRenderer` of the same size between on-demand cameras;
+            default: own one. (A threaded camera always has its own, made on its thread.)
+        fps: frame rate of the reader thread in realtime mode, Hz; None renders on demand.
 
     Raises:
         KeyError: no camera called ``name``.
+        ValueError: a renderer of another size, or a renderer given to a threaded camera.
     """
 
     def __init__(self, robot: SimRobot, name: str, height: int = 96, width: int = 96,
-                 renderer: OffscreenRenderer | None = None):
+                 renderer: OffscreenRenderer | None = None, fps: float | None = None):
         if mujoco.mj_name2id(robot.model, mujoco.mjtObj.mjOBJ_CAMERA, name) < 0:
             raise KeyError(f"no camera {name!r} in the scene")
         if renderer is not None and (renderer.height, renderer.width) != (height, width):
             raise ValueError(f"renderer is {renderer.height}x{renderer.width}, camera wants {height}x{width}")
         self.robot, self.name = robot, name
+        self._reader: ThreadedCamera | None = None
+        self._renderer: OffscreenRenderer | None = None
         self._owns = renderer is None
+        if fps is not None and isinstance(robot.clock, RealtimeClock):
+            if renderer is not None:
+                raise ValueError("a threaded SimCamera renders with its own renderer; pass renderer=None")
+            self._reader = ThreadedCamera(_RenderSource(robot, name, height, width, float(fps)), name)
+            return
         self._renderer = renderer or OffscreenRenderer(robot.model, height, width)
         self._frame: Frame | None = None
         self._sim_time = None
         self._index = -1
 
+    @property
+    def threaded(self) -> bool:
+        """Whether a reader thread renders the frames."""
+        return self._reader is not None
+
     def read(self) -> Frame:
-        """The frame at the simulation's current time; a new index only when time has moved on."""
+        """The newest frame: on demand, the frame at the current time (a new index only when time moved on)."""
+        if self._reader is not None:
+            return self._reader.read()
         if self._renderer is None:
             raise DeviceError(f"camera {self.name!r} is closed")
-        self.robot.sync()
-        t = (self.robot.resets, self.robot.data.time)
-        if self._frame is None or t != self._sim_time:
-            self._index += 1
-            rgb = self._renderer.render(self.robot.data, self.name)
-            self._frame, self._sim_time = Frame(rgb, self.robot.now(), self._index), t
-        return self._frame
+        with self.robot.lock:
+            self.robot.sync()
+            t = (self.robot.resets, self.robot.data.time)
+            if self._frame is None or t != self._sim_time:
+                self._index += 1
+                rgb = self._renderer.render(self.robot.data, self.name)
+                self._frame, self._sim_time = Frame(rgb, self.robot.now(), self._index), t
+            return self._frame
+
+    def frames(self, n: int) -> list[Frame]:
+        """The newest ``n`` frames, oldest first (threaded), or ``[read()]`` (on demand)."""
+        return self._reader.frames(n) if self._reader is not None else [self.read()][:n]
 
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
         if self._renderer is not None and self._owns:
             self._renderer.close()
         self._renderer = None
+
+
+class _RenderSource:
+    """:class:`~protege.robot.frames.FrameSource` of a realtime :class:`SimCamera`: every ``1 / fps`` s
+    on the wall clock, step the simulation up to now and render it (the GL context lives on the reader thread)."""
+
+    def __init__(self, robot: SimRobot, name: str, height: int, width: int, fps: float):
+        if not fps > 0:
+            raise ValueError(f"fps must be > 0, got {fps}")
+        self.robot, self.name, self.size, self.period = robot, name, (height, width), 1.0 / fps
+        self.renderer: OffscreenRenderer | None = None
+        self.index, self.next_t = -1, 0.0
+
+    def open(self) -> None:
+        self.renderer = OffscreenRenderer(self.robot.model, *self.size)
+        self.next_t = time.monotonic()
+
+    def grab(self) -> Frame:
+        time.sleep(max(0.0, self.next_t - time.monotonic()))
+        self.next_t = max(self.next_t + self.period, time.monotonic() - self.period)  # no burst after a stall
+        with self.robot.lock:
+            self.robot.sync()
+            self.renderer.update(self.robot.data, self.name)
+            t = self.robot.now()
+        self.index += 1
+        return Frame(self.renderer.draw(), t, self.index)
+
+    def close(self) -> None:
+        if self.renderer is not None:
+            self.renderer.close()

@@ -369,11 +369,30 @@ class OffscreenRenderer:
             KeyError: no camera of that name.
             RuntimeError: the renderer was closed.
         """
+        self.update(data, camera)
+        return self.draw()
+
+    def update(self, data: mujoco.MjData, camera: str | int) -> None:
+        """Copy the geometry ``camera`` sees in ``data`` into the renderer (CPU only: the part that reads ``data``).
+
+        Raises:
+            KeyError: no camera of that name.
+            RuntimeError: the renderer was closed.
+        """
         if self._gl is None:
             raise RuntimeError("renderer is closed")
         self._cam.fixedcamid = camera if isinstance(camera, int) else self.model.camera(camera).id
-        self._gl.make_current()
         mujoco.mjv_updateScene(self.model, data, self._opt, self._pert, self._cam, mujoco.mjtCatBit.mjCAT_ALL, self._scn)
+
+    def draw(self) -> np.ndarray:
+        """Render what :meth:`update` captured: a fresh (H, W, 3) uint8 RGB frame (needs no ``MjData``).
+
+        Raises:
+            RuntimeError: the renderer was closed.
+        """
+        if self._gl is None:
+            raise RuntimeError("renderer is closed")
+        self._gl.make_current()
         mujoco.mjr_render(self._rect, self._scn, self._con)
         mujoco.mjr_readPixels(self._rgb, None, self._rect, self._con)
         return np.flipud(self._rgb).copy()

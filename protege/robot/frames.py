@@ -1,0 +1,154 @@
+"""Cameras that never block the control loop: a reader thread fills a ring buffer of frames.
+
+A driver supplies a :class:`FrameSource` (open the device, block until the next frame, close);
+:class:`ThreadedCamera` runs it in a thread of its own and serves :meth:`~ThreadedCamera.read`
+(the latest frame) and :meth:`~ThreadedCamera.frames` (the last ``n``, for aligning an observation
+window to its timestamps) from a :class:`FrameRing` without waiting on the device. The pattern of
+Diffusion Policy's real-robot ``MultiRealSense`` / ``SharedMemoryRingBuffer``, with threads.
+
+A source's ``open``, ``grab`` and ``close`` all run on the reader thread (OpenGL and some camera
+SDKs bind their contexts to one thread). An exception in the source stops the reader and is
+raised, as the cause of a :class:`~protege.robot.interfaces.DeviceError`, by the next ``read``.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from typing import Protocol
+
+from protege.robot.interfaces import Camera, DeviceError, Frame
+
+
+class FrameRing:
+    """A thread-safe ring buffer of the latest ``capacity`` frames (oldest dropped first).
+
+    Raises:
+        ValueError: ``capacity`` < 1.
+    """
+
+    def __init__(self, capacity: int = 32):
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self._frames: collections.deque[Frame] = collections.deque(maxlen=int(capacity))
+        self._cond = threading.Condition()
+
+    def push(self, frame: Frame) -> None:
+        with self._cond:
+            self._frames.append(frame)
+            self._cond.notify_all()
+
+    def latest(self) -> Frame | None:
+        """The newest frame, or None before the first."""
+        with self._cond:
+            return self._frames[-1] if self._frames else None
+
+    def last(self, n: int) -> list[Frame]:
+        """The newest ``min(n, len)`` frames, oldest first."""
+        with self._cond:
+            return list(self._frames)[-n:] if n > 0 else []
+
+    def wait_newer(self, index: int, timeout: float) -> Frame | None:
+        """Block up to ``timeout`` s for a frame whose ``frame_index`` exceeds ``index``; None on timeout."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._frames and self._frames[-1].frame_index > index, timeout)
+            return self._frames[-1] if self._frames and self._frames[-1].frame_index > index else None
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._frames)
+
+
+class FrameSource(Protocol):
+    """What a driver implements for :class:`ThreadedCamera`; every method runs on the reader thread."""
+
+    def open(self) -> None:
+        """Connect to the device (or create the renderer)."""
+
+    def grab(self) -> Frame:
+        """Block until the next frame and return it (increasing ``frame_index``, host ``timestamp``)."""
+
+    def close(self) -> None:
+        """Release the device. Called once, also after ``open`` or ``grab`` raised."""
+
+
+class ThreadedCamera(Camera):
+    """A :class:`~protege.robot.interfaces.Camera` whose frames a reader thread grabs from ``source``.
+
+    Args:
+        source: the device's :class:`FrameSource`.
+        name: for messages.
+        capacity: frames kept in the ring buffer.
+        first_frame_timeout_s: how long the first :meth:`read` waits for the device to deliver.
+
+    The thread starts at construction; :meth:`close` stops and joins it.
+    """
+
+    def __init__(self, source: FrameSource, name: str = "camera", capacity: int = 32, first_frame_timeout_s: float = 5.0):
+        self.source, self.name = source, name
+        self.ring = FrameRing(capacity)
+        self.first_frame_timeout_s = float(first_frame_timeout_s)
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=f"camera-{name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        opened = False
+        try:
+            self.source.open()
+            opened = True
+            while not self._stop.is_set():
+                self.ring.push(self.source.grab())
+        except BaseException as e:  # noqa: BLE001 - handed to the reader of the frames
+            self._error = e
+        finally:
+            try:
+                self.source.close()
+            except BaseException as e:  # noqa: BLE001
+                if self._error is None and opened and not self._stop.is_set():
+                    self._error = e
+
+    def _check(self) -> None:
+        if self._closed:
+            raise DeviceError(f"camera {self.name!r} is closed")
+        if self._error is not None:
+            raise DeviceError(f"camera {self.name!r} stopped: {self._error!r}") from self._error
+
+    def read(self) -> Frame:
+        """The newest frame; waits (up to ``first_frame_timeout_s``) only for the very first.
+
+        Raises:
+            DeviceError: closed, the reader thread failed (the source's exception is the cause),
+                or no first frame in time.
+        """
+        self._check()
+        frame = self.ring.latest()
+        if frame is None:
+            deadline = time.monotonic() + self.first_frame_timeout_s
+            while frame is None and time.monotonic() < deadline and self._thread.is_alive():
+                frame = self.ring.wait_newer(-1, min(0.05, max(0.0, deadline - time.monotonic())))
+            self._check()
+            if frame is None:
+                raise DeviceError(f"camera {self.name!r} gave no frame in {self.first_frame_timeout_s:g} s")
+        return frame
+
+    def frames(self, n: int) -> list[Frame]:
+        """The newest ``n`` frames (fewer at the start), oldest first, without waiting.
+
+        Raises:
+            DeviceError: as :meth:`read`.
+        """
+        self._check()
+        return self.ring.last(n)
+
+    def close(self) -> None:
+        """Stop the reader thread and release the device (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=5.0)
