@@ -12,15 +12,41 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import torch
+
 from machine import machine  # benchmarks/machine.py
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
+
+
+def chunk_latency(checkpoint: Path, reps: int = 20) -> dict:
+    """Parameters (millions) and median latency (ms) of one action chunk at batch 1 on this machine,
+    for the checkpoint as evaluated (EMA weights, its own DDIM step count)."""
+    from protege.policies.checkpoint import load_policy
+
+    policy, _ = load_policy(checkpoint)
+    policy.eval()
+    obs = {}
+    for k, m in policy.shape_meta["obs"].items():
+        shape = m["shape"]
+        obs[k] = (torch.rand(1, policy.n_obs_steps, shape[2], shape[0], shape[1]) if m["type"] == "rgb"
+                  else torch.zeros(1, policy.n_obs_steps, *shape))
+    times = []
+    with torch.no_grad():
+        for i in range(reps + 2):
+            t = time.perf_counter()
+            policy.predict_action(obs)
+            if i >= 2:  # warm-up
+                times.append(time.perf_counter() - t)
+    return {"params_M": sum(p.numel() for p in policy.parameters()) / 1e6,
+            "latency_ms": 1000 * statistics.median(times), "latency_threads": torch.get_num_threads()}
 
 
 def main() -> None:
@@ -38,12 +64,20 @@ def main() -> None:
     ap.add_argument("--run-dir", default=None)
     ap.add_argument("--skip-train", action="store_true", help="only evaluate the checkpoints of --run-dir")
     ap.add_argument("--extra", nargs="*", default=[], help="more hydra overrides for protege-train")
-    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<task>.json)")
+    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<task>-<policy>.json)")
+    ap.add_argument("--measure-only", action="store_true",
+                    help="only (re)measure parameters and chunk latency of --run-dir's latest checkpoint into --out")
     args = ap.parse_args()
 
     run_dir = Path(args.run_dir or f"runs/bench-{args.task}-{args.policy}")
     out = Path(args.out or HERE / "results" / f"{args.task}-{args.policy}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.measure_only:
+        result = json.loads(out.read_text())
+        result.update(chunk_latency(run_dir / "checkpoints/latest.pt"))
+        out.write_text(json.dumps(result, indent=2))
+        print(f"{out}: {result['params_M']:.1f} M params, {result['latency_ms']:.1f} ms per chunk")
+        return
     t0 = time.time()
     if not args.skip_train:
         subprocess.run([
@@ -75,7 +109,7 @@ def main() -> None:
         "benchmark": "train_eval", "task": args.task, "policy": args.policy, "scheduler": args.scheduler, "machine": machine(),
         "dataset": args.dataset, "budget_minutes": args.minutes, "steps": args.steps, "batch_size": args.batch_size,
         "eval_episodes": args.eval_episodes, "train_wall_minutes": train_wall / 60, "run_dir": str(run_dir),
-        "final": final, "curve": curve,
+        "final": final, "curve": curve, **chunk_latency(run_dir / "checkpoints/latest.pt"),
     }
     out.write_text(json.dumps(result, indent=2))
     try:
