@@ -108,9 +108,13 @@ def main() -> None:
             lat = "  ".join(f"{k[:-3]} {v:.1f} ms" for k, v in r.items() if k.endswith("_ms"))
             print(f"{r['task']:<12} {r['policy']:<16} {r['params_M']:6.1f}M  {r['batch_size']:>5}  "
                   f"{r['train_samples_per_s']:8.1f}  {r['loader_samples_per_s']:9.0f}  {lat}", flush=True)
+    out = Path(args.out)
+    if out.exists():  # keep the rows of policies not measured this time (--policies)
+        measured = {(r["task"], r["policy"]) for r in rows}
+        rows = [r for r in json.loads(out.read_text())["rows"] if (r["task"], r["policy"]) not in measured] + rows
     result = {"benchmark": "throughput", "machine": machine(), "device": str(device), "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
     print(f"\nmachine: {result['machine']}\n-> {args.out}")
 
 
