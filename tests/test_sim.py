@@ -13,7 +13,7 @@ from protege.robot.interfaces import DeviceError, Frame, RobotState  # noqa: E40
 from protege.sim.env import ACTION_DIM, SimEnv, action_to_pose, pose_to_action  # noqa: E402
 from protege.sim.expert import ScriptedExpert  # noqa: E402
 from protege.sim.robot import GRIPPER_MAX_WIDTH, Schedule, SimCamera, SimRobot  # noqa: E402
-from protege.sim.scene import READY_Q, SceneSpec, build_scene, menagerie_root  # noqa: E402
+from protege.sim.scene import READY_Q, OffscreenRenderer, SceneSpec, build_scene, menagerie_root  # noqa: E402
 from protege.sim.tasks import TASKS, make_task  # noqa: E402
 
 
@@ -266,3 +266,16 @@ def test_realtime_cameras_render_in_reader_threads_while_the_loop_waits():
     env.close()
     with pytest.raises(DeviceError):
         cams[0].read()
+
+
+def test_shadows_and_multisampling_only_when_asked():
+    fast, pretty = build_scene(SceneSpec(image_size=64)), build_scene(SceneSpec(image_size=64, shadows=True, multisamples=4))
+    assert fast.model.vis.quality.shadowsize == 0 and fast.model.vis.quality.offsamples == 0
+    assert pretty.model.vis.quality.shadowsize > 0 and pretty.model.vis.quality.offsamples == 4
+    assert all(fast.model.light_castshadow == 0) and any(pretty.model.light_castshadow)
+    images = []
+    for scene in (fast, pretty):
+        r = OffscreenRenderer(scene.model, 64, 64)
+        images.append(r.render(scene.data, "scene").astype(int))
+        r.close()
+    assert np.abs(images[0] - images[1]).mean() > 0.5  # shadows darken the table

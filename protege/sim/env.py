@@ -54,6 +54,8 @@ class SimEnv:
         task_kwargs: passed to the task (``time_limit_s``, ``hold_s``, ``workspace_half``).
         camera_fps: frame rate of the cameras' reader threads in realtime mode, Hz (lockstep
             renders on demand).
+        shadows, multisamples: nicer frames for presentation (see :class:`~protege.sim.scene.SceneSpec`);
+            off by default, they slow CPU rendering ~100x.
 
     Raises:
         KeyError: an unknown task or clock.
@@ -73,9 +75,11 @@ class SimEnv:
     cameras = ("scene", "wrist")
 
     def __init__(self, task: str = "lift", image_size: int = 96, control_hz: float = 10.0, clock: str = "lockstep",
-                 video_size: int = 256, menagerie=None, task_kwargs: dict | None = None, camera_fps: float = 30.0):
+                 video_size: int = 256, menagerie=None, task_kwargs: dict | None = None, camera_fps: float = 30.0,
+                 shadows: bool = False, multisamples: int = 0):
         self.task = make_task(task, **(task_kwargs or {}))
-        spec = dataclasses.replace(self.task.scene_spec, image_size=max(image_size, video_size))
+        spec = dataclasses.replace(self.task.scene_spec, image_size=max(image_size, video_size), shadows=shadows,
+                                   multisamples=multisamples)
         self.scene = build_scene(spec, menagerie)
         self.robot = SimRobot(self.scene, clock=clock)
         self.image_size, self.video_size = int(image_size), int(video_size)

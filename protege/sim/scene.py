@@ -17,8 +17,9 @@ Frames and units (SI: m, rad, s, kg):
   have gravity compensation, as a real UR controller and a Robotiq's own drive do.
 
 Rendering is offscreen through EGL or OSMesa (see :func:`gl_backend`), with shadows, reflections
-and multisampling off: on a CPU (Mesa llvmpipe) they make small policy-resolution frames ~100x
-slower and add nothing a policy needs.
+and multisampling off unless :class:`SceneSpec` asks for them (``shadows``, ``multisamples``): on
+a CPU (Mesa llvmpipe) they make small policy-resolution frames ~100x slower and add nothing a
+policy needs.
 """
 
 from __future__ import annotations
@@ -103,11 +104,17 @@ class BinSpec:
 
 @dataclass(frozen=True)
 class SceneSpec:
-    """What goes on the table besides the robot. ``image_size`` is the largest camera frame (px)."""
+    """What goes on the table besides the robot, and how it is rendered.
+
+    ``image_size`` is the largest camera frame (px); ``shadows`` (and reflections) and
+    ``multisamples`` (anti-aliasing samples, 0 = off) are for presentation videos, best on a GPU.
+    """
 
     cubes: tuple[CubeSpec, ...] = (CubeSpec("cube"),)
     bins: tuple[BinSpec, ...] = ()
     image_size: int = 128
+    shadows: bool = False
+    multisamples: int = 0
 
 
 def look_at(pos, target, up=(0.0, 0.0, 1.0)) -> np.ndarray:
@@ -178,13 +185,13 @@ def build_spec(scene: SceneSpec = SceneSpec(), menagerie: str | os.PathLike | No
         if body.name not in ("world", ""):
             body.gravcomp = 1.0
     for light in spec.lights:
-        light.castshadow = False
+        light.castshadow = scene.shadows
     spec.worldbody.add_light(name="top", pos=[0.3, -0.2, 1.8], dir=[-0.15, -0.15, -1.0], cutoff=60.0,
-                             diffuse=[0.5, 0.5, 0.5], castshadow=False)
+                             diffuse=[0.5, 0.5, 0.5], castshadow=scene.shadows)
     vis = spec.visual
     vis.headlight.diffuse = [0.3, 0.3, 0.3]
-    vis.quality.shadowsize = 0
-    vis.quality.offsamples = 0
+    vis.quality.shadowsize = 4096 if scene.shadows else 0
+    vis.quality.offsamples = int(scene.multisamples)
     vis.global_.offwidth = vis.global_.offheight = max(int(scene.image_size), 64)
     _add_table(spec)
     for cube in scene.cubes:
@@ -355,8 +362,10 @@ class OffscreenRenderer:
         self._con = mujoco.MjrContext(model, mujoco.mjtFontScale.mjFONTSCALE_50)
         mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, self._con)
         self._scn = mujoco.MjvScene(model, maxgeom=2000)
-        for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION, mujoco.mjtRndFlag.mjRND_SKYBOX):
-            self._scn.flags[flag] = 0
+        shadows = int(model.vis.quality.shadowsize > 0)  # SceneSpec.shadows
+        for flag, on in ((mujoco.mjtRndFlag.mjRND_SHADOW, shadows), (mujoco.mjtRndFlag.mjRND_REFLECTION, shadows),
+                         (mujoco.mjtRndFlag.mjRND_SKYBOX, 0)):
+            self._scn.flags[flag] = on
         self._opt, self._pert, self._cam = mujoco.MjvOption(), mujoco.MjvPerturb(), mujoco.MjvCamera()
         self._cam.type = mujoco.mjtCamera.mjCAMERA_FIXED
         self._rect = mujoco.MjrRect(0, 0, self.width, self.height)
