@@ -1,6 +1,9 @@
-"""Side-by-side table of the policies from the latest benchmark results (no training, just reading).
+"""Diffusion Policy and ACT side by side: one table from the latest benchmark results.
 
     python benchmarks/compare.py            # prints a markdown table, writes results/compare.json
+    python benchmarks/compare.py --run --minutes 30
+        # first reruns everything: records 100 scripted demos per sim task (if missing), then
+        # train_eval.py for every task x policy with the same budget, then prints the table
 
 Reads benchmarks/results/<task>-<policy>.json (written by train_eval.py, with the parameters and
 the batch-1 latency per action chunk of the evaluated checkpoint); results written before
@@ -9,13 +12,46 @@ train_eval.py measured those fall back to benchmarks/results/throughput.json (th
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent / "results"
+BIN = Path(sys.executable).parent
+PUSHT = HERE.parent.parent.parent / "shared/data/pusht/pusht_cchi_v7_replay.zarr"
+SCHEDULER = {"diffusion": "receding_horizon", "act": "temporal_ensembling"}  # each policy's own
+
+
+def run_all(tasks: list[str], policies: list[str], minutes: float, pusht: str, demos: int) -> None:
+    """Record the sim tasks' demos when missing, then train_eval.py every (task, policy) on one budget."""
+    for task in tasks:
+        if task.startswith("pusht"):
+            dataset = os.environ.get("PROTEGE_PUSHT", pusht)
+        else:
+            dataset = f"runs/{task}_demos.zarr"
+            if not Path(dataset).exists():
+                subprocess.run([str(BIN / "protege-record"), f"task={task}", "teleop=scripted", f"episodes={demos}",
+                                f"out={dataset}"], check=True)
+        for policy in policies:
+            subprocess.run([sys.executable, str(HERE.parent / "train_eval.py"), "--task", task, "--policy", policy,
+                            "--dataset", dataset, "--minutes", str(minutes), "--batch-size", "32",
+                            "--scheduler", SCHEDULER[policy], "--curve-episodes", "20"], check=True)
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", action="store_true", help="rerun the benchmarks before printing (hours on a CPU)")
+    ap.add_argument("--tasks", nargs="+", default=["pusht_image", "sim_lift", "sim_pick_place"])
+    ap.add_argument("--policies", nargs="+", default=["diffusion", "act"], choices=sorted(SCHEDULER))
+    ap.add_argument("--minutes", type=float, default=30.0, help="training budget per (task, policy)")
+    ap.add_argument("--pusht", default=str(PUSHT), help="the PushT store (or set $PROTEGE_PUSHT)")
+    ap.add_argument("--demos", type=int, default=100, help="scripted demos recorded per sim task")
+    args = ap.parse_args()
+    if args.run:
+        run_all(args.tasks, args.policies, args.minutes, args.pusht, args.demos)
     latency = {}
     tp = HERE / "throughput.json"
     if tp.exists():

@@ -55,7 +55,8 @@ def main() -> None:
     ap.add_argument("--policy", default="diffusion")
     ap.add_argument("--dataset", default=str(HERE.parent.parent / "shared/data/pusht/pusht_cchi_v7_replay.zarr"))
     ap.add_argument("--minutes", type=float, default=60.0, help="training wall-clock budget")
-    ap.add_argument("--steps", type=int, default=24000, help="optimizer steps (the cosine schedule's length)")
+    ap.add_argument("--steps", type=int, default=24000,
+                    help="at most this many optimizer steps; the lr schedule ends at the budget or the steps, whichever first")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--checkpoint-every", type=int, default=3000)
     ap.add_argument("--eval-episodes", type=int, default=50, help="episodes for the final checkpoint")

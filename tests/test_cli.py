@@ -65,6 +65,17 @@ def test_resume_continues_step_schedule_and_ema(tmp_path, pusht_path):
     assert s["train_seconds"] > first["train_seconds"]
 
 
+@pytest.mark.slow
+def test_time_budget_anneals_the_lr_schedule(tmp_path, pusht_path):
+    run_dir = tmp_path / "run"
+    run("protege-train", "task=pusht_state", f"dataset={pusht_path}", f"run_dir={run_dir}", "train.steps=1000000",
+        "train.warmup_steps=0", "train.max_minutes=0.1", *TINY)  # far more steps than 6 s allow
+    s = read_checkpoint(run_dir / "checkpoints/latest.pt")["train_state"]
+    assert 1 <= s["step"] < 1000000
+    lr = s["optimizer"]["param_groups"][0]["lr"]
+    assert lr < 0.01 * 1e-4  # cosine at its end, not at step/steps ~ 0 (where it would still be ~1e-4)
+
+
 def test_resume_without_a_run_is_a_clear_error(tmp_path, pusht_path):
     p = run("protege-train", f"dataset={pusht_path}", f"run_dir={tmp_path / 'none'}", "resume=true", *TINY, check=False)
     assert p.returncode != 0 and "does not exist" in p.stderr + p.stdout

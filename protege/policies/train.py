@@ -157,6 +157,16 @@ class Trainer:
         log.info("resumed %s at step %d", path, self.step)
 
     # -- loop -------------------------------------------------------------------------------
+    def follow_time_budget(self, budget_s: float) -> None:
+        """With ``train.max_minutes`` set, run the learning-rate schedule (warm-up, cosine decay) on
+        whichever ends first, steps or minutes: the lr is the schedule's value at step
+        ``steps * max(step / steps, train_seconds / budget)``, so a run stopped by its time budget
+        still ends annealed instead of at a high learning rate."""
+        steps = self.cfg.train.steps
+        virtual = min(steps, int(steps * max(self.step / steps, self.train_seconds / budget_s)))
+        for group, base, f in zip(self.optimizer.param_groups, self.lr_scheduler.base_lrs, self.lr_scheduler.lr_lambdas):
+            group["lr"] = base * f(virtual)
+
     @torch.no_grad()
     def val_loss(self, max_batches: int = 20) -> float | None:
         if self.val_sampler is None:
@@ -216,6 +226,8 @@ class Trainer:
                 self.ema.step(self.policy.parameters())
             self.step += 1
             self.train_seconds += time.perf_counter() - t0
+            if budget < math.inf:
+                self.follow_time_budget(budget)
             window_samples += len(batch["action"])
             bar.update(1)
             if self.step % t.log_every == 0 or self.step == t.steps:
@@ -223,7 +235,7 @@ class Trainer:
                 window_start, window_samples = time.perf_counter(), 0
                 bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{rate:.0f}", epoch=self.epoch[0])
                 tb.add_scalar("train/loss", loss.item(), self.step)
-                tb.add_scalar("train/lr", self.lr_scheduler.get_last_lr()[0], self.step)
+                tb.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], self.step)
                 tb.add_scalar("train/samples_per_s", rate, self.step)
             if t.val_every and self.step % t.val_every == 0:
                 v = self.val_loss()
