@@ -34,8 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     stages = [
         ("record", ["protege-record", f"task={args.task}", "teleop=scripted", f"episodes={args.episodes}", f"out={demos}"]),
         ("train", ["protege-train", f"task={args.task}", f"policy={args.policy}", f"dataset={demos}", f"run_dir={run_dir}",
-                   f"train.max_minutes={args.minutes}", "train.steps=100000", "train.lr_schedule=constant_with_warmup",
-                   "train.batch_size=32",
+                   f"train.max_minutes={args.minutes}", "train.steps=100000", "train.batch_size=32",
                    "train.checkpoint_every=500", "train.val_every=500", "train.warmup_steps=100", *args.overrides]),
         ("evaluate", ["protege-eval", f"checkpoint={run_dir / 'checkpoints/latest.pt'}", f"n_episodes={args.eval_episodes}",
                       "n_videos=3", f"out_dir={out / 'eval'}"]),
