@@ -124,12 +124,13 @@ def test_closed_robot_raises():
 
 def test_realtime_clock_follows_the_wall_clock():
     r = SimRobot(build_scene(SceneSpec(image_size=96)), clock="realtime")
-    t0 = r.state().timestamp
-    assert abs(t0 - time.monotonic()) < 0.05
-    time.sleep(0.1)
-    st = r.state()
-    assert st.timestamp - t0 == pytest.approx(0.1, abs=0.03)
-    assert abs(st.timestamp - time.monotonic()) < 0.05
+    tick = r.model.opt.timestep
+    for pause in (0.0, 0.1):
+        time.sleep(pause)
+        before = time.monotonic()
+        stamp = r.state().timestamp  # the simulation was stepped up to the wall clock inside the call
+        assert before - tick <= stamp <= time.monotonic() + tick
+    assert r.data.time >= 0.1 - tick
 
 
 def test_schedule_interpolates_and_replaces_later_waypoints():
@@ -256,7 +257,7 @@ def test_realtime_cameras_render_in_reader_threads_while_the_loop_waits():
     for f, g in zip(first, later):
         assert g.rgb.shape == (64, 64, 3) and g.rgb.dtype == np.uint8 and g.rgb.std() > 5
         assert g.frame_index - f.frame_index >= 3  # about 15 expected at 30 Hz; lenient on a loaded machine
-        assert g.timestamp > f.timestamp and abs(g.timestamp - time.monotonic()) < 0.25
+        assert g.timestamp > f.timestamp and abs(g.timestamp - time.monotonic()) < 0.5
         stamps = [x.timestamp for x in cams[0].frames(5)]
         assert stamps == sorted(stamps)
     assert not np.array_equal(first[1].rgb, later[1].rgb)  # the wrist camera saw the arm move

@@ -135,9 +135,6 @@ class LockstepClock:
         """The simulation time the simulation must reach now."""
         return sim_time
 
-    def wait(self, host_time: float) -> None:
-        pass
-
 
 class RealtimeClock:
     """Host time == ``time.monotonic()``; the simulation is stepped up to it on every call."""
@@ -153,9 +150,6 @@ class RealtimeClock:
 
     def due(self, sim_time: float) -> float:
         return time.monotonic() - self.offset
-
-    def wait(self, host_time: float) -> None:
-        time.sleep(max(0.0, host_time - time.monotonic()))
 
 
 CLOCKS = {"lockstep": LockstepClock, "realtime": RealtimeClock}
@@ -309,18 +303,15 @@ class SimRobot(Robot, Gripper):
     # -- Robot -------------------------------------------------------------------------------
     def state(self) -> RobotState:
         with self.lock:
-            return self._state()
-
-    def _state(self) -> RobotState:
-        self.sync()
-        d, s = self.data, self.scene
-        quat = np.empty(4)
-        mujoco.mju_mat2Quat(quat, d.site_xmat[s.tcp_site])
-        return RobotState(
-            joint_positions=d.qpos[s.arm_qpos].copy(), joint_velocities=d.qvel[s.arm_dof].copy(),
-            tcp_position=d.site_xpos[s.tcp_site].copy(), tcp_quat=wxyz_to_xyzw(quat),
-            gripper_width=self._measured_width(), timestamp=self.now(),
-        )
+            self.sync()
+            d, s = self.data, self.scene
+            quat = np.empty(4)
+            mujoco.mju_mat2Quat(quat, d.site_xmat[s.tcp_site])
+            return RobotState(
+                joint_positions=d.qpos[s.arm_qpos].copy(), joint_velocities=d.qvel[s.arm_dof].copy(),
+                tcp_position=d.site_xpos[s.tcp_site].copy(), tcp_quat=wxyz_to_xyzw(quat),
+                gripper_width=self._measured_width(), timestamp=self.now(),
+            )
 
     def servo_tcp(self, position, quat, t: float) -> None:
         position = check_array("position", position, (3,))
