@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from protege.policies.checkpoint import load_policy, read_checkpoint
+
 from machine import machine  # benchmarks/machine.py
 
 HERE = Path(__file__).resolve().parent
@@ -29,8 +31,6 @@ BIN = Path(sys.executable).parent
 def chunk_latency(checkpoint: Path, reps: int = 20) -> dict:
     """Parameters (millions) and median latency (ms) of one action chunk at batch 1 on this machine,
     for the checkpoint as evaluated (EMA weights, its own DDIM step count)."""
-    from protege.policies.checkpoint import load_policy
-
     policy, _ = load_policy(checkpoint)
     policy.eval()
     obs = {}
@@ -89,7 +89,9 @@ def main() -> None:
         ], check=True)
     train_wall = time.time() - t0
 
-    ckpts = sorted((run_dir / "checkpoints").glob("step_*.pt")) + [run_dir / "checkpoints/latest.pt"]
+    latest = run_dir / "checkpoints/latest.pt"
+    final_step = read_checkpoint(latest)["train_state"]["step"]
+    ckpts = [p for p in sorted((run_dir / "checkpoints").glob("step_*.pt")) if int(p.stem[5:]) != final_step] + [latest]
     curve = []
     for ckpt in ckpts:
         final = ckpt.name == "latest.pt"
