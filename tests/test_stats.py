@@ -30,6 +30,12 @@ def test_normalizer_maps_range_to_unit_interval_and_back():
     np.testing.assert_allclose(y[:, :2].max(0).values, [1, 1], atol=1e-6)
     np.testing.assert_allclose(y[:, 2], 0, atol=1e-6)
     np.testing.assert_allclose(norm.unnormalize("a", y), x, atol=1e-5)
+    # a constant dimension comes back as the constant whatever a policy put there; the others are untouched
+    noisy = y.clone()
+    noisy[:, 2] = torch.tensor([-1.0, 0.3, 1.0])
+    back = norm.unnormalize("a", noisy)
+    np.testing.assert_allclose(back[:, 2], 1.0, atol=1e-6)
+    np.testing.assert_allclose(back[:, :2], x[:, :2], atol=1e-5)
     img = torch.rand(2, 3, 4, 4)
     np.testing.assert_allclose(norm.normalize("img", img), img * 2 - 1)
     # the normalizer's buffers rebuild it exactly (what a checkpoint relies on)

@@ -43,16 +43,21 @@ class Normalizer(nn.Module):
     """Maps each key to [-1, 1]: low-dim keys and actions by their [min, max] range, images
     (floats in [0, 1]) by ``2x - 1``. Its buffers travel in the policy's ``state_dict``.
 
-    A dimension whose range is below ``eps`` (a constant in the data) is only centred, not scaled.
+    A dimension whose range is at most ``eps`` (a constant in the data) is only centred, not
+    scaled, and :meth:`unnormalize` returns that constant there whatever the input holds: a policy
+    has nothing to learn in such a dimension, and what a sampler leaves in it is noise. (Diffusion
+    sampling drives such dimensions to the clip bound: with the 6-D rotation of a top-down grasp,
+    two constant-zero components came back near +-1 and tilted the gripper ~45 degrees.)
     """
 
     def __init__(self, stats: Mapping[str, Mapping[str, np.ndarray]] | None = None, image_keys=(), eps: float = 1e-4):
         super().__init__()
+        self.eps = float(eps)
         self.keys: list[str] = []
         for key, s in (stats or {}).items():
             lo, hi = torch.as_tensor(s["min"], dtype=torch.float32), torch.as_tensor(s["max"], dtype=torch.float32)
             span = hi - lo
-            ok = span > eps
+            ok = span > self.eps
             scale = torch.where(ok, 2.0 / torch.where(ok, span, torch.ones_like(span)), torch.ones_like(span))
             offset = torch.where(ok, -1.0 - lo * scale, -(lo + hi) / 2)
             self._add(key, scale, offset, s)
@@ -77,8 +82,13 @@ class Normalizer(nn.Module):
         return x * scale + offset
 
     def unnormalize(self, key: str, x: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`normalize`, except in constant dimensions, which come back as the data's constant."""
         scale, offset = self._params(key)
-        return (x - offset) / scale
+        out = (x - offset) / scale
+        if hasattr(self, f"{key}__min"):
+            lo, hi = getattr(self, f"{key}__min"), getattr(self, f"{key}__max")
+            out = torch.where(hi - lo > self.eps, out, (lo + hi) / 2)
+        return out
 
     @property
     def image_keys(self) -> list[str]:
