@@ -88,6 +88,8 @@ def main() -> None:
             "train.keep_checkpoints=true", "train.progress=false", *args.extra,
         ], check=True)
     train_wall = time.time() - t0
+    if args.skip_train and out.exists():  # re-evaluation: keep the training run's own record
+        train_wall = 60 * json.loads(out.read_text())["train_wall_minutes"]
 
     latest = run_dir / "checkpoints/latest.pt"
     final_step = read_checkpoint(latest)["train_state"]["step"]
