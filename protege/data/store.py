@@ -477,7 +477,6 @@ class EpisodeWriter:
         self.close()
 
 
-
 def describe(store: EpisodeStore) -> dict[str, Any]:
     """A JSON-able summary: episodes, steps, lengths and key specs."""
     lengths = store.episode_lengths
