@@ -96,10 +96,8 @@ class ThreadedCamera(Camera):
         self._thread.start()
 
     def _run(self) -> None:
-        opened = False
         try:
             self.source.open()
-            opened = True
             while not self._stop.is_set():
                 self.ring.push(self.source.grab())
         except BaseException as e:  # noqa: BLE001 - handed to the reader of the frames
@@ -108,8 +106,7 @@ class ThreadedCamera(Camera):
             try:
                 self.source.close()
             except BaseException as e:  # noqa: BLE001
-                if self._error is None and opened and not self._stop.is_set():
-                    self._error = e
+                self._error = self._error or e
 
     def _check(self) -> None:
         if self._closed:
