@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -65,6 +66,9 @@ def main() -> None:
     ap.add_argument("--run-dir", default=None)
     ap.add_argument("--skip-train", action="store_true", help="only evaluate the checkpoints of --run-dir")
     ap.add_argument("--extra", nargs="*", default=[], help="more hydra overrides for protege-train")
+    ap.add_argument("--resume-from", default=None, metavar="RUN_DIR",
+                    help="continue that run in --run-dir (its latest.pt, resume=true); --steps and --minutes count "
+                         "from its start, so raise them past what it did")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<task>-<policy>.json)")
     ap.add_argument("--measure-only", action="store_true",
                     help="only (re)measure parameters and chunk latency of --run-dir's latest checkpoint into --out")
@@ -81,11 +85,16 @@ def main() -> None:
         return
     t0 = time.time()
     if not args.skip_train:
+        if args.resume_from:
+            ckpt = run_dir / "checkpoints/latest.pt"
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(Path(args.resume_from) / "checkpoints/latest.pt", ckpt)
         subprocess.run([
             str(BIN / "protege-train"), f"task={args.task}", f"policy={args.policy}", f"dataset={args.dataset}",
             f"run_dir={run_dir}", f"train.steps={args.steps}", f"train.max_minutes={args.minutes}",
             f"train.batch_size={args.batch_size}", f"train.checkpoint_every={args.checkpoint_every}",
-            "train.keep_checkpoints=true", "train.progress=false", *args.extra,
+            "train.keep_checkpoints=true", "train.progress=false", *(["resume=true"] if args.resume_from else []),
+            *args.extra,
         ], check=True)
     train_wall = time.time() - t0
     if args.skip_train and out.exists():  # re-evaluation: keep the training run's own record
@@ -112,7 +121,7 @@ def main() -> None:
     final = curve[-1]
     result = {
         "benchmark": "train_eval", "task": args.task, "policy": args.policy, "scheduler": args.scheduler, "machine": machine(),
-        "dataset": args.dataset, "budget_minutes": args.minutes, "steps": args.steps, "batch_size": args.batch_size,
+        "dataset": args.dataset, "resumed_from": args.resume_from, "budget_minutes": args.minutes, "steps": args.steps, "batch_size": args.batch_size,
         "eval_episodes": args.eval_episodes, "train_wall_minutes": train_wall / 60, "run_dir": str(run_dir),
         "final": final, "curve": curve, **chunk_latency(run_dir / "checkpoints/latest.pt"),
     }
