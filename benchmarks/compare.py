@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
+from machine import pusht_store  # benchmarks/machine.py
+
 HERE = Path(__file__).resolve().parent / "results"
 BIN = Path(sys.executable).parent
-PUSHT = HERE.parent.parent.parent / "shared/data/pusht/pusht_cchi_v7_replay.zarr"
 SCHEDULER = {"diffusion": "receding_horizon", "act": "temporal_ensembling"}  # each policy's own
 
 
@@ -29,7 +29,7 @@ def run_all(tasks: list[str], policies: list[str], minutes: float, pusht: str, d
     """Record the sim tasks' demos when missing, then train_eval.py every (task, policy) on one budget."""
     for task in tasks:
         if task.startswith("pusht"):
-            dataset = os.environ.get("PROTEGE_PUSHT", pusht)
+            dataset = pusht
         else:
             dataset = f"runs/{task}_demos.zarr"
             if not Path(dataset).exists():
@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=["pusht_image", "sim_lift", "sim_pick_place"])
     ap.add_argument("--policies", nargs="+", default=["diffusion", "act"], choices=sorted(SCHEDULER))
     ap.add_argument("--minutes", type=float, default=30.0, help="training budget per (task, policy)")
-    ap.add_argument("--pusht", default=str(PUSHT), help="the PushT store (or set $PROTEGE_PUSHT)")
+    ap.add_argument("--pusht", default=pusht_store(), help="the PushT store (default: $PROTEGE_PUSHT, ../shared, /work/shared)")
     ap.add_argument("--demos", type=int, default=100, help="scripted demos recorded per sim task")
     args = ap.parse_args()
     if args.run:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_module
 
-from machine import machine  # benchmarks/machine.py
+from machine import machine, pusht_store  # benchmarks/machine.py
 from protege.data.dataset import load_task_data
 from protege.data.stats import Normalizer
 from protege.policies.checkpoint import build_policy
@@ -90,7 +90,7 @@ def bench(policy_name: str, task: str, data, batch_size: int, steps: int, latenc
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", default=str(HERE.parent.parent / "shared/data/pusht/pusht_cchi_v7_replay.zarr"))
+    ap.add_argument("--dataset", default=pusht_store())
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
     ap.add_argument("--policies", nargs="+", default=["diffusion", "diffusion_paper", "act", "act_paper"])
     ap.add_argument("--out", default=str(HERE / "results" / "throughput.json"))

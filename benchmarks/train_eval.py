@@ -23,7 +23,7 @@ import torch
 
 from protege.policies.checkpoint import load_policy, read_checkpoint
 
-from machine import machine  # benchmarks/machine.py
+from machine import machine, pusht_store  # benchmarks/machine.py
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -54,7 +54,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", default="pusht_state")
     ap.add_argument("--policy", default="diffusion")
-    ap.add_argument("--dataset", default=str(HERE.parent.parent / "shared/data/pusht/pusht_cchi_v7_replay.zarr"))
+    ap.add_argument("--dataset", default=pusht_store())
     ap.add_argument("--minutes", type=float, default=60.0, help="training wall-clock budget")
     ap.add_argument("--steps", type=int, default=24000,
                     help="at most this many optimizer steps; the lr schedule ends at the budget or the steps, whichever first")
