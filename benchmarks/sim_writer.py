@@ -49,8 +49,8 @@ import numpy as np
 from machine import machine  # benchmarks/machine.py
 from protege.data.store import EpisodeStore
 from protege.data.writer import BackgroundWriter
-from protege.sim.env import SimEnv, pose_to_action
-from protege.sim.scene import OffscreenRenderer
+from protege.sim.env import SimEnv
+from protege.sim.render import OffscreenRenderer
 from protege.teleop.session import record
 
 HERE = Path(__file__).resolve().parent
@@ -59,30 +59,10 @@ N_CAMERAS = 3
 
 
 def scripted_device(task: str):
-    """The scripted expert as a teleop device (the project's own when it has one)."""
-    for module in ("protege.teleop.devices", "protege.sim.expert"):
-        try:
-            return getattr(__import__(module, fromlist=["ScriptedExpertDevice"]), "ScriptedExpertDevice")(task)
-        except (ImportError, AttributeError):
-            pass
-    from protege.sim.expert import ScriptedExpert
+    """The task's scripted expert as a teleop device."""
+    from protege.sim.expert import ScriptedExpertDevice
 
-    class Device:  # pragma: no cover - only before ScriptedExpertDevice existed
-        def __init__(self):
-            self.expert = ScriptedExpert(task)
-
-        def reset(self, seed, env):
-            self.env = env
-            self.expert.reset(seed, env.task_state())
-
-        def act(self, obs):
-            a = self.expert.act(self.env.robot.state(), self.env.now + self.env.dt)
-            return pose_to_action(a.position, a.quat, a.width)
-
-        def poll(self):
-            return None
-
-    return Device()
+    return ScriptedExpertDevice(task)
 
 
 # -- simulation ------------------------------------------------------------------------------------
@@ -101,8 +81,9 @@ def bench_sim(env: SimEnv, seconds: float, demos: int, tmp: Path) -> dict:
 
     # controller + IK (the expert drives env.step, no camera), then cameras at policy resolution
     dev = scripted_device("lift")
+    low_dim = ["tcp_pose", "gripper_width", "timestamp"]
     env.reset(0)
-    dev.reset(0, env)
+    dev.reset(0, env.observation(low_dim), env.task_state())
     t_step = t_cam = 0.0
     phys = frames = episodes = 0
     ctrl_start = time.perf_counter()
@@ -110,8 +91,8 @@ def bench_sim(env: SimEnv, seconds: float, demos: int, tmp: Path) -> dict:
         if env.steps >= env.max_steps:
             episodes += 1
             env.reset(episodes)
-            dev.reset(episodes, env)
-        action = dev.act(None)
+            dev.reset(episodes, env.observation(low_dim), env.task_state())
+        action = dev.act(env.observation(low_dim))
         sim0 = env.robot.data.time
         t = time.perf_counter()
         env.step(action)
@@ -156,16 +137,16 @@ def render_pool(env: SimEnv, n: int) -> dict[str, np.ndarray]:
     """``n`` time steps of the expert at work: {'96': (n, 2, 96, 96, 3), '640': (n, 2, 480, 640, 3)} uint8."""
     dev = scripted_device("lift")
     env.reset(1)
-    dev.reset(1, env)
+    dev.reset(1, env.observation(), env.task_state())
     r = OffscreenRenderer(env.scene.model, 480, 640)
     small, big = [], []
     stride = max(1, 40 // n)  # spread over a demo (~40 control steps)
     for k in range(n * stride):
+        obs = env.observation()
         if k % stride == 0:
-            obs = env.observation(["scene_rgb", "wrist_rgb"])
             small.append(np.stack([obs["scene_rgb"], obs["wrist_rgb"]]))
             big.append(np.stack([r.render(env.robot.data, c) for c in ("scene", "wrist")]))
-        env.step(dev.act(None))
+        env.step(dev.act(obs))
     r.close()
     return {"96": np.stack(small), "640": np.stack(big)}
 

@@ -23,9 +23,10 @@ from hydra import compose, initialize_config_module
 
 from machine import machine, pusht_store  # benchmarks/machine.py
 from protege.data.dataset import load_task_data
-from protege.data.stats import Normalizer
+from protege.policies.normalizer import Normalizer
 from protege.policies.checkpoint import build_policy
-from protege.policies.train import policy_kwargs, select_device, to_torch
+from protege.policies.tensors import select_device, to_torch
+from protege.policies.train import policy_kwargs
 
 HERE = Path(__file__).resolve().parent
 

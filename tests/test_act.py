@@ -3,11 +3,11 @@ import pytest
 import torch
 
 from protege.data.dataset import load_task_data
-from protege.data.stats import Normalizer
+from protege.policies.normalizer import Normalizer
 from protege.policies.act import ACTPolicy
 from protege.policies.act.policy import kl_divergence
 from protege.policies.act.model import sine_2d
-from protege.policies.train import to_torch
+from protege.policies.tensors import to_torch
 
 SMALL = dict(chunk_size=8, n_action_steps=4, hidden_dim=32, dim_feedforward=64, n_heads=4, enc_layers=2, dec_layers=3,
              vae_enc_layers=2, dropout=0.0, backbone_width=8)

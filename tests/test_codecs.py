@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import zarr
 
-from protege.data.store import EpisodeStore, EpisodeWriter, ImageCodec, JpegCodec
+from protege.data.codecs import ImageCodec, JpegCodec
+from protege.data.store import EpisodeStore, EpisodeWriter
 from protege.data.writer import BackgroundWriter
 
 pytest.importorskip("mujoco")
@@ -31,10 +32,10 @@ def frames():
     scene, wrist = [], []
     try:
         for _ in range(12):
-            obs = env.observation(["scene_rgb", "wrist_rgb"])
+            obs = env.observation()
             scene.append(obs["scene_rgb"])
             wrist.append(obs["wrist_rgb"])
-            a = expert.act(env.robot.state(), env.now + env.dt)
+            a = expert.act(obs, env.now + env.dt)
             env.step(pose_to_action(a.position, a.quat, a.width))
     finally:
         env.close()
@@ -107,7 +108,7 @@ READ_BACK = textwrap.dedent("""
     {imports}
     g = zarr.open_group(sys.argv[1], mode="r")
     np.save(sys.argv[2], g["data/scene_rgb"][:])
-    print(sorted(sys.modules.keys() & {{"protege.data.store"}}))
+    print(sorted(sys.modules.keys() & {{"protege.data.codecs"}}))
 """)
 
 
@@ -134,22 +135,22 @@ def test_a_fresh_process_reads_jpeg_with_plain_zarr_after_importing_the_store(tm
     path = tmp_path / "s.zarr"
     expected = _write_jpeg_store(path, frames)
     assert EpisodeStore(path).attrs["keys"]["wrist_rgb"]["codec"] == "jpeg:95"  # through BackgroundWriter
-    got, _ = _read_in_fresh_process(path, tmp_path / "a.npy", imports="import protege.data.store")
+    got, _ = _read_in_fresh_process(path, tmp_path / "a.npy", imports="import protege.data.codecs")
     np.testing.assert_array_equal(got, expected)
 
 
 def test_a_fresh_process_reads_jpeg_through_a_zarr_codecs_entry_point(tmp_path, frames):
-    """What ``[project.entry-points."zarr.codecs"] imagecodecs_jpeg = "protege.data.store:JpegCodec"``
+    """What ``[project.entry-points."zarr.codecs"] imagecodecs_jpeg = "protege.data.codecs:JpegCodec"``
     gives a reader that never imports protege (simulated with a stand-alone dist-info)."""
     path = tmp_path / "s.zarr"
     expected = _write_jpeg_store(path, frames)
     dist = tmp_path / "site" / "protege_zarr_codecs-0.0.dist-info"
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: protege-zarr-codecs\nVersion: 0.0\n")
-    (dist / "entry_points.txt").write_text("[zarr.codecs]\nimagecodecs_jpeg = protege.data.store:JpegCodec\n")
+    (dist / "entry_points.txt").write_text("[zarr.codecs]\nimagecodecs_jpeg = protege.data.codecs:JpegCodec\n")
     got, stdout = _read_in_fresh_process(path, tmp_path / "b.npy", pythonpath=dist.parent)
     np.testing.assert_array_equal(got, expected)
-    assert "protege.data.store" in stdout  # zarr loaded the codec from the entry point
+    assert "protege.data.codecs" in stdout  # zarr loaded the codec from the entry point
 
 
 def test_image_codec_specs():

@@ -3,12 +3,12 @@ import pytest
 import torch
 
 from protege.data.dataset import load_task_data
-from protege.data.stats import Normalizer
+from protege.policies.normalizer import Normalizer
 from protege.policies.checkpoint import CheckpointError, load_policy, read_checkpoint, save_checkpoint
 from protege.policies.diffusion import DiffusionPolicy
 from protege.policies.diffusion.unet import ConditionalUnet1D
 from protege.policies.encoders import ObsEncoder, SpatialSoftmax, crop
-from protege.policies.train import to_torch
+from protege.policies.tensors import to_torch
 
 STATE_SPEC = {"agent_pos": {"source": "state", "slice": [0, 2]}, "keypoint": {"source": "keypoint"}}
 SMALL = dict(unet={"down_dims": [32, 64, 128], "diffusion_step_embed_dim": 32})

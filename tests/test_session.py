@@ -15,7 +15,7 @@ class ScriptedDevice:
     def __init__(self, decisions=(), at=3):
         self.decisions, self.at, self.attempt = list(decisions), at, -1
 
-    def reset(self, seed, env):
+    def reset(self, seed, obs, task_state=None):
         self.attempt += 1
         self.k = 0
 

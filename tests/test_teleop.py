@@ -16,10 +16,11 @@ def test_keyboard_moves_the_target_and_decides_through_a_terminal():
     env = SimEnv("lift")
     env.reset(0)
     dev = KeyboardDevice(step_m=0.01, step_deg=10, stream=slave)
-    dev.reset(0, env)
-    start = env.robot.state().tcp_position
+    obs = env.observation()
+    dev.reset(0, obs)
+    start = obs["tcp_pose"][:3]
     pos, _, width = action_to_pose(dev.act({}))
-    np.testing.assert_allclose(pos, start, atol=1e-6)
+    np.testing.assert_allclose(pos, start, atol=1e-6)  # the observation's pose, float32
     assert width == pytest.approx(0.085)
     os.write(master, b"wwrd ")
     pos, quat, width = action_to_pose(dev.act({}))

@@ -1,9 +1,11 @@
 """Evaluate a policy in simulation: ``protege-eval checkpoint=<file> n_episodes=50``.
 
 Episodes run in lockstep batches (one policy call serves every live episode), each from its own
-seed; observations are mapped to the policy's keys by the task's observation spec, stacked over
-``n_obs_steps`` (the first observation repeated at the start, as in training's edge padding) and
-actions are scheduled by receding horizon. Reports per-seed and mean max reward (the PushT
+seed; observations (the simulator's devices through the shared observation assembly) are mapped to
+the policy's keys by the task's observation spec, stacked over ``n_obs_steps`` (the first
+observation repeated at the start, as in training's edge padding) and actions are scheduled by the
+same time-based schedulers as the real-time control loop (receding horizon or temporal
+ensembling), on the simulated clock: inference takes no simulated time. Reports per-seed and mean max reward (the PushT
 "score": min(coverage / 0.95, 1)), max coverage and success rate, as JSON, plus mp4s of the first
 rollouts.
 """
@@ -28,6 +30,7 @@ from tqdm import tqdm
 from ..data.dataset import obs_from_step
 from ..policies.base import Policy
 from ..policies.checkpoint import load_policy
+from ..policies.tensors import obs_to_torch, select_device
 from .schedulers import make_scheduler
 
 log = logging.getLogger("protege.eval")
@@ -68,6 +71,7 @@ class SimEvaluator:
         n_action_steps: override the policy's receding-horizon length (None: the policy's).
         scheduler: ``receding_horizon`` or ``temporal_ensembling`` (queries the policy every step).
         temporal_ensembling_k: the ensemble's weight decay k (ACT: 0.01).
+        blend_steps: receding horizon's blend between chunks, steps (0: none, the paper's protocol).
         num_inference_steps: override the diffusion policy's DDIM steps (None: the policy's).
         batch_envs: episodes run in lockstep per policy call.
         n_videos: record the first N episodes as mp4 into ``video_dir``.
@@ -79,13 +83,14 @@ class SimEvaluator:
     def __init__(self, env: Mapping[str, Any], obs_spec: Mapping[str, Mapping], n_episodes: int = 50, seed: int = 100000,
                  n_action_steps: int | None = None, num_inference_steps: int | None = None,
                  scheduler: str = "receding_horizon", temporal_ensembling_k: float = 0.01, batch_envs: int = 10,
-                 n_videos: int = 0, video_dir: str | None = None, fps: float = 10.0, progress: bool = False):
+                 n_videos: int = 0, video_dir: str | None = None, fps: float = 10.0, progress: bool = False,
+                 blend_steps: int = 0):
         self.env_cfg = OmegaConf.create(dict(env)) if not isinstance(env, DictConfig) else env
         self.obs_spec = {k: dict(v) for k, v in obs_spec.items()}
         self.n_episodes, self.seed, self.batch_envs = n_episodes, seed, max(1, batch_envs)
         self.n_action_steps, self.num_inference_steps = n_action_steps, num_inference_steps
-        self.scheduler, self.k = scheduler, temporal_ensembling_k
-        make_scheduler(scheduler, 1, temporal_ensembling_k)  # fail on a bad name before any rollout
+        self.scheduler, self.k, self.blend_steps = scheduler, temporal_ensembling_k, blend_steps
+        make_scheduler(scheduler, 1, temporal_ensembling_k, blend_steps=blend_steps)  # fail on a bad name before any rollout
         self.n_videos, self.video_dir, self.fps, self.progress = n_videos, video_dir, fps, progress
         if n_videos and not video_dir:
             raise ValueError("n_videos > 0 needs a video_dir")
@@ -93,8 +98,8 @@ class SimEvaluator:
 
     def __call__(self, policy: Policy) -> dict[str, Any]:
         t0 = time.perf_counter()
-        if self.num_inference_steps is not None and hasattr(policy, "num_inference_steps"):
-            policy.num_inference_steps = self.num_inference_steps
+        if self.num_inference_steps is not None and policy.num_inference_steps is not None:
+            policy.set_num_inference_steps(self.num_inference_steps)
         seeds = [self.seed + i for i in range(self.n_episodes)]
         episodes = []
         bar = tqdm(total=len(seeds), desc="eval", disable=not self.progress, dynamic_ncols=True)
@@ -117,7 +122,8 @@ class SimEvaluator:
     @torch.no_grad()
     def _rollout(self, policy: Policy, seeds: list[int], first_index: int) -> list[dict[str, Any]]:
         to = policy.n_obs_steps
-        n_act = self.n_action_steps or getattr(policy, "n_action_steps", 1)
+        n_act = self.n_action_steps or policy.n_action_steps
+        dt = 1.0 / self.fps
         envs = [hydra.utils.instantiate(self.env_cfg) for _ in seeds]
         image_keys = [k for k, s in self.obs_spec.items() if s.get("type") == "rgb"]
         history, scheds, results, frames = [], [], [], {}
@@ -125,26 +131,26 @@ class SimEvaluator:
             env.reset(seed)
             first = obs_from_step(env.observation(self.keys), self.obs_spec)
             history.append(deque([first] * to, maxlen=to))
-            scheds.append(make_scheduler(self.scheduler, n_act, self.k))
+            scheds.append(make_scheduler(self.scheduler, n_act, self.k, dt=dt, blend_steps=self.blend_steps))
             results.append({"seed": seed, "max_reward": 0.0, "success": False, "steps": 0})
             if first_index + j < self.n_videos:
                 frames[j] = [env.render()]
         policy.reset()
         live = list(range(len(envs)))
         while live:
-            need = [j for j in live if scheds[j].needs_chunk()]
+            # each episode's time on its own control grid: step k observes at k * dt
+            need = [j for j in live if scheds[j].needs_chunk(results[j]["steps"] * dt)]
             if need:
-                obs = {}
-                for k in self.obs_spec:
-                    x = torch.from_numpy(np.stack([np.stack([h[k] for h in history[j]]) for j in need])).to(policy.device)
-                    if k in image_keys:
-                        x = x.permute(0, 1, 4, 2, 3).float().div_(255.0)
-                    obs[k] = x
-                chunks = policy.predict_action(obs).float().cpu().numpy()
+                obs = {k: np.stack([np.stack([h[k] for h in history[j]]) for j in need]) for k in self.obs_spec}
+                chunks = policy.predict_action(obs_to_torch(obs, image_keys, policy.device)).float().cpu().numpy()
                 for j, chunk in zip(need, chunks):
-                    scheds[j].add_chunk(chunk)
+                    t = results[j]["steps"] * dt
+                    scheds[j].add_chunk(chunk, t_obs=t, now=t)
             for j in list(live):
-                reward, done, info = envs[j].step(scheds[j].next_action())
+                action = scheds[j].action_at((results[j]["steps"] + 1) * dt)
+                if action is None:
+                    raise RuntimeError(f"no action scheduled at step {results[j]['steps']} (scheduler {self.scheduler})")
+                reward, done, info = envs[j].step(action)
                 r = results[j]
                 r["steps"] += 1
                 r["max_reward"] = max(r["max_reward"], reward)
@@ -164,10 +170,27 @@ class SimEvaluator:
         return results
 
 
+def env_config(task: Mapping[str, Any], cfg: DictConfig) -> DictConfig:
+    """The lockstep environment that evaluates ``task``: the task's own simulator (``task.env``,
+    e.g. PushT) or else the robot backend's (``cfg.robot.env``, e.g. the MuJoCo UR5e), resolved
+    against ``task`` and ``cfg.camera``.
+
+    Raises:
+        ValueError: the task names no simulator and the robot config has no lockstep ``env``.
+    """
+    if task.get("env"):
+        return OmegaConf.create(task["env"])
+    robot = cfg.get("robot")
+    if robot is None or robot.get("env") is None:
+        raise ValueError(f"task {task.get('name')!r} has no simulator of its own and robot={robot.get('name') if robot else None} "
+                         "has no lockstep env to evaluate it in (use robot=sim)")
+    root = OmegaConf.create({"task": OmegaConf.to_container(task) if isinstance(task, DictConfig) else dict(task),
+                             "camera": OmegaConf.to_container(cfg.camera), "robot": OmegaConf.to_container(robot)})
+    return OmegaConf.create(OmegaConf.to_container(root.robot.env, resolve=True))
+
+
 def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     """Run the evaluation that ``configs/eval.yaml`` describes; returns (report, report path)."""
-    from ..policies.train import select_device
-
     ckpt_path = Path(cfg.checkpoint)
     device = select_device(cfg.device)
     policy, ckpt = load_policy(ckpt_path, device=device, use_ema=cfg.use_ema)
@@ -175,9 +198,9 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     out_dir = Path(cfg.out_dir) if cfg.out_dir else ckpt_path.parent.parent / "eval" / ckpt_path.stem
     torch.manual_seed(cfg.seed)
     evaluator = SimEvaluator(
-        env=cfg.env if cfg.env else task["env"], obs_spec=task["obs"], n_episodes=cfg.n_episodes, seed=cfg.seed,
+        env=cfg.env if cfg.env else env_config(task, cfg), obs_spec=task["obs"], n_episodes=cfg.n_episodes, seed=cfg.seed,
         n_action_steps=cfg.n_action_steps, num_inference_steps=cfg.num_inference_steps, scheduler=cfg.scheduler,
-        temporal_ensembling_k=cfg.temporal_ensembling_k, batch_envs=cfg.batch_envs,
+        temporal_ensembling_k=cfg.temporal_ensembling_k, batch_envs=cfg.batch_envs, blend_steps=cfg.blend_steps,
         n_videos=cfg.n_videos, video_dir=str(out_dir / "videos"), fps=task.get("fps", 10), progress=True,
     )
     report = evaluator(policy)
@@ -186,8 +209,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
         "train_step": ckpt["train_state"]["step"], "train_minutes": ckpt["train_state"]["train_seconds"] / 60,
         "device": str(device), "use_ema": cfg.use_ema,
         "scheduler": cfg.scheduler,
-        "n_action_steps": cfg.n_action_steps or getattr(policy, "n_action_steps", None),
-        "num_inference_steps": getattr(policy, "num_inference_steps", None),
+        "n_action_steps": cfg.n_action_steps or policy.n_action_steps,
+        "num_inference_steps": policy.num_inference_steps,
         **report,
     }
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,104 +1,230 @@
-"""Action schedulers: which action of which predicted chunk runs at each control step.
+"""Action schedulers in time: which action of which predicted chunk is the target for each instant.
 
-Receding horizon (Chi et al., "Diffusion Policy", RSS 2023, section 3.1): predict a chunk, execute
-its first ``n_action_steps`` actions open loop, then predict again from fresh observations.
+Both take a chunk (Ta, Da) with the time ``t_obs`` of the observation it was predicted from, and
+stamp its action i with ``t_obs + (i + offset) * dt``: the time the arm is to *reach* that target
+(``offset = 1`` for data recorded as protege records it: the action stored with step k is the
+target for the end of step k). :meth:`ActionScheduler.action_at` gives the action stamped at a
+time; an action whose time has passed before it could be sent is dropped and counted, never
+applied late.
 
-Temporal ensembling (Zhao et al., "ACT", RSS 2023, section 4): predict a chunk at every step and
-execute a weighted average of every chunk's prediction for the current step, weights
-exp(-k * i) with i = 0 for the oldest prediction.
+Receding horizon (Chi et al., "Diffusion Policy", RSS 2023, section 3.1, and its real-robot
+deployment, which drops the actions of a chunk that are already late when inference returns):
+execute the first ``n_action_steps`` of the newest chunk open loop. A newer chunk replaces the
+older one from its first action on time; over ``blend_steps`` steps the target moves linearly from
+the older chunk's prediction to the newer one's, so a chunk boundary does not jump.
 
-Both take chunks (Ta, Da) whose row 0 is the action for the step at which the chunk was asked for;
-they are the two schedulers of one control loop and work with any policy.
+Temporal ensembling (Zhao et al., "ACT", RSS 2023, section 4): every chunk's prediction for an
+instant is averaged, weights exp(-k * i) with i = 0 for the oldest prediction.
+
+Pure: no clock, no threads; the caller passes the times.
 """
 
 from __future__ import annotations
 
+import abc
+
 import numpy as np
 
+_TOL = 1e-6
 
-class RecedingHorizon:
-    """Executes the first ``n_action_steps`` of each chunk.
 
-    Usage per control step: if :meth:`needs_chunk`, run the policy and :meth:`add_chunk` its
-    (Ta, Da) output; then :meth:`next_action` gives the (Da,) action for this step.
+class ActionScheduler(abc.ABC):
+    """Chunks in, one timestamped action out.
+
+    Args:
+        dt: control period, s.
+        offset: action i of a chunk is stamped ``t_obs + (i + offset) * dt``.
+
+    Attributes:
+        dropped: actions dropped because their time had passed (counted since :meth:`reset`).
 
     Raises:
-        ValueError: n_action_steps < 1, or a chunk shorter than n_action_steps.
+        ValueError: ``dt`` <= 0.
     """
 
-    def __init__(self, n_action_steps: int):
+    def __init__(self, dt: float, offset: float = 1.0):
+        if not dt > 0:
+            raise ValueError(f"dt must be > 0, got {dt}")
+        self.dt, self.offset = float(dt), float(offset)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every chunk and the counts (a new episode)."""
+        self.dropped = 0
+        self._chunks: list[tuple[np.ndarray, np.ndarray]] = []  # (stamps (n,), actions (n, Da)), oldest first
+        self._asked = -np.inf  # the stamp last asked for by action_at
+
+    def stamps(self, n: int, t_obs: float) -> np.ndarray:
+        """(n,) float64 s: the times of a chunk's first ``n`` actions."""
+        return t_obs + (np.arange(n) + self.offset) * self.dt
+
+    def _check(self, chunk) -> np.ndarray:
+        chunk = np.asarray(chunk, dtype=np.float64)
+        if chunk.ndim != 2 or len(chunk) == 0:
+            raise ValueError(f"need a (Ta, Da) chunk, got shape {chunk.shape}")
+        if self._chunks and chunk.shape[1] != self._chunks[-1][1].shape[1]:
+            raise ValueError(f"chunk has Da={chunk.shape[1]}, earlier chunks {self._chunks[-1][1].shape[1]}")
+        return chunk
+
+    def add_chunk(self, chunk, t_obs: float, now: float) -> int:
+        """Schedule a chunk (Ta, Da) predicted from the observation at ``t_obs`` s. Actions stamped
+        at or before ``now`` s, or at or before the last time :meth:`action_at` was asked for,
+        are late: they are dropped.
+
+        Returns:
+            The number of actions dropped as late.
+
+        Raises:
+            ValueError: not a (Ta, Da) chunk with Ta >= 1, or another Da than earlier chunks.
+        """
+        chunk = self._check(chunk)
+        keep = self._usable(len(chunk))
+        stamps = self.stamps(keep, t_obs)
+        late = stamps <= max(now, self._asked) + _TOL
+        n_late = int(late.sum())
+        self.dropped += n_late
+        self._insert(stamps[~late], chunk[:keep][~late])
+        return n_late
+
+    def _usable(self, ta: int) -> int:
+        return ta
+
+    @abc.abstractmethod
+    def _insert(self, stamps: np.ndarray, actions: np.ndarray) -> None: ...
+
+    @abc.abstractmethod
+    def _value(self, t: float) -> np.ndarray | None: ...
+
+    def action_at(self, t: float) -> np.ndarray | None:
+        """The action (Da,) float64 stamped ``t`` s (within dt / 2), or None when none is
+        scheduled for it (the queue ran dry). Actions stamped before ``t`` that were never asked
+        for are dropped and counted; times must not decrease between calls."""
+        if self._counts_skips:
+            for stamps, _ in self._chunks:
+                self.dropped += int(((stamps > self._asked + 0.5 * self.dt) & (stamps < t - 0.5 * self.dt)).sum())
+        self._asked = max(self._asked, float(t))
+        return self._value(t)
+
+    _counts_skips = True  # an action the caller stepped over was dropped
+
+    def peek(self, t: float) -> np.ndarray | None:
+        """The action :meth:`action_at` would give for ``t``, without counting or moving on."""
+        return self._value(t)
+
+    def last_stamp(self) -> float:
+        """The time s of the last scheduled action (-inf when none)."""
+        return max((float(s[-1]) for s, _ in self._chunks if len(s)), default=-np.inf)
+
+    def needs_chunk(self, t: float, lead_s: float = 0.0) -> bool:
+        """Whether a new chunk should be requested at ``t`` s so that, arriving ``lead_s`` s
+        later, it continues the actions scheduled now without a gap."""
+        return self.last_stamp() - t < lead_s + self.dt - _TOL
+
+
+class RecedingHorizon(ActionScheduler):
+    """Executes the first ``n_action_steps`` of the newest chunk (Diffusion Policy, section 3.1).
+
+    Args:
+        n_action_steps: actions executed per chunk (the paper's Ta, 8).
+        dt, offset: see :class:`ActionScheduler`.
+        blend_steps: steps over which a newer chunk takes over from the older one (0: at once).
+
+    Raises:
+        ValueError: n_action_steps < 1, blend_steps < 0, or dt <= 0.
+    """
+
+    def __init__(self, n_action_steps: int, dt: float = 0.1, offset: float = 1.0, blend_steps: int = 0):
         if n_action_steps < 1:
             raise ValueError(f"n_action_steps must be >= 1, got {n_action_steps}")
-        self.n_action_steps = n_action_steps
-        self.reset()
+        if blend_steps < 0:
+            raise ValueError(f"blend_steps must be >= 0, got {blend_steps}")
+        self.n_action_steps, self.blend_steps = int(n_action_steps), int(blend_steps)
+        super().__init__(dt, offset)
 
-    def reset(self) -> None:
-        self._queue: list[np.ndarray] = []
+    def _usable(self, ta: int) -> int:
+        return min(ta, self.n_action_steps)
 
-    def needs_chunk(self) -> bool:
-        return not self._queue
+    def _insert(self, stamps, actions) -> None:
+        if len(stamps) == 0:
+            return
+        if self._chunks and self.blend_steps:
+            old_s, old_a = self._chunks[-1]
+            actions = actions.copy()
+            for i in range(min(self.blend_steps, len(stamps))):
+                j = np.flatnonzero(np.abs(old_s - stamps[i]) < 0.5 * self.dt)
+                if len(j):
+                    w = (i + 1) / (self.blend_steps + 1)  # weight of the new chunk
+                    actions[i] = (1 - w) * old_a[j[0]] + w * actions[i]
+        self._chunks = [(stamps, actions)]
 
-    def add_chunk(self, chunk: np.ndarray) -> None:
-        chunk = np.asarray(chunk)
-        if chunk.ndim != 2 or len(chunk) < self.n_action_steps:
-            raise ValueError(f"need a (Ta >= {self.n_action_steps}, Da) chunk, got shape {chunk.shape}")
-        self._queue = list(chunk[: self.n_action_steps])
+    def _value(self, t: float) -> np.ndarray | None:
+        if not self._chunks:
+            return None
+        stamps, actions = self._chunks[0]
+        j = np.flatnonzero(np.abs(stamps - t) < 0.5 * self.dt)
+        return actions[j[0]].copy() if len(j) else None
 
-    def next_action(self) -> np.ndarray:
-        if not self._queue:
-            raise RuntimeError("no action scheduled: add a chunk first")
-        return self._queue.pop(0)
+    def last_stamp(self) -> float:
+        return float(self._chunks[0][0][-1]) if self._chunks else -np.inf
 
 
-class TemporalEnsembling:
-    """Averages every chunk's prediction for the current step (ACT, section 4).
+class TemporalEnsembling(ActionScheduler):
+    """Averages every chunk's prediction for the current instant (ACT, section 4).
 
-    A chunk added at step t predicts steps t, t+1, ...; the action for step t is
-    sum_i w_i a_i / sum_i w_i over the chunks that cover t, ordered oldest first, w_i = exp(-k i).
-    The policy is queried every step; a skipped query just leaves fewer chunks to average.
+    The action for time t is sum_i w_i a_i / sum_i w_i over the chunks that predict t, oldest
+    first, w_i = exp(-k i). The policy is queried every step; a skipped query just leaves fewer
+    predictions to average.
+
+    Args:
+        k: the weights' decay (ACT: 0.01).
+        dt, offset: see :class:`ActionScheduler`.
 
     Raises:
-        ValueError: k < 0, or chunks of different action dimensions.
-        RuntimeError: no chunk covers the current step.
+        ValueError: k < 0, or dt <= 0.
     """
 
-    def __init__(self, k: float = 0.01):
+    _counts_skips = False  # overlapping predictions are averaged, not skipped
+
+    def __init__(self, k: float = 0.01, dt: float = 0.1, offset: float = 1.0):
         if k < 0:
             raise ValueError(f"k must be >= 0, got {k}")
-        self.k = k
-        self.reset()
+        self.k = float(k)
+        super().__init__(dt, offset)
 
-    def reset(self) -> None:
-        self.t = 0
-        self._chunks: list[tuple[int, np.ndarray]] = []  # (start step, (Ta, Da))
+    def _insert(self, stamps, actions) -> None:
+        if len(stamps):
+            self._chunks.append((stamps, actions))
 
-    def needs_chunk(self) -> bool:
+    def _value(self, t: float) -> np.ndarray | None:
+        # chunks whose last prediction has passed are forgotten
+        self._chunks = [(s, a) for s, a in self._chunks if s[-1] >= t - 0.5 * self.dt]
+        preds = []
+        for stamps, actions in self._chunks:
+            j = np.flatnonzero(np.abs(stamps - t) < 0.5 * self.dt)
+            if len(j):
+                preds.append(actions[j[0]])
+        if not preds:
+            return None
+        w = np.exp(-self.k * np.arange(len(preds)))
+        return (w[:, None] * np.stack(preds)).sum(0) / w.sum()
+
+    def needs_chunk(self, t: float, lead_s: float = 0.0) -> bool:
         return True
 
-    def add_chunk(self, chunk: np.ndarray) -> None:
-        chunk = np.asarray(chunk, dtype=np.float64)
-        if chunk.ndim != 2 or (self._chunks and chunk.shape[1] != self._chunks[0][1].shape[1]):
-            raise ValueError(f"need (Ta, Da) chunks of one Da, got shape {chunk.shape}")
-        self._chunks.append((self.t, chunk))
 
-    def next_action(self) -> np.ndarray:
-        self._chunks = [(s, c) for s, c in self._chunks if self.t - s < len(c)]  # drop expired chunks
-        if not self._chunks:
-            raise RuntimeError(f"no chunk covers step {self.t}: add a chunk first")
-        preds = np.stack([c[self.t - s] for s, c in self._chunks])  # oldest first
-        w = np.exp(-self.k * np.arange(len(preds)))
-        self.t += 1
-        return (w[:, None] * preds).sum(0) / w.sum()
+SCHEDULERS = ("receding_horizon", "temporal_ensembling")
 
 
-SCHEDULERS = {
-    "receding_horizon": lambda n_action_steps, k: RecedingHorizon(n_action_steps),
-    "temporal_ensembling": lambda n_action_steps, k: TemporalEnsembling(k),
-}
+def make_scheduler(name: str, n_action_steps: int, k: float = 0.01, dt: float = 0.1, offset: float = 1.0,
+                   blend_steps: int = 0) -> ActionScheduler:
+    """A fresh scheduler by name: ``receding_horizon`` (uses n_action_steps, blend_steps) or
+    ``temporal_ensembling`` (uses k).
 
-
-def make_scheduler(name: str, n_action_steps: int, k: float = 0.01) -> RecedingHorizon | TemporalEnsembling:
-    """A fresh scheduler by name: ``receding_horizon`` (uses n_action_steps) or ``temporal_ensembling`` (uses k)."""
-    if name not in SCHEDULERS:
-        raise ValueError(f"unknown action scheduler {name!r}; choose one of {sorted(SCHEDULERS)}")
-    return SCHEDULERS[name](n_action_steps, k)
+    Raises:
+        ValueError: an unknown name or a bad parameter.
+    """
+    if name == "receding_horizon":
+        return RecedingHorizon(n_action_steps, dt, offset, blend_steps)
+    if name == "temporal_ensembling":
+        return TemporalEnsembling(k, dt, offset)
+    raise ValueError(f"unknown action scheduler {name!r}; choose one of {list(SCHEDULERS)}")

@@ -7,7 +7,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ..data.stats import Normalizer
+from .normalizer import Normalizer
 
 
 class Policy(nn.Module):
@@ -25,6 +25,8 @@ class Policy(nn.Module):
 
     n_obs_steps: int = 1
     horizon: int = 1  # action steps per training sample
+    n_action_steps: int = 1  # actions executed per chunk under receding horizon
+    num_inference_steps: int | None = None  # denoising steps per prediction (diffusion); None: one pass
 
     def __init__(self, shape_meta: Mapping[str, Any], normalizer: Normalizer):
         super().__init__()
@@ -44,7 +46,19 @@ class Policy(nn.Module):
     def sampler_padding(self) -> tuple[int, int]:
         """(pad_before, pad_after) steps a training window may reach outside its episode
         (Diffusion Policy: To - 1 before, Ta - 1 after)."""
-        return self.n_obs_steps - 1, getattr(self, "n_action_steps", 1) - 1
+        return self.n_obs_steps - 1, self.n_action_steps - 1
+
+    def set_num_inference_steps(self, n: int) -> None:
+        """Use ``n`` denoising steps per prediction from now on.
+
+        Raises:
+            ValueError: the policy predicts in one pass (``num_inference_steps`` is None), or n < 1.
+        """
+        if self.num_inference_steps is None:
+            raise ValueError(f"{type(self).__name__} predicts in one pass; it has no inference steps to set")
+        if n < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {n}")
+        self.num_inference_steps = int(n)
 
     def reset(self) -> None:
         """Forget per-episode state (none by default)."""

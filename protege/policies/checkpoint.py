@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import torch
 from hydra.utils import get_class
 
-from ..data.stats import Normalizer
+from .normalizer import Normalizer
 from .base import Policy
 
 CHECKPOINT_FORMAT = 1

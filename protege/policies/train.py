@@ -27,33 +27,12 @@ from tqdm import tqdm
 
 from ..data.dataset import TaskData, load_task_data
 from ..data.sampler import SequenceSampler
-from ..data.stats import Normalizer
 from .base import Policy
+from .normalizer import Normalizer
+from .tensors import select_device, to_torch
 from .checkpoint import build_policy, read_checkpoint, save_checkpoint
 
 log = logging.getLogger("protege.train")
-
-
-def select_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU; any torch device string is accepted."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def to_torch(batch: dict[str, np.ndarray], obs_keys, image_keys, device: torch.device) -> dict[str, Any]:
-    """Sampler batch -> policy batch: images uint8 (B, To, H, W, 3) become float (B, To, 3, H, W) in [0, 1]."""
-    obs = {}
-    for k in obs_keys:
-        x = torch.from_numpy(batch[k]).to(device, non_blocking=True)
-        if k in image_keys:
-            x = x.permute(0, 1, 4, 2, 3).float().div_(255.0)
-        obs[k] = x
-    return {
-        "obs": obs,
-        "action": torch.from_numpy(batch["action"]).to(device),
-        "mask": torch.from_numpy(batch["mask"]).to(device),
-    }
 
 
 def policy_kwargs(policy_cfg: DictConfig) -> dict[str, Any]:

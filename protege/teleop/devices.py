@@ -44,13 +44,13 @@ class KeyboardDevice:
         self._saved = None
         self._pending: str | None = None
 
-    def reset(self, seed: int, env) -> None:
+    def reset(self, seed: int, obs, task_state=None) -> None:
         if self._saved is None and os.isatty(self.fd):
             self._saved = termios.tcgetattr(self.fd)
             tty.setcbreak(self.fd)
             print(KEYMAP_HELP, file=sys.stderr)
-        s = env.robot.state()
-        self.position, self.rotation, self.width = s.tcp_position.copy(), Rotation.from_quat(s.tcp_quat), 0.085
+        pose = np.asarray(obs["tcp_pose"], float)
+        self.position, self.rotation, self.width = pose[:3].copy(), Rotation.from_quat(pose[3:]), 0.085
         self._pending = None
 
     def _keys(self) -> str:

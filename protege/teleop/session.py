@@ -27,8 +27,9 @@ KEEP, DISCARD, QUIT = "keep", "discard", "quit"
 class TeleopDevice(Protocol):
     """Anything that turns an operator (or a script) into actions for an environment."""
 
-    def reset(self, seed: int, env: Any) -> None:
-        """A new episode starts (the env was just reset with ``seed``)."""
+    def reset(self, seed: int, obs: dict[str, np.ndarray], task_state: Any = None) -> None:
+        """A new episode starts: the env was just reset with ``seed``; ``obs`` is its first
+        observation, ``task_state`` what the simulator knows of the objects (None on a real arm)."""
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """The action for this control step, in the env's action layout."""
@@ -63,7 +64,7 @@ def record(env, device: TeleopDevice, writer: BackgroundWriter, episodes: int, s
         seed: seed of the first attempt; attempt i uses ``seed + i``.
         keep: at the end of an episode that no key ended: ``success`` keeps successful ones,
             ``all`` keeps every one.
-        realtime: pace the loop at ``fps`` on the wall clock (for humans); otherwise lockstep.
+        realtime: unused; kept so old callers work (the env's clock paces the loop: lockstep or wall clock).
         max_attempts: give up after this many attempts (default ``3 * episodes``).
 
     Each step stores the observation, the action, the step's reward and ``timestamp`` (the env's own
@@ -79,12 +80,13 @@ def record(env, device: TeleopDevice, writer: BackgroundWriter, episodes: int, s
         ep_seed = seed + report.attempts
         report.attempts += 1
         env.reset(ep_seed)
-        device.reset(ep_seed, env)
+        obs = env.observation()
+        device.reset(ep_seed, obs, env.task_state() if hasattr(env, "task_state") else None)
         start_wall = time.time()
-        t0 = time.monotonic()
         success, decision, k = False, None, 0
         while True:
-            obs = env.observation()
+            if k:
+                obs = env.observation()
             action = np.asarray(device.act(obs), dtype=np.float32)
             reward, done, info = env.step(action)
             success = success or bool(info.get("success", False))
@@ -94,8 +96,6 @@ def record(env, device: TeleopDevice, writer: BackgroundWriter, episodes: int, s
             decision = device.poll()
             if decision in (KEEP, DISCARD, QUIT) or done:
                 break
-            if realtime:
-                time.sleep(max(0.0, t0 + k * dt - time.monotonic()))
         if decision == QUIT:
             quit_ = True
             decision = DISCARD

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...data.stats import Normalizer
+from ..normalizer import Normalizer
 from ..base import Policy
 from ..encoders import resnet18_backbone
 from .model import ACTTransformer, CVAEEncoder, sine_2d

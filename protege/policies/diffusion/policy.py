@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
 
-from ...data.stats import Normalizer
+from ..normalizer import Normalizer
 from ..base import Policy
 from ..encoders import ObsEncoder
 from .unet import ConditionalUnet1D

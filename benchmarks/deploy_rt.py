@@ -1,0 +1,124 @@
+"""The real-time control loop against lockstep evaluation, with added inference delay.
+
+    python benchmarks/deploy_rt.py --checkpoint runs/act_lift/checkpoints/latest.pt --episodes 50
+
+Evaluates the checkpoint in lockstep (``protege-eval``: inference takes no simulated time), then
+deploys it with ``protege-deploy robot=sim`` (the MuJoCo UR5e on the wall clock, cameras in reader
+threads, inference in a worker, safety filter and watchdogs) on the same seeds with an added
+inference delay of 0, 100 and 300 ms. Prints a table and writes ``results/deploy_rt.json``:
+success with its 95% Wilson interval per setting, cycle period jitter (p50, p99, max), the
+observation-to-action latency, late actions dropped per minute, safety clips and the largest
+commanded TCP speed (against the limit), with the command, commit, machine and date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from machine import machine
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+sys.path.insert(0, str(HERE.parent))
+from protege.deploy.eval import wilson_interval  # noqa: E402
+
+
+def commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE, capture_output=True,
+                               text=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--episodes", type=int, default=50)
+    ap.add_argument("--seed", type=int, default=100000)
+    ap.add_argument("--delays", type=float, nargs="+", default=[0.0, 0.1, 0.3], help="added inference delay, s")
+    ap.add_argument("--scheduler", default="temporal_ensembling")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for inference (and OMP_NUM_THREADS)")
+    ap.add_argument("--run-dir", default="runs/bench-deploy")
+    ap.add_argument("--out", default=str(HERE / "results" / "deploy_rt.json"))
+    ap.add_argument("--skip-lockstep", action="store_true", help="keep the lockstep result of an earlier run")
+    args = ap.parse_args()
+    run_dir, out = Path(args.run_dir), Path(args.out)
+    env = {"OMP_NUM_THREADS": str(args.threads), "MUJOCO_GL": "egl", "PATH": str(BIN)}
+    import os
+
+    env = {**os.environ, **env}
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+    lockstep = None
+    if args.skip_lockstep and out.exists():
+        lockstep = json.loads(out.read_text()).get("lockstep")
+    if lockstep is None:
+        eval_dir = run_dir / "lockstep"
+        subprocess.run([str(BIN / "protege-eval"), f"checkpoint={args.checkpoint}", f"n_episodes={args.episodes}",
+                        f"seed={args.seed}", f"scheduler={args.scheduler}", "n_videos=0", f"out_dir={eval_dir}"],
+                       check=True, env=env)
+        r = json.loads((eval_dir / "eval.json").read_text())
+        n_ok = sum(e["success"] for e in r["episodes"])
+        lockstep = {"successes": n_ok, "episodes": r["n_episodes"], "success_rate": r["success_rate"],
+                    "success_rate_ci95": r["success_rate_ci95"], "seeds": [e["seed"] for e in r["episodes"]],
+                    "succeeded": [e["seed"] for e in r["episodes"] if e["success"]]}
+
+    rows = []
+    for delay in args.delays:
+        d = run_dir / f"delay_{int(round(delay * 1000))}ms"
+        cmd = [str(BIN / "protege-deploy"), f"checkpoint={args.checkpoint}", "robot=sim", f"episodes={args.episodes}",
+               f"seed={args.seed}", f"scheduler={args.scheduler}", f"inference_delay_s={delay}", f"run_dir={d}",
+               "stop_key=false", f"torch_threads={args.threads}"]
+        if (d / "deploy.jsonl").exists():
+            (d / "deploy.jsonl").unlink()
+        p = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL)
+        s = json.loads((d / "summary.json").read_text())
+        n = len(s["episode_results"])
+        ok = sum(e["success"] for e in s["episode_results"])
+        rows.append({
+            "inference_delay_s": delay, "exit_code": p.returncode, "episodes": n, "successes": ok,
+            "success_rate": ok / n, "success_rate_ci95": list(wilson_interval(ok, n)),
+            "succeeded": [e["seed"] for e in s["episode_results"] if e["success"]],
+            **{k: s[k] for k in ("cycles", "dt_ms", "period_jitter_ms", "cycle_lateness_ms", "obs_to_action_latency_ms",
+                                 "dropped_actions", "dropped_per_minute", "clips", "max_cmd_speed", "tracking_error_mm",
+                                 "minutes", "stops")},
+        })
+
+    from omegaconf import OmegaConf
+
+    limit = OmegaConf.load(HERE.parent / "protege/configs/robot/sim.yaml").safety.max_tcp_speed
+    result = {
+        "benchmark": "deploy_rt", "command": shlex.join([sys.executable, *sys.argv]), "commit": commit(),
+        "machine": machine(), "started": started,
+        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "checkpoint": args.checkpoint, "scheduler": args.scheduler, "seed": args.seed, "max_tcp_speed_limit": limit,
+        "lockstep": lockstep, "realtime": rows,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+
+    print(f"\n{args.checkpoint}, {args.scheduler}, {args.episodes} seeds from {args.seed}; {machine()}")
+    print(f"lockstep: success {lockstep['successes']}/{lockstep['episodes']} "
+          f"({lockstep['success_rate_ci95'][0]:.2f}-{lockstep['success_rate_ci95'][1]:.2f})")
+    print(f"{'delay':>7} {'success':>9} {'95% CI':>11} {'jitter p50/p99/max ms':>24} {'latency p50/p99/max ms':>25} "
+          f"{'dropped/min':>12} {'max cmd m/s':>12}")
+    for r in rows:
+        j, lat = r["period_jitter_ms"], r["obs_to_action_latency_ms"]
+        ci = r["success_rate_ci95"]
+        print(f"{r['inference_delay_s'] * 1000:>5.0f}ms {r['successes']:>4}/{r['episodes']:<4} {ci[0]:.2f}-{ci[1]:.2f} "
+              f"{j['p50']:>8.1f}/{j['p99']:.1f}/{j['max']:.1f} {lat['p50']:>10.0f}/{lat['p99']:.0f}/{lat['max']:.0f} "
+              f"{r['dropped_per_minute']:>12.1f} {r['max_cmd_speed']:>12.3f}")
+    print(f"-> {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""``protege-deploy``: run a trained policy on a robot in real time (see ``configs/deploy.yaml``),
+and ``protege-deploy report <run_dir>``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ..data.writer import BackgroundWriter
+from ..policies.checkpoint import CheckpointError, load_policy
+from ..policies.tensors import select_device
+from ..robot.observation import ObservationAssembler
+from .inference import PolicyRunner
+from .loop import ControlLoop, CycleLog, EpisodeResult, LoopSettings, StopReason
+from .operator import StopKey
+from .report import format_summary, main as report_main, read_log, summarize
+from .safety import SafetyFilter, SafetyLimits
+from .schedulers import make_scheduler
+
+log = logging.getLogger("protege.deploy")
+
+
+class ConfigError(ValueError):
+    """A deployment that must not start: bad settings, or a policy that does not fit the robot."""
+
+
+def _task(cfg: DictConfig, ckpt: dict) -> dict:
+    trained = ckpt["config"]["task"]
+    if cfg.get("task") is None:
+        return trained
+    task = OmegaConf.to_container(cfg.task, resolve=True)
+    if task.get("obs") != trained.get("obs") or task.get("fps") != trained.get("fps"):
+        raise ConfigError(f"task={task.get('name')} has other observations or fps than the checkpoint's task "
+                          f"{trained.get('name')!r}; leave task= out to use the checkpoint's")
+    return {**trained, **task}
+
+
+def deploy(cfg: DictConfig) -> int:
+    """Run ``cfg.episodes`` episodes; returns the exit code (:class:`StopReason`)."""
+    device = select_device(cfg.device)
+    if cfg.torch_threads:
+        torch.set_num_threads(int(cfg.torch_threads))
+    policy, ckpt = load_policy(cfg.checkpoint, device=device, use_ema=cfg.use_ema)
+    task = _task(cfg, ckpt)
+    OmegaConf.set_struct(cfg, False)
+    cfg.task = task
+    if cfg.num_inference_steps is not None:
+        policy.set_num_inference_steps(cfg.num_inference_steps)
+    # everything that can be checked is checked before the arm moves
+    limits = SafetyLimits.from_config(cfg.robot.safety)
+    fps = float(task["fps"])
+    settings = LoopSettings(control_hz=fps, n_obs_steps=policy.n_obs_steps, **cfg.loop)
+    scheduler = make_scheduler(cfg.scheduler, cfg.n_action_steps or policy.n_action_steps, cfg.temporal_ensembling_k,
+                               dt=1.0 / fps, offset=cfg.action_offset, blend_steps=cfg.blend_steps)
+    safety = SafetyFilter(limits, 1.0 / fps)
+    if "backend" not in cfg.robot:
+        raise ConfigError(f"robot={cfg.robot.get('name')} has no backend to deploy on")
+    runner = PolicyRunner(policy, task["obs"])
+    backend = hydra.utils.instantiate(cfg.robot.backend)
+    writer = loop = stop_key = None
+    results: list[EpisodeResult] = []
+    run_dir = Path(cfg.run_dir)
+    try:
+        assembler = ObservationAssembler(backend.robot, backend.gripper, backend.cameras, **cfg.robot.get("latency", {}))
+        missing = set(runner.store_keys) - set(assembler.store_keys)
+        if missing:
+            raise ConfigError(f"the policy reads {sorted(missing)}, which robot={cfg.robot.name} camera={cfg.camera.name} "
+                              f"does not give (it gives {list(assembler.store_keys)})")
+        time_limit = float(cfg.time_limit_s or getattr(backend, "time_limit_s", 60.0))
+        if cfg.record:
+            writer = BackgroundWriter(cfg.record, fps=fps, key_meta=assembler.key_meta, image_codec=cfg.image_codec)
+        stop_key = StopKey() if cfg.stop_key else None
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+        loop = ControlLoop(
+            backend.robot, backend.gripper, backend.cameras, backend.clock, runner, assembler, runner.store_keys, scheduler,
+            safety, settings, inference_delay_s=cfg.inference_delay_s, log=CycleLog(run_dir / "deploy.jsonl"),
+            stop_requested=stop_key or (lambda: False), status=getattr(backend, "status", None),
+            on_step=(lambda obs, action: writer.add_step({**obs, "action": action})) if writer else None,
+        )
+        print(f"protege-deploy: {task['name']} on robot={cfg.robot.name}, {cfg.episodes} episode(s) at {fps:g} Hz, "
+              f"{cfg.scheduler}, log {run_dir / 'deploy.jsonl'}" + ("; stop: s, space, Esc or Ctrl-C" if stop_key else ""),
+              flush=True)
+        for i in range(cfg.episodes):
+            seed = int(cfg.seed) + i
+            t_start = backend.reset(seed) if hasattr(backend, "reset") else backend.clock.now()
+            res = loop.run_episode(t_start, time_limit, seed)
+            results.append(res)
+            print(f"episode {i + 1}/{cfg.episodes} seed {seed}: {'success' if res.success else 'no success'}, "
+                  f"{res.steps} steps, {res.duration_s:.1f} s, {res.chunks} chunks, {res.dropped} late actions dropped, "
+                  f"clips {res.clips or 'none'}" + (f"; stopped: {res.stop.name.lower()}: {res.message}"
+                                                     if res.stop != StopReason.COMPLETED else ""), flush=True)
+            if writer is not None:
+                if res.steps:
+                    writer.commit(seed=seed, task=task["name"], source="policy_rollout", checkpoint=str(cfg.checkpoint),
+                                  success=res.success, stop=res.stop.name.lower(), start_time=time.time(), steps=res.steps)
+                else:
+                    writer.discard()
+            if res.stop != StopReason.COMPLETED:
+                break
+    finally:
+        if loop is not None:
+            loop.close()
+        if writer is not None:
+            writer.close()
+        if stop_key is not None:
+            stop_key.close()
+        backend.close()
+    if not results:
+        return int(StopReason.ERROR)
+    summary = summarize(read_log(run_dir))
+    summary["episode_results"] = [r.to_dict() for r in results]
+    summary["success_rate"] = sum(r.success for r in results) / len(results)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(format_summary(summary))
+    print(f"success {sum(r.success for r in results)}/{len(results)}; summary {run_dir / 'summary.json'}; "
+          f"plots: protege-deploy report {run_dir}")
+    return int(results[-1].stop)
+
+
+@hydra.main(config_path="../configs", config_name="deploy", version_base=None)
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        code = deploy(cfg)
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"protege-deploy: {e}", file=sys.stderr)
+        code = 2
+    sys.exit(code)
+
+
+def main() -> None:
+    """Entry point: ``protege-deploy report <run_dir>`` or a deployment (hydra overrides)."""
+    if len(sys.argv) > 1 and sys.argv[1] == "report":
+        sys.exit(report_main(sys.argv[2:]))
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,443 @@
+"""The real-time control loop: one loop for every backend (DESIGN.md, "Deploy loop").
+
+Each cycle ``k`` at ``t_k = t_0 + k dt`` on the backend's clock:
+
+1. watchdogs: the operator's stop, the robot's state (a lost connection or protective stop is a
+   :class:`~protege.robot.interfaces.DeviceError`), the joint limits and speeds
+   (:meth:`~protege.deploy.safety.SafetyFilter.check_state`) and every camera's newest frame
+   (older than ``max_frame_age_s`` = stale);
+2. the observation window: the store's keys at ``t_k - (To - 1 - i) dt``, resampled from the
+   devices' histories (:class:`~protege.robot.observation.ObservationAssembler`);
+3. a chunk the inference worker finished is scheduled (action i stamped
+   ``t_obs + (i + offset) dt``, late ones dropped and counted); a new chunk is requested when the
+   queue would run out before a chunk asked for now arrives (the *measured* latency: the slowest
+   of the recent inferences, plus ``latency_margin_s``);
+4. the action stamped ``t_k + dt`` goes through the safety filter to the robot, as the target to
+   reach at ``t_k + dt``. No action for it (the queue ran dry) means the policy stalled.
+
+Any watchdog stops the episode and the run: the arm decelerates within the safety limits, then
+holds (:meth:`~protege.deploy.safety.SafetyFilter.stop_targets`), and the reason is returned
+(:class:`StopReason`, whose value is the process's exit code). A cycle log records, per cycle,
+the observation time, inference start and end, actions scheduled, dropped and clipped, and the
+commanded and measured TCP (:class:`CycleLog`, read by ``protege-deploy report``).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from ..robot.actions import action_to_pose, pose_to_action
+from ..robot.clock import Clock
+from ..robot.interfaces import Camera, DeviceError, Gripper, Robot
+from ..robot.observation import ObservationAssembler
+from .inference import InferenceResult, InferenceWorker
+from .safety import SafetyFilter, SafetyViolation, UnsafeAction
+from .schedulers import ActionScheduler
+
+
+class StopReason(enum.IntEnum):
+    """Why an episode (or the run) ended; the value is ``protege-deploy``'s exit code."""
+
+    COMPLETED = 0          # every episode ran to success or its time limit
+    ERROR = 1              # an unexpected error (a traceback follows)
+    START_REFUSED = 3      # the first target lay too far from the arm (start gate)
+    OPERATOR = 10          # the stop key or Ctrl-C
+    POLICY_STALLED = 11    # no chunk before the queue ran dry
+    CAMERA_STALE = 12      # a camera gave no new frame in time, or failed
+    ROBOT_FAULT = 13       # lost connection, protective stop, or a diverged simulation
+    NON_FINITE_ACTION = 14  # NaN / inf or a degenerate rotation from the policy
+    SAFETY_LIMIT = 15      # a joint near its limit or too fast
+
+
+@dataclass
+class LoopSettings:
+    """Settings of :class:`ControlLoop` (the ``deploy`` config).
+
+    Attributes:
+        control_hz: cycle rate, Hz (the task's fps: the rate the policy was trained at).
+        n_obs_steps: observation steps per window (the policy's To).
+        max_frame_age_s: a camera whose newest frame is older than this is stale.
+        first_chunk_timeout_s: the first inference of an episode may take this long.
+        latency_margin_s: added to the measured latency when deciding to request a chunk.
+        start_ramp: a first target beyond the start gate is reached slowly (True) or refused (False).
+    """
+
+    control_hz: float = 10.0
+    n_obs_steps: int = 1
+    max_frame_age_s: float = 0.5
+    first_chunk_timeout_s: float = 30.0
+    latency_margin_s: float = 0.03
+    start_ramp: bool = False
+
+    def __post_init__(self):
+        if not self.control_hz > 0:
+            raise ValueError(f"control_hz must be > 0, got {self.control_hz}")
+        if self.n_obs_steps < 1:
+            raise ValueError(f"n_obs_steps must be >= 1, got {self.n_obs_steps}")
+        for name in ("max_frame_age_s", "first_chunk_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.latency_margin_s < 0:
+            raise ValueError(f"latency_margin_s must be >= 0, got {self.latency_margin_s}")
+
+
+@dataclass
+class EpisodeResult:
+    """What one episode did. ``stop`` is COMPLETED for an episode that ran to its end."""
+
+    seed: int | None
+    stop: StopReason
+    message: str = ""
+    steps: int = 0
+    success: bool = False
+    max_reward: float = 0.0
+    duration_s: float = 0.0
+    chunks: int = 0
+    dropped: int = 0
+    clips: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "stop": self.stop.name.lower()}
+
+
+class CycleLog:
+    """Per-cycle records as JSON lines (``deploy.jsonl``), one object per line:
+
+    ``{"type": "cycle", "episode", "k", "t" (scheduled cycle time), "wake" (when the cycle ran),
+    "t_obs", "request" (a chunk was requested this cycle), "chunk": {"t_obs", "t_start", "t_end",
+    "scheduled", "dropped"} or null, "dropped" (late actions dropped this cycle, total),
+    "clipped": [kinds], "cmd": [x, y, z], "cmd_speed" m/s, "width", "meas": [x, y, z]}``, plus
+    ``{"type": "episode", ...}`` (:class:`EpisodeResult`), ``{"type": "stop", "reason", "message"}``
+    and the smooth stop's ``{"type": "stop_target", "t", "cmd"}`` records.
+    Times are s on the loop's clock.
+    """
+
+    def __init__(self, path: str | Path | None):
+        self.path = Path(path) if path is not None else None
+        self._f: TextIO | None = None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._f = self.path.open("a", buffering=1)  # line-buffered: a killed run keeps its log
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        if self._f is not None:
+            self._f.write(json.dumps(record, default=_json_default) + "\n")
+
+    def flush(self) -> None:
+        if self._f is not None:
+            self._f.flush()
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+def _json_default(x):
+    if isinstance(x, np.ndarray):
+        return [round(float(v), 6) for v in x.ravel()]
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    raise TypeError(type(x))
+
+
+class _Stop(Exception):
+    def __init__(self, reason: StopReason, message: str, smooth: bool = True):
+        super().__init__(message)
+        self.reason, self.message, self.smooth = reason, message, smooth
+
+
+class ControlLoop:
+    """Runs a policy on a robot in real time (see the module docstring).
+
+    Args:
+        robot, gripper, cameras: the devices (any backend: the simulator or real drivers).
+        clock: the devices' clock (``now``, ``sleep_until``).
+        predict: ``predict(window) -> chunk (Ta, Da)``, e.g. a
+            :class:`~protege.deploy.inference.PolicyRunner`; it runs in an
+            :class:`~protege.deploy.inference.InferenceWorker`.
+        assembler: the observation assembly over the same devices.
+        obs_keys: the store keys the policy reads.
+        scheduler: receding horizon or temporal ensembling, with the loop's ``dt``.
+        safety: the robot's safety filter, with the loop's ``dt``.
+        settings: :class:`LoopSettings`.
+        inference_delay_s: added to every inference (rehearsal of a slower policy).
+        log: the :class:`CycleLog` (None: no log).
+        stop_requested: polled every cycle; True stops the run (the operator's stop key).
+        status: ``status() -> TaskStatus or None`` once per cycle, for a task's success (simulation).
+        on_step: ``on_step(obs, action)`` per executed cycle, with the cycle's observation (store
+            keys at ``t_k``) and the action sent (10,) float32 (recording the rollout).
+    """
+
+    def __init__(self, robot: Robot, gripper: Gripper | None, cameras: Mapping[str, Camera], clock: Clock,
+                 predict: Callable[[Mapping[str, np.ndarray]], np.ndarray], assembler: ObservationAssembler,
+                 obs_keys, scheduler: ActionScheduler, safety: SafetyFilter, settings: LoopSettings,
+                 inference_delay_s: float = 0.0, log: CycleLog | None = None,
+                 stop_requested: Callable[[], bool] = lambda: False, status: Callable[[], Any] | None = None,
+                 on_step: Callable[[dict, np.ndarray], None] | None = None):
+        if not clock.realtime:
+            raise ValueError("the control loop runs on a real-time clock (robot=sim uses clock: realtime)")
+        self.robot, self.gripper, self.cameras, self.clock = robot, gripper, dict(cameras), clock
+        self.assembler, self.obs_keys = assembler, list(obs_keys)
+        self.scheduler, self.safety, self.settings = scheduler, safety, settings
+        self.dt = 1.0 / settings.control_hz
+        if abs(scheduler.dt - self.dt) > 1e-9 or abs(safety.dt - self.dt) > 1e-9:
+            raise ValueError(f"scheduler dt {scheduler.dt} and safety dt {safety.dt} must equal 1 / control_hz = {self.dt}")
+        self.worker = InferenceWorker(predict, clock.now, inference_delay_s)
+        self.log = log or CycleLog(None)
+        self.stop_requested, self.status, self.on_step = stop_requested, status, on_step
+        self.latencies: deque[float] = deque(maxlen=10)
+        self.episode = 0
+        self._t_start = -math.inf
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def lead_s(self) -> float:
+        """How early a chunk is requested: the slowest recent observation-to-chunk latency + margin."""
+        return (max(self.latencies) if self.latencies else 0.0) + self.settings.latency_margin_s
+
+    def _window_times(self, t: float) -> list[float]:
+        n = self.settings.n_obs_steps
+        return [t - (n - 1 - i) * self.dt for i in range(n)]
+
+    def _watchdogs(self, now: float):
+        if self.stop_requested():
+            raise _Stop(StopReason.OPERATOR, "the operator stopped the arm")
+        try:
+            state = self.robot.state()
+        except DeviceError as e:
+            raise _Stop(StopReason.ROBOT_FAULT, f"robot: {e}", smooth=False) from e
+        try:
+            self.safety.check_state(state)
+        except SafetyViolation as e:
+            raise _Stop(StopReason.SAFETY_LIMIT, str(e)) from e
+        for name, cam in self.cameras.items():
+            try:
+                frame = cam.read()
+            except DeviceError as e:
+                raise _Stop(StopReason.CAMERA_STALE, f"camera {name!r}: {e}") from e
+            age = now - frame.timestamp
+            if age > self.settings.max_frame_age_s:
+                raise _Stop(StopReason.CAMERA_STALE, f"camera {name!r} is stale: its newest frame (#{frame.frame_index}) "
+                                                     f"is {age:.2f} s old (max_frame_age_s {self.settings.max_frame_age_s})")
+        return state
+
+    def _schedule(self, result: InferenceResult, now: float) -> dict:
+        self.latencies.append(result.latency)
+        dropped = self.scheduler.add_chunk(result.chunk, result.t_obs, now)
+        return {"t_obs": result.t_obs, "t_start": result.t_start, "t_end": result.t_end,
+                "scheduled": int(len(result.chunk) - dropped), "dropped": dropped}
+
+    def _poll(self) -> InferenceResult | None:
+        try:
+            res = self.worker.poll()
+        except RuntimeError as e:
+            raise _Stop(StopReason.ERROR, str(e)) from e
+        if res is not None and res.t_obs < self._t_start:
+            return None  # a request of an earlier episode, finished late
+        return res
+
+    def _wait_for_frames(self, t_start: float, timeout_s: float = 2.0) -> None:
+        """Wait until every camera shows the episode (a frame stamped at or after its start)."""
+        deadline = self.clock.now() + timeout_s
+        for name, cam in self.cameras.items():
+            while True:
+                try:
+                    ts = cam.read().timestamp
+                except DeviceError as e:
+                    raise _Stop(StopReason.CAMERA_STALE, f"camera {name!r}: {e}") from e
+                if ts >= t_start:
+                    break
+                if self.clock.now() > deadline:
+                    raise _Stop(StopReason.CAMERA_STALE, f"camera {name!r} gave no frame of the episode in {timeout_s} s")
+                self._sleep_until(self.clock.now() + 0.005)
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def run_episode(self, t_start: float, time_limit_s: float, seed: int | None = None) -> EpisodeResult:
+        """Run one episode from ``t_start`` (s, the clock's time of the backend's reset) for at
+        most ``time_limit_s`` s, or until the task succeeds or a watchdog stops it.
+
+        Returns:
+            The :class:`EpisodeResult`; its ``stop`` says why it ended (COMPLETED when it ran to
+            success or the time limit). The arm is at rest and holding when this returns.
+        """
+        self.episode += 1
+        self.scheduler.reset()
+        self.assembler.reset(t_start)
+        clips0, chunks = self.safety.clips.copy(), 0
+        result = EpisodeResult(seed=seed, stop=StopReason.COMPLETED)
+        t_first = self._t_start = self.clock.now()
+        try:
+            self._wait_for_frames(t_start)
+            state = self._watchdogs(self.clock.now())
+            if not self.safety.inside(state.tcp_position):
+                lim = self.safety.limits
+                raise _Stop(StopReason.START_REFUSED, f"the TCP at {np.round(state.tcp_position, 3)} m is outside the "
+                                                      f"workspace box {lim.workspace_min} - {lim.workspace_max}; move it in first")
+            self.safety.reset(state.tcp_position, state.tcp_quat)
+            t0 = self._first_chunk()
+            chunks = 1
+            k = 0
+            while True:
+                t_k = t0 + k * self.dt
+                self._sleep_until(t_k)
+                wake = self.clock.now()
+                if wake - t_start > time_limit_s:
+                    break
+                state = self._watchdogs(wake)
+                obs = self.assembler.window(self._window_times(t_k), self.obs_keys_all)
+                chunk_rec, request = None, False
+                if (res := self._poll()) is not None:
+                    chunk_rec = self._schedule(res, self.clock.now())
+                    chunks += 1
+                if self.worker.busy_since is None and self.scheduler.needs_chunk(t_k, self.lead_s()):
+                    request = self.worker.submit({key: obs[key] for key in self.obs_keys}, t_k)
+                action = self.scheduler.action_at(t_k + self.dt)
+                if action is None:
+                    busy = self.worker.busy_since
+                    why = (f"inference running for {wake - busy:.2f} s" if busy is not None else "no inference running")
+                    raise _Stop(StopReason.POLICY_STALLED, f"policy stalled: no action for t = {t_k + self.dt - t_start:.2f} s "
+                                                           f"of the episode ({why}; lead {self.lead_s():.2f} s)")
+                try:
+                    target = self.safety.filter(action)
+                except UnsafeAction as e:
+                    raise _Stop(StopReason.NON_FINITE_ACTION, f"the policy's action is unsafe and was not sent: {e}") from e
+                try:
+                    self.robot.servo_tcp(target.position, target.quat, t_k + self.dt)
+                    if self.gripper is not None:
+                        self.gripper.set_width(target.width, t_k + self.dt)
+                except DeviceError as e:
+                    raise _Stop(StopReason.ROBOT_FAULT, f"robot: {e}", smooth=False) from e
+                self.log.write({
+                    "type": "cycle", "episode": self.episode, "k": k, "t": t_k, "wake": wake, "t_obs": t_k,
+                    "request": request, "chunk": chunk_rec, "dropped": self.scheduler.dropped,
+                    "clipped": list(target.clipped), "cmd": target.position, "cmd_speed": float(np.linalg.norm(self.safety.velocity)),
+                    "width": target.width, "meas": state.tcp_position,
+                })
+                if self.on_step is not None:
+                    step_obs = {key: v[-1] for key, v in obs.items()}
+                    self.on_step(step_obs, pose_to_action(target.position, target.quat, target.width))
+                result.steps += 1
+                if self.status is not None and (st := self.status()) is not None:
+                    result.max_reward = max(result.max_reward, float(st.reward))
+                    result.success = result.success or bool(st.success)
+                    if st.success:
+                        break
+                k += 1
+            self.smooth_stop()
+        except _Stop as stop:
+            result.stop, result.message = stop.reason, stop.message
+            self.log.write({"type": "stop", "episode": self.episode, "reason": stop.reason.name.lower(),
+                            "message": stop.message, "t": self.clock.now()})
+            if stop.smooth:
+                self.smooth_stop()
+            else:
+                self._try_stop()
+        result.duration_s = self.clock.now() - t_first
+        result.chunks, result.dropped = chunks, self.scheduler.dropped
+        result.clips = dict(self.safety.clips - clips0)
+        self.log.write({"type": "episode", "episode": self.episode, **result.to_dict()})
+        self.log.flush()
+        return result
+
+    @property
+    def obs_keys_all(self) -> list[str]:
+        """The keys assembled each cycle: the policy's, plus everything when recording."""
+        return list(self.assembler.store_keys) if self.on_step is not None else self.obs_keys
+
+    def _first_chunk(self) -> float:
+        """Ask for the episode's first chunk, keep the watchdogs running while it comes, pass the
+        start gate (refuse, or ramp and ask again); returns the first cycle's time."""
+        for attempt in range(2):
+            t_obs = self.clock.now()
+            obs = self.assembler.window(self._window_times(t_obs), self.obs_keys)
+            while not self.worker.submit(obs, t_obs):  # a request of the last episode may still run
+                self._wait_cycle(t_obs)
+            while (res := self._poll()) is None:
+                self._wait_cycle(t_obs)
+            # The arm held still while it waited for the first chunk, so its observation still
+            # holds: the chunk starts now (nothing of it is late), at the next cycle.
+            self.latencies.append(res.latency)
+            t0 = self.clock.now()
+            self.scheduler.add_chunk(res.chunk, t0, t0)
+            first = self.scheduler.peek(t0 + self.dt)
+            try:
+                ok = self.safety.start_ok(first)
+                dist, angle = self.safety.start_gate(first)
+            except UnsafeAction as e:
+                raise _Stop(StopReason.NON_FINITE_ACTION, f"the policy's first action is unsafe and was not sent: {e}") from e
+            if ok:
+                return t0
+            lim = self.safety.limits
+            msg = (f"start gate: the first target is {dist * 100:.1f} cm / {np.degrees(angle):.0f} deg from the arm "
+                   f"(limits {lim.start_max_distance * 100:.1f} cm / {np.degrees(lim.start_max_angle):.0f} deg)")
+            if not self.settings.start_ramp or attempt:
+                raise _Stop(StopReason.START_REFUSED, msg + ("; move the arm there or set deploy.start_ramp=true"
+                                                             if not attempt else "; still too far after the ramp"))
+            self._ramp_to(first, msg)
+        raise AssertionError("unreachable")
+
+    def _ramp_to(self, action, msg: str) -> None:
+        pos, quat, width = action_to_pose(np.asarray(action, float))
+        dist, angle = self.safety.start_gate(action)
+        duration = max(dist, angle) / self.safety.limits.start_ramp_speed + 0.5
+        print(f"{msg}: ramping there at {self.safety.limits.start_ramp_speed} m/s ({duration:.1f} s)", flush=True)
+        t_end = self.clock.now() + duration
+        self.robot.servo_tcp(pos, quat, t_end)
+        if self.gripper is not None:
+            self.gripper.set_width(float(np.clip(width, self.safety.limits.gripper_min, self.safety.limits.gripper_max)), t_end)
+        while self.clock.now() < t_end:
+            self._wait_cycle(self.clock.now())
+        state = self.robot.state()
+        self.safety.reset(state.tcp_position, state.tcp_quat)
+        self.scheduler.reset()
+
+    def _sleep_until(self, t: float) -> None:
+        try:
+            self.clock.sleep_until(t)  # (a simulator steps its physics here)
+        except DeviceError as e:
+            raise _Stop(StopReason.ROBOT_FAULT, f"robot: {e}", smooth=False) from e
+
+    def _wait_cycle(self, t_ref: float) -> None:
+        """Sleep one cycle, watchdogs on; raises _Stop when the first chunk takes too long."""
+        self._sleep_until(self.clock.now() + self.dt)
+        now = self.clock.now()
+        self._watchdogs(now)
+        if now - t_ref > self.settings.first_chunk_timeout_s:
+            raise _Stop(StopReason.POLICY_STALLED, f"policy stalled: no first chunk after {now - t_ref:.1f} s "
+                                                   f"(first_chunk_timeout_s {self.settings.first_chunk_timeout_s})")
+
+    def smooth_stop(self) -> None:
+        """Decelerate from the commanded velocity within ``max_tcp_accel``, then hold."""
+        try:
+            t = self.clock.now()
+            quat = self.safety.quat
+            for p in self.safety.stop_targets():
+                t += self.dt
+                self.robot.servo_tcp(p, quat, t)
+                self.log.write({"type": "stop_target", "episode": self.episode, "t": t, "cmd": p})
+                self.clock.sleep_until(t)
+            self._hold()
+        except DeviceError:
+            self._try_stop()
+
+    def _hold(self) -> None:
+        self.robot.stop()
+
+    def _try_stop(self) -> None:
+        try:
+            self.robot.stop()
+        except DeviceError:
+            pass
+
+    def close(self) -> None:
+        self.worker.close()
+        self.log.close()

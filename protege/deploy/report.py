@@ -1,0 +1,171 @@
+"""``protege-deploy report <run_dir>``: the summary and plots of a deployment's cycle log.
+
+Reads ``<run_dir>/deploy.jsonl`` (see :class:`~protege.deploy.loop.CycleLog`), prints a summary,
+writes it to ``report.json`` and plots ``report.png``: the cycle period and its jitter, the
+observation-to-action latency of every chunk, and the commanded vs measured TCP position.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def read_log(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a ``deploy.jsonl`` (a run folder or the file).
+
+    Raises:
+        FileNotFoundError: no log there.
+        ValueError: a line that is not JSON (its number is named); a truncated last line (a
+            killed run) is skipped.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "deploy.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no deployment log (protege-deploy writes <run_dir>/deploy.jsonl)")
+    lines = path.read_text().splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path}:{i + 1}: not a log record ({e})") from e
+    return out
+
+
+def _pct(x, qs=(50, 99)) -> dict[str, float]:
+    x = np.asarray(x, float)
+    if len(x) == 0:
+        return {**{f"p{q}": float("nan") for q in qs}, "max": float("nan")}
+    return {**{f"p{q}": float(np.percentile(x, q)) for q in qs}, "max": float(x.max())}
+
+
+def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Figures of a run: cycles, period jitter (|period - dt|, ms) and lateness of each cycle
+    (ms), observation-to-action latency per chunk (ms), late actions dropped per minute, clips,
+    the largest commanded TCP speed, tracking error (measured TCP one cycle after it was
+    commanded, mm), and the episodes' outcomes."""
+    cycles = [r for r in records if r.get("type") == "cycle"]
+    episodes = [r for r in records if r.get("type") == "episode"]
+    stops = [r for r in records if r.get("type") == "stop"]
+    periods, late, track = [], [], []
+    dt = None
+    by_ep: dict[int, list[dict]] = {}
+    for c in cycles:
+        by_ep.setdefault(c["episode"], []).append(c)
+    for cs in by_ep.values():
+        if len(cs) > 1:
+            dt = dt or (cs[1]["t"] - cs[0]["t"])
+        for a, b in zip(cs, cs[1:]):
+            periods.append(b["wake"] - a["wake"])
+            track.append(np.linalg.norm(np.subtract(b["meas"], a["cmd"])))
+        late += [c["wake"] - c["t"] for c in cs]
+    latencies = [c["chunk"]["t_end"] - c["chunk"]["t_obs"] for c in cycles if c.get("chunk")]
+    minutes = sum(e["duration_s"] for e in episodes) / 60.0
+    dropped = sum(e["dropped"] for e in episodes)
+    clips: dict[str, int] = {}
+    for e in episodes:
+        for k, v in e["clips"].items():
+            clips[k] = clips.get(k, 0) + v
+    ms = lambda d: {k: round(v * 1e3, 3) for k, v in d.items()}  # noqa: E731
+    return {
+        "episodes": len(episodes),
+        "successes": sum(bool(e["success"]) for e in episodes),
+        "stops": {s["reason"]: s["message"] for s in stops},
+        "cycles": len(cycles),
+        "dt_ms": round(dt * 1e3, 3) if dt else None,
+        "period_jitter_ms": ms(_pct(np.abs(np.asarray(periods) - dt))) if dt else None,
+        "cycle_lateness_ms": ms(_pct(late)),
+        "obs_to_action_latency_ms": ms(_pct(latencies)),
+        "chunks": len(latencies) + len(episodes),
+        "dropped_actions": dropped,
+        "dropped_per_minute": round(dropped / minutes, 3) if minutes else None,
+        "clips": clips,
+        "max_cmd_speed": max((c["cmd_speed"] for c in cycles), default=None),
+        "tracking_error_mm": ms(_pct(track)),
+        "minutes": round(minutes, 3),
+    }
+
+
+def plot(records: list[dict[str, Any]], path: str | Path) -> Path:
+    """Three panels: cycle periods, per-chunk latency, commanded vs measured TCP (first episode)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cycles = [r for r in records if r.get("type") == "cycle"]
+    fig, ax = plt.subplots(3, 1, figsize=(9, 9))
+    if cycles:
+        t0 = cycles[0]["wake"]
+        by_ep: dict[int, list[dict]] = {}
+        for c in cycles:
+            by_ep.setdefault(c["episode"], []).append(c)
+        for cs in by_ep.values():
+            w = np.array([c["wake"] for c in cs])
+            if len(w) > 1:
+                ax[0].plot(w[1:] - t0, np.diff(w) * 1e3, ".", ms=2, color="C0")
+        ax[0].set(xlabel="time (s)", ylabel="cycle period (ms)", title="control cycle period")
+        chunks = [c for c in cycles if c.get("chunk")]
+        ax[1].plot([c["wake"] - t0 for c in chunks], [(c["chunk"]["t_end"] - c["chunk"]["t_obs"]) * 1e3 for c in chunks],
+                   ".", ms=3, color="C1")
+        ax[1].set(xlabel="time (s)", ylabel="latency (ms)", title="observation to action chunk")
+        first = by_ep[min(by_ep)]
+        t = np.array([c["t"] for c in first]) - first[0]["t"]
+        cmd, meas = np.array([c["cmd"] for c in first]), np.array([c["meas"] for c in first])
+        dt = t[1] - t[0] if len(t) > 1 else 0.1
+        for i, axis in enumerate("xyz"):
+            ax[2].plot(t + dt, cmd[:, i], "-", color=f"C{i}", label=f"{axis} commanded (target time)")
+            ax[2].plot(t, meas[:, i], ":", color=f"C{i}", label=f"{axis} measured")
+        ax[2].set(xlabel="episode time (s)", ylabel="TCP (m)", title="commanded vs measured TCP, first episode")
+        ax[2].legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    j, lat, tr = s["period_jitter_ms"] or {}, s["obs_to_action_latency_ms"], s["tracking_error_mm"]
+    lines = [
+        f"episodes {s['episodes']}, successes {s['successes']}, cycles {s['cycles']} at {s['dt_ms']} ms, {s['minutes']} min",
+        f"cycle period jitter (ms): p50 {j.get('p50', float('nan')):.2f}, p99 {j.get('p99', float('nan')):.2f}, "
+        f"max {j.get('max', float('nan')):.2f}",
+        f"observation-to-action latency (ms): p50 {lat['p50']:.1f}, p99 {lat['p99']:.1f}, max {lat['max']:.1f} "
+        f"over {s['chunks']} chunks",
+        f"late actions dropped: {s['dropped_actions']} ({s['dropped_per_minute']} per minute)",
+        f"safety clips: {s['clips'] or 'none'}; largest commanded TCP speed {s['max_cmd_speed'] or 0:.3f} m/s",
+        f"tracking error, measured vs commanded TCP (mm): p50 {tr['p50']:.1f}, max {tr['max']:.1f}",
+    ]
+    lines += [f"stopped: {k}: {v}" for k, v in s["stops"].items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="protege-deploy report", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir", help="a protege-deploy run folder (holding deploy.jsonl)")
+    args = ap.parse_args(argv)
+    try:
+        records = read_log(args.run_dir)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"protege-deploy report: {e}", file=sys.stderr)
+        return 2
+    run = Path(args.run_dir) if Path(args.run_dir).is_dir() else Path(args.run_dir).parent
+    s = summarize(records)
+    print(format_summary(s))
+    (run / "report.json").write_text(json.dumps(s, indent=2))
+    png = plot(records, run / "report.png")
+    print(f"report: {run / 'report.json'}\nplots:  {png}")
+    return 0

@@ -1,0 +1,36 @@
+"""Device selection and the conversion of numpy batches and observations to policy tensors."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else the CPU; any torch device string is accepted."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def obs_to_torch(obs: Mapping[str, np.ndarray], image_keys, device: torch.device, keys=None) -> dict[str, torch.Tensor]:
+    """Observation windows {key: (B, To, ...)} (images uint8 (B, To, H, W, 3)) -> policy tensors
+    (images float32 (B, To, 3, H, W) in [0, 1], low-dim float32) on ``device``; ``keys`` default: all."""
+    out = {}
+    for k in obs if keys is None else keys:
+        x = torch.from_numpy(np.ascontiguousarray(obs[k])).to(device, non_blocking=True)
+        if k in image_keys:
+            x = x.permute(0, 1, 4, 2, 3).float().div_(255.0)
+        out[k] = x
+    return out
+
+
+def to_torch(batch: Mapping[str, np.ndarray], obs_keys, image_keys, device: torch.device) -> dict[str, Any]:
+    """Sampler batch -> policy batch {"obs": see :func:`obs_to_torch`, "action", "mask"}."""
+    return {
+        "obs": obs_to_torch(batch, image_keys, device, keys=obs_keys),
+        "action": torch.from_numpy(batch["action"]).to(device),
+        "mask": torch.from_numpy(batch["mask"]).to(device),
+    }

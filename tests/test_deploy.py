@@ -1,0 +1,268 @@
+"""The real-time control loop, each test through the real loop on the MuJoCo UR5e in real-time
+simulation: safety filter clips, NaN actions, a hanging policy, a frozen camera, the start gate,
+the stop key, a lost robot, and inference latency. The policies here are small scripted
+functions of the observation window (the loop takes any ``predict(window) -> chunk``)."""
+
+import json
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("mujoco")
+
+from protege.deploy.loop import ControlLoop, CycleLog, LoopSettings, StopReason  # noqa: E402
+from protege.deploy.operator import StopKey  # noqa: E402
+from protege.deploy.safety import SafetyFilter, SafetyLimits  # noqa: E402
+from protege.deploy.schedulers import make_scheduler  # noqa: E402
+from protege.robot.actions import pose_to_action  # noqa: E402
+from protege.robot.frames import ThreadedCamera  # noqa: E402
+from protege.robot.interfaces import Frame  # noqa: E402
+from protege.robot.observation import ObservationAssembler  # noqa: E402
+from protege.sim.env import SimBackend  # noqa: E402
+
+HZ, DT = 10.0, 0.1
+LOW = ["tcp_pose", "gripper_width"]
+LIMITS = dict(workspace_min=(-0.35, -0.8, 0.005), workspace_max=(0.35, -0.2, 0.45), max_tcp_speed=0.5,
+              max_tcp_accel=1.0, max_tcp_angular_speed=2.0, start_max_distance=0.05)
+
+
+@pytest.fixture(scope="module")
+def backend():
+    b = SimBackend("lift", cameras=("scene",), image_size=48, clock="realtime", camera_fps=30.0)
+    yield b
+    b.close()
+
+
+def make_loop(backend, predict, tmp_path, cameras=None, limits=None, settings=None, scheduler="receding_horizon",
+              n_action_steps=8, **kw):
+    cams = backend.cameras if cameras is None else cameras
+    assembler = ObservationAssembler(backend.robot, backend.gripper, cams)
+    lim = SafetyLimits(**{**LIMITS, **(limits or {})})
+    return ControlLoop(backend.robot, backend.gripper, cams, backend.clock, predict, assembler, LOW,
+                       make_scheduler(scheduler, n_action_steps, dt=DT), SafetyFilter(lim, DT),
+                       settings or LoopSettings(control_hz=HZ), log=CycleLog(tmp_path / "deploy.jsonl"), **kw)
+
+
+def records(tmp_path, kind):
+    return [r for r in map(json.loads, (tmp_path / "deploy.jsonl").read_text().splitlines()) if r["type"] == kind]
+
+
+def toward(goal, speed=0.2, n=16, width=0.085):
+    """A policy: a chunk of waypoints moving the TCP from its observed pose toward ``goal`` at ``speed`` m/s."""
+    goal = np.asarray(goal, float)
+
+    def predict(window):
+        pose = window["tcp_pose"][-1].astype(float)
+        out = []
+        p = pose[:3].copy()
+        for _ in range(n):
+            d = goal - p
+            step = min(np.linalg.norm(d), speed * DT)
+            p = p + (d / max(np.linalg.norm(d), 1e-9)) * step
+            out.append(pose_to_action(p, pose[3:], width))
+        return np.stack(out)
+
+    return predict
+
+
+def start(backend, seed=0):
+    return backend.reset(seed)
+
+
+def measured_speed_after(backend, seconds=0.3):
+    states = backend.robot.states(int(seconds * 250))
+    p = np.array([s.tcp_position for s in states])
+    t = np.array([s.timestamp for s in states])
+    return np.linalg.norm(p[-1] - p[0]) / (t[-1] - t[0])
+
+
+def test_a_moving_policy_runs_to_the_time_limit_and_is_tracked(backend, tmp_path):
+    t0 = start(backend)
+    p0 = backend.robot.state().tcp_position
+    goal = p0 + [0.08, 0.0, 0.05]
+    loop = make_loop(backend, toward(goal), tmp_path)
+    res = loop.run_episode(t0, time_limit_s=2.0)
+    loop.close()
+    assert res.stop == StopReason.COMPLETED and res.steps >= 10 and res.chunks >= 2
+    assert not res.clips.get("gripper_range")
+    assert np.linalg.norm(backend.robot.state().tcp_position - goal) < 0.01
+    cyc = records(tmp_path, "cycle")
+    assert [c["k"] for c in cyc] == list(range(len(cyc)))
+    assert max(c["cmd_speed"] for c in cyc) <= LIMITS["max_tcp_speed"] + 1e-9
+    assert all(c["wake"] - c["t"] < 0.1 for c in cyc)  # no cycle a whole period late
+
+
+def test_out_of_workspace_target_is_clipped_and_reported(backend, tmp_path):
+    t0 = start(backend)
+    p0 = backend.robot.state().tcp_position
+    wall = p0[0] + 0.04
+    loop = make_loop(backend, toward(p0 + [0.3, 0.0, 0.0], speed=0.3), tmp_path,
+                     limits={"workspace_max": (wall, -0.2, 0.45)})
+    res = loop.run_episode(t0, time_limit_s=2.0)
+    loop.close()
+    assert res.stop == StopReason.COMPLETED and res.clips.get("workspace", 0) > 5
+    cyc = records(tmp_path, "cycle")
+    assert any("workspace" in c["clipped"] for c in cyc)
+    assert max(c["cmd"][0] for c in cyc) <= wall + 1e-5  # (the log keeps 6 decimals)
+    assert max(c["meas"][0] for c in cyc) <= wall + 0.003  # the arm stayed in the box
+    assert backend.robot.state().tcp_position[0] == pytest.approx(wall, abs=0.003)
+
+
+def test_nan_action_stops_the_arm_and_never_reaches_it(backend, tmp_path):
+    t0 = start(backend)
+    p0 = backend.robot.state().tcp_position
+    good = toward(p0 + [0.0, 0.0, 0.1], speed=0.2)
+    calls = []
+
+    def predict(window):
+        calls.append(1)
+        chunk = good(window)
+        if len(calls) > 1:
+            chunk[3:, 0] = np.nan
+        return chunk
+
+    sent = []
+    servo = backend.robot.servo_tcp
+    backend.robot.servo_tcp = lambda p, q, t: (sent.append(np.asarray(p)), servo(p, q, t))[1]
+    try:
+        loop = make_loop(backend, predict, tmp_path, n_action_steps=4)
+        res = loop.run_episode(t0, time_limit_s=5.0)
+        loop.close()
+    finally:
+        del backend.robot.servo_tcp
+    assert res.stop == StopReason.NON_FINITE_ACTION and "non-finite" in res.message
+    assert all(np.isfinite(p).all() for p in sent)
+    time.sleep(0.4)
+    assert measured_speed_after(backend) < 0.01  # at rest, holding
+
+
+def test_hanging_policy_trips_the_watchdog_and_the_arm_decelerates_within_limits(backend, tmp_path):
+    t0 = start(backend)
+    p0 = backend.robot.state().tcp_position
+    hang = threading.Event()
+    moving = toward(p0 + [0.3, 0.0, 0.0], speed=0.25, n=16)
+    calls = []
+
+    def predict(window):
+        calls.append(1)
+        if len(calls) > 1:
+            hang.wait(30)  # never returns in time
+        return moving(window)
+
+    loop = make_loop(backend, predict, tmp_path)
+    res = loop.run_episode(t0, time_limit_s=10.0)
+    hang.set()
+    loop.close()
+    assert res.stop == StopReason.POLICY_STALLED and "inference running" in res.message
+    cyc, stops = records(tmp_path, "cycle"), records(tmp_path, "stop_target")
+    cmds = np.array([c["cmd"] for c in cyc] + [s["cmd"] for s in stops])
+    v = np.diff(cmds, axis=0) / DT
+    assert np.linalg.norm(v[len(cyc) - 2]) > 0.2  # it was moving fast when the policy hung
+    acc = np.linalg.norm(np.diff(v, axis=0), axis=1) / DT
+    assert acc.max() <= LIMITS["max_tcp_accel"] + 1e-6  # decelerated within the limit
+    assert np.linalg.norm(v[-1]) < 1e-9 and len(stops) >= 3  # to rest, not at once
+    time.sleep(0.4)
+    assert measured_speed_after(backend) < 0.01
+
+
+def test_frozen_camera_is_caught(backend, tmp_path):
+    class Freezes:
+        """A driver whose frames stop after 0.5 s (a camera that hangs without an error)."""
+
+        def __init__(self):
+            self.i, self.release = -1, threading.Event()
+
+        def open(self):
+            self.t0 = time.monotonic()
+
+        def grab(self):
+            time.sleep(1 / 30)
+            if time.monotonic() - self.t0 > 0.5:
+                self.release.wait()
+            self.i += 1
+            return Frame(np.zeros((8, 8, 3), np.uint8), time.monotonic(), self.i)
+
+        def close(self):
+            pass
+
+    t0 = start(backend)
+    src = Freezes()
+    cam = ThreadedCamera(src, "frozen")
+    cams = {**backend.cameras, "frozen": cam}
+    loop = make_loop(backend, toward(backend.robot.state().tcp_position + [0, 0, 0.05]), tmp_path, cameras=cams,
+                     settings=LoopSettings(control_hz=HZ, max_frame_age_s=0.3))
+    res = loop.run_episode(t0, time_limit_s=5.0)
+    loop.close()
+    src.release.set()
+    cam.close()
+    assert res.stop == StopReason.CAMERA_STALE and "'frozen' is stale" in res.message
+    assert res.duration_s < 2.0
+
+
+def test_start_gate_refuses_a_far_start_or_ramps_slowly(backend, tmp_path):
+    t0 = start(backend)
+    p0 = backend.robot.state().tcp_position
+    far = p0 + [0.0, 0.0, 0.15]
+
+    def jump(window):  # the first target is 15 cm away
+        pose = window["tcp_pose"][-1].astype(float)
+        return np.stack([pose_to_action(far, pose[3:], 0.085)] * 8)
+
+    loop = make_loop(backend, jump, tmp_path)
+    res = loop.run_episode(t0, time_limit_s=2.0)
+    loop.close()
+    assert res.stop == StopReason.START_REFUSED and "start gate" in res.message and res.steps == 0
+    assert np.linalg.norm(backend.robot.state().tcp_position - p0) < 0.002  # the arm never moved
+
+    t0 = start(backend)
+    loop = make_loop(backend, jump, tmp_path / "ramp", settings=LoopSettings(control_hz=HZ, start_ramp=True),
+                     limits={"start_ramp_speed": 0.15})
+    res = loop.run_episode(t0, time_limit_s=4.0)
+    loop.close()
+    assert res.stop == StopReason.COMPLETED and res.steps > 0
+    assert np.linalg.norm(backend.robot.state().tcp_position - far) < 0.01
+
+
+def test_stop_key_stops(backend, tmp_path):
+    r, w = os.pipe()
+    key = StopKey(fd=r, catch_sigint=False)
+    t0 = start(backend)
+    p0 = backend.robot.state().tcp_position
+    loop = make_loop(backend, toward(p0 + [0.0, 0.2, 0.0], speed=0.2), tmp_path, stop_requested=key)
+    threading.Timer(1.0, lambda: os.write(w, b"s")).start()
+    res = loop.run_episode(t0, time_limit_s=10.0)
+    loop.close()
+    key.close()
+    os.close(r)
+    os.close(w)
+    assert res.stop == StopReason.OPERATOR and 0.8 < res.duration_s < 3.0
+    assert len(records(tmp_path, "stop_target")) >= 2
+    time.sleep(0.4)
+    assert measured_speed_after(backend) < 0.01
+
+
+def test_lost_robot_is_a_fault(tmp_path):
+    b = SimBackend("lift", cameras=("scene",), image_size=48, clock="realtime")
+    t0 = b.reset(0)
+    loop = make_loop(b, toward(b.robot.state().tcp_position + [0, 0, 0.05]), tmp_path)
+    threading.Timer(0.8, b.robot.close).start()
+    res = loop.run_episode(t0, time_limit_s=5.0)
+    loop.close()
+    b.close()
+    assert res.stop == StopReason.ROBOT_FAULT and "closed" in res.message
+
+
+def test_inference_latency_is_measured_and_compensated(backend, tmp_path):
+    t0 = start(backend)
+    p0 = backend.robot.state().tcp_position
+    loop = make_loop(backend, toward(p0 + [0.0, 0.0, 0.1], speed=0.1), tmp_path, inference_delay_s=0.3)
+    res = loop.run_episode(t0, time_limit_s=3.0)
+    loop.close()
+    assert res.stop == StopReason.COMPLETED  # never ran dry: chunks were asked for early enough
+    assert res.dropped >= 2 * (res.chunks - 1)  # ~3 actions of every chunk were late and dropped
+    chunks = [c["chunk"] for c in records(tmp_path, "cycle") if c["chunk"]]
+    assert all(0.29 < ch["t_end"] - ch["t_obs"] < 0.6 for ch in chunks)
+    assert loop.lead_s() > 0.3
