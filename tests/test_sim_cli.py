@@ -55,9 +55,10 @@ def test_deploy_in_realtime_simulation_records_and_reports(lift_run, tmp_path):
     run_dir, rollouts = tmp_path / "deploy", tmp_path / "rollouts.zarr"
     p = run("protege-deploy", f"checkpoint={ckpt}", "robot=sim", "task=lift", "episodes=2", "time_limit_s=2",
             "num_inference_steps=2", f"run_dir={run_dir}", f"record={rollouts}", "stop_key=false",
-            "robot.safety.max_tcp_speed=0.3", check=False)
-    # an untrained policy may wander: it ends at the time limit (0) or behind a watchdog, never with a crash
-    assert p.returncode in (0, 3, 11, 14, 15), p.stdout + p.stderr
+            "robot.safety.max_tcp_speed=0.3", "robot.safety.start_max_distance=1.0", "robot.safety.start_max_angle=3.0",
+            check=False)
+    # an untrained policy may wander: it ends at the time limit (0) or behind a safety watchdog, never with a crash
+    assert p.returncode in (0, 15), p.stdout + p.stderr
     assert "observation-to-action latency" in p.stdout
     records = [json.loads(line) for line in (run_dir / "deploy.jsonl").read_text().splitlines()]
     cycles = [r for r in records if r["type"] == "cycle"]
@@ -66,12 +67,11 @@ def test_deploy_in_realtime_simulation_records_and_reports(lift_run, tmp_path):
         assert 25 <= len(cycles) <= 42  # 10 Hz for about 2 s per episode (minus the first inference)
     assert all(c["cmd_speed"] <= 0.3 + 1e-9 for c in cycles)
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["cycles"] == len(cycles) and summary["period_jitter_ms"]["p50"] < 50
-    if cycles:
-        s = EpisodeStore(rollouts)
-        assert s.n_steps == len(cycles)
-        assert all(m["source"] == "policy_rollout" for m in s.attrs["episodes"])
-        assert s.spec("scene_rgb").shape == (96, 96, 3) and s.spec("action").shape == (10,)
+    assert summary["cycles"] == len(cycles) >= 5 and summary["period_jitter_ms"]["p50"] < 50
+    s = EpisodeStore(rollouts)
+    assert s.n_steps == len(cycles)
+    assert all(m["source"] == "policy_rollout" for m in s.attrs["episodes"])
+    assert s.spec("scene_rgb").shape == (96, 96, 3) and s.spec("action").shape == (10,)
     rep = run("protege-deploy", "report", str(run_dir))
     assert "cycle period jitter" in rep.stdout and (run_dir / "report.png").stat().st_size > 10_000
     bad = run("protege-deploy", "report", str(tmp_path / "nothing"), check=False)

@@ -380,7 +380,7 @@ class ControlLoop:
             msg = (f"start gate: the first target is {dist * 100:.1f} cm / {np.degrees(angle):.0f} deg from the arm "
                    f"(limits {lim.start_max_distance * 100:.1f} cm / {np.degrees(lim.start_max_angle):.0f} deg)")
             if not self.settings.start_ramp or attempt:
-                raise _Stop(StopReason.START_REFUSED, msg + ("; move the arm there or set deploy.start_ramp=true"
+                raise _Stop(StopReason.START_REFUSED, msg + ("; move the arm there or set loop.start_ramp=true"
                                                              if not attempt else "; still too far after the ramp"))
             self._ramp_to(first, msg)
         raise AssertionError("unreachable")

@@ -87,7 +87,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         "period_jitter_ms": ms(_pct(np.abs(np.asarray(periods) - dt))) if dt else None,
         "cycle_lateness_ms": ms(_pct(late)),
         "obs_to_action_latency_ms": ms(_pct(latencies)),
-        "chunks": len(latencies) + len(episodes),
+        "chunks": sum(e["chunks"] for e in episodes),
         "dropped_actions": dropped,
         "dropped_per_minute": round(dropped / minutes, 3) if minutes else None,
         "clips": clips,
