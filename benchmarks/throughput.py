@@ -71,9 +71,9 @@ def bench(policy_name: str, task: str, data, batch_size: int, steps: int, latenc
     obs = {k: v[:1] for k, v in to_torch(train.sample(np.array([0])), obs_keys, data.image_keys, device)["obs"].items()}
     latency = {}
     # diffusion: one chunk per DDIM step count; ACT: one forward pass
-    for k in (10, 16) if hasattr(policy, "num_inference_steps") else (None,):
+    for k in (10, 16) if policy.num_inference_steps is not None else (None,):
         if k is not None:
-            policy.num_inference_steps = k
+            policy.set_num_inference_steps(k)
         policy.predict_action(obs)
         ts = []
         for _ in range(latency_reps):

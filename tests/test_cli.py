@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from protege.data.store import EpisodeWriter
 from protege.policies.checkpoint import read_checkpoint

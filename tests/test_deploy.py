@@ -73,7 +73,7 @@ def start(backend, seed=0):
 
 
 def measured_speed_after(backend, seconds=0.3):
-    states = backend.robot.states(int(seconds * 250))
+    states = backend.robot.states(int(seconds * 100))
     p = np.array([s.tcp_position for s in states])
     t = np.array([s.timestamp for s in states])
     return np.linalg.norm(p[-1] - p[0]) / (t[-1] - t[0])

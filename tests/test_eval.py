@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 
 from protege.deploy.eval import wilson_interval

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch import nn
 

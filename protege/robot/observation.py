@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .interfaces import Camera, Frame, Gripper, GripperState, Robot, RobotState
+from .interfaces import Camera, Frame, Gripper, Robot, RobotState
 from .trajectory import slerp
 
 KEY_META = {  # units and frames recorded in the store's attributes

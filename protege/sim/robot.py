@@ -148,7 +148,7 @@ class SimRobot(Robot, Gripper):
 
     def __init__(self, scene: Scene, clock: str = "lockstep", max_joint_speed: float = np.pi, damping: float = 0.01,
                  max_tcp_speed: float | None = None, max_tcp_angular_speed: float | None = None,
-                 state_hz: float = 250.0, history_s: float = 2.0):
+                 state_hz: float = 100.0, history_s: float = 2.0):
         if clock not in CLOCKS:
             raise KeyError(f"unknown clock {clock!r}; choose from {sorted(CLOCKS)}")
         self.scene, self.model, self.data = scene, scene.model, scene.data
@@ -167,8 +167,7 @@ class SimRobot(Robot, Gripper):
         self._kv_over_kp = -self.model.actuator_biasprm[acts, 2] / self.model.actuator_gainprm[acts, 0]
         self._decimation = max(1, int(round(1.0 / (state_hz * self.model.opt.timestep))))
         n = max(2, int(round(history_s * state_hz)))
-        self._states: History[RobotState] = History(n)
-        self._gripper_states: History[GripperState] = History(n)
+        self._log = _StateLog(n)
         self._closed = self._diverged = False
         self.lock = threading.RLock()
         self.resets = -1  # count of reset() calls, so cameras know a new episode began
@@ -216,8 +215,7 @@ class SimRobot(Robot, Gripper):
         self.resets += 1
         self._diverged = False
         self._ticks = 0
-        self._states.clear()
-        self._gripper_states.clear()
+        self._log.clear()
         self._record()
 
     def now(self) -> float:
@@ -276,9 +274,9 @@ class SimRobot(Robot, Gripper):
             self._record()
 
     def _record(self) -> None:
-        state = self._state()
-        self._states.push(state)
-        self._gripper_states.push(GripperState(self._measured_width(), state.timestamp))
+        d, s = self.data, self.scene
+        self._log.push(self.now(), d.qpos[s.arm_qpos], d.qvel[s.arm_dof], d.site_xpos[s.tcp_site], d.site_xmat[s.tcp_site],
+                       d.geom_xpos[list(s.pad_geoms)])
 
     def _ik_step(self, target: np.ndarray) -> np.ndarray:
         """One damped-least-squares step (6,) rad from the commanded joints toward ``target`` (7,) pos + quat wxyz."""
@@ -326,7 +324,12 @@ class SimRobot(Robot, Gripper):
     def states(self, n: int) -> list[RobotState]:
         with self.lock:
             self.sync()
-            return self._states.last(n)
+            out = []
+            for t, q, qd, pos, mat, _ in self._log.last(n):
+                quat = np.empty(4)
+                mujoco.mju_mat2Quat(quat, mat)
+                out.append(RobotState(q, qd, pos, wxyz_to_xyzw(quat), t))
+            return out
 
     def servo_tcp(self, position, quat, t: float) -> None:
         position = check_array("position", position, (3,))
@@ -381,18 +384,48 @@ class SimRobot(Robot, Gripper):
     def gripper_states(self, n: int) -> list[GripperState]:
         with self.lock:
             self.sync()
-            return self._gripper_states.last(n)
+            return [GripperState(self._width_of(mat, pads), t) for t, _, _, _, mat, pads in self._log.last(n)]
 
     def _measured_width(self) -> float:
         d, s = self.data, self.scene
-        left, right = s.pad_geoms
-        y_axis = d.site_xmat[s.tcp_site].reshape(3, 3)[:, 1]
-        gap = abs(float(np.dot(d.geom_xpos[right] - d.geom_xpos[left], y_axis))) - 2 * self.model.geom_size[left][1]
+        return self._width_of(d.site_xmat[s.tcp_site], d.geom_xpos[list(s.pad_geoms)])
+
+    def _width_of(self, tcp_xmat: np.ndarray, pad_xpos: np.ndarray) -> float:
+        """Finger-pad gap m from the TCP's rotation matrix (9,) and the two pads' positions (2, 3)."""
+        y_axis = tcp_xmat.reshape(3, 3)[:, 1]
+        gap = abs(float(np.dot(pad_xpos[1] - pad_xpos[0], y_axis))) - 2 * self.model.geom_size[self.scene.pad_geoms[0]][1]
         return max(gap, 0.0)
 
     def _check_open(self) -> None:
         if self._closed or self._diverged:
             raise DeviceError("SimRobot is closed" if self._closed else "simulation diverged; reset() to go on")
+
+
+class _StateLog:
+    """The simulated controller's state history: raw samples in preallocated arrays (cheap enough
+    to record at hundreds of Hz in lockstep), turned into states only when asked for."""
+
+    def __init__(self, capacity: int):
+        self.n = int(capacity)
+        self.t = np.zeros(self.n)
+        self.q, self.qd = np.zeros((self.n, 6)), np.zeros((self.n, 6))
+        self.pos, self.mat, self.pads = np.zeros((self.n, 3)), np.zeros((self.n, 9)), np.zeros((self.n, 2, 3))
+        self.clear()
+
+    def clear(self) -> None:
+        self.count = 0
+
+    def push(self, t, q, qd, pos, mat, pads) -> None:
+        k = self.count % self.n
+        self.t[k], self.q[k], self.qd[k], self.pos[k], self.mat[k], self.pads[k] = t, q, qd, pos, mat, pads
+        self.count += 1
+
+    def last(self, n: int):
+        """The newest ``min(n, len)`` samples, oldest first: (t, q, qd, pos, xmat, pad_xpos) copies."""
+        k = min(max(n, 0), self.count, self.n)
+        idx = [(self.count - k + i) % self.n for i in range(k)]
+        return [(float(self.t[i]), self.q[i].copy(), self.qd[i].copy(), self.pos[i].copy(), self.mat[i].copy(),
+                 self.pads[i].copy()) for i in idx]
 
 
 class SimCamera(Camera):
