@@ -47,6 +47,9 @@ def main() -> None:
     ap.add_argument("--delays", type=float, nargs="+", default=[0.0, 0.1, 0.3], help="added inference delay, s")
     ap.add_argument("--scheduler", default="temporal_ensembling")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for inference (and OMP_NUM_THREADS)")
+    ap.add_argument("--start-max-distance", type=float, default=0.10,
+                    help="the start gate's limit, m (robot.safety.start_max_distance; the config's 0.05 refuses "
+                         "a lightly trained policy whose first target overshoots)")
     ap.add_argument("--run-dir", default="runs/bench-deploy")
     ap.add_argument("--out", default=str(HERE / "results" / "deploy_rt.json"))
     ap.add_argument("--skip-lockstep", action="store_true", help="keep the lockstep result of an earlier run")
@@ -77,7 +80,8 @@ def main() -> None:
         d = run_dir / f"delay_{int(round(delay * 1000))}ms"
         cmd = [str(BIN / "protege-deploy"), f"checkpoint={args.checkpoint}", "robot=sim", f"episodes={args.episodes}",
                f"seed={args.seed}", f"scheduler={args.scheduler}", f"inference_delay_s={delay}", f"run_dir={d}",
-               "stop_key=false", f"torch_threads={args.threads}"]
+               "stop_key=false", f"torch_threads={args.threads}",
+               f"robot.safety.start_max_distance={args.start_max_distance}"]
         if (d / "deploy.jsonl").exists():
             (d / "deploy.jsonl").unlink()
         p = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL)
@@ -101,6 +105,7 @@ def main() -> None:
         "machine": machine(), "started": started,
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "checkpoint": args.checkpoint, "scheduler": args.scheduler, "seed": args.seed, "max_tcp_speed_limit": limit,
+        "start_max_distance": args.start_max_distance,
         "lockstep": lockstep, "realtime": rows,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -111,12 +116,14 @@ def main() -> None:
           f"({lockstep['success_rate_ci95'][0]:.2f}-{lockstep['success_rate_ci95'][1]:.2f})")
     print(f"{'delay':>7} {'success':>9} {'95% CI':>11} {'jitter p50/p99/max ms':>24} {'latency p50/p99/max ms':>25} "
           f"{'dropped/min':>12} {'max cmd m/s':>12}")
+    nan = {"p50": float("nan"), "p99": float("nan"), "max": float("nan")}
     for r in rows:
-        j, lat = r["period_jitter_ms"], r["obs_to_action_latency_ms"]
+        j, lat = r["period_jitter_ms"] or nan, r["obs_to_action_latency_ms"] or nan
         ci = r["success_rate_ci95"]
         print(f"{r['inference_delay_s'] * 1000:>5.0f}ms {r['successes']:>4}/{r['episodes']:<4} {ci[0]:.2f}-{ci[1]:.2f} "
               f"{j['p50']:>8.1f}/{j['p99']:.1f}/{j['max']:.1f} {lat['p50']:>10.0f}/{lat['p99']:.0f}/{lat['max']:.0f} "
-              f"{r['dropped_per_minute']:>12.1f} {r['max_cmd_speed']:>12.3f}")
+              f"{r['dropped_per_minute'] or 0:>12.1f} {r['max_cmd_speed'] or 0:>12.3f}"
+              + (f"  stopped: {r['stops']}" if r["exit_code"] else ""))
     print(f"-> {out}")
 
 
