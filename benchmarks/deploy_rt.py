@@ -105,7 +105,7 @@ def main() -> None:
         "machine": machine(), "started": started,
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "checkpoint": args.checkpoint, "scheduler": args.scheduler, "seed": args.seed, "max_tcp_speed_limit": limit,
-        "start_max_distance": args.start_max_distance,
+        "start_max_distance": args.start_max_distance, "torch_threads": args.threads,
         "lockstep": lockstep, "realtime": rows,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
