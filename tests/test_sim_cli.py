@@ -53,8 +53,9 @@ def test_record_train_evaluate_lift(lift_run, tmp_path):
 def test_deploy_in_realtime_simulation_records_and_reports(lift_run, tmp_path):
     _, ckpt = lift_run
     run_dir, rollouts = tmp_path / "deploy", tmp_path / "rollouts.zarr"
+    # temporal ensembling: the 15-step chunks of this policy outlast any inference time of a loaded CI machine
     p = run("protege-deploy", f"checkpoint={ckpt}", "robot=sim", "task=lift", "episodes=2", "time_limit_s=2",
-            "num_inference_steps=2", f"run_dir={run_dir}", f"record={rollouts}", "stop_key=false",
+            "scheduler=temporal_ensembling", "num_inference_steps=2", f"run_dir={run_dir}", f"record={rollouts}", "stop_key=false",
             "robot.safety.max_tcp_speed=0.3", "robot.safety.start_max_distance=1.0", "robot.safety.start_max_angle=3.0",
             check=False)
     # an untrained policy may wander: it ends at the time limit (0) or behind a safety watchdog, never with a crash

@@ -75,7 +75,7 @@ class LoopSettings:
     n_obs_steps: int = 1
     max_frame_age_s: float = 0.5
     first_chunk_timeout_s: float = 30.0
-    latency_margin_s: float = 0.03
+    latency_margin_s: float = 0.1
     start_ramp: bool = False
 
     def __post_init__(self):
