@@ -266,3 +266,8 @@ def test_inference_latency_is_measured_and_compensated(backend, tmp_path):
     chunks = [c["chunk"] for c in records(tmp_path, "cycle") if c["chunk"]]
     assert all(0.29 < ch["t_end"] - ch["t_obs"] < 0.6 for ch in chunks)
     assert loop.lead_s() > 0.3
+
+
+def test_a_task_without_a_scene_is_a_clear_error():
+    with pytest.raises(ValueError, match="sim_task"):
+        SimBackend(None)

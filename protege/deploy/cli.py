@@ -11,6 +11,7 @@ from pathlib import Path
 
 import hydra
 import torch
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from ..data.writer import BackgroundWriter
@@ -63,7 +64,10 @@ def deploy(cfg: DictConfig) -> int:
     if "backend" not in cfg.robot:
         raise ConfigError(f"robot={cfg.robot.get('name')} has no backend to deploy on")
     runner = PolicyRunner(policy, task["obs"])
-    backend = hydra.utils.instantiate(cfg.robot.backend)
+    try:
+        backend = hydra.utils.instantiate(cfg.robot.backend)
+    except InstantiationException as e:
+        raise ConfigError(f"robot={cfg.robot.get('name')}: {e.__cause__ or e}") from e
     writer = loop = stop_key = None
     results: list[EpisodeResult] = []
     run_dir = Path(cfg.run_dir)

@@ -54,6 +54,7 @@ class SimBackend:
             off by default, they slow CPU rendering ~100x.
 
     Raises:
+        ValueError: no task (a task config without ``sim_task``, e.g. PushT's).
         KeyError: an unknown task, clock or camera.
         FileNotFoundError: no Menagerie models.
     """
@@ -62,6 +63,9 @@ class SimBackend:
                  clock: str = "lockstep", camera_fps: float = 30.0, video_size: int = 256, menagerie=None,
                  task_kwargs: dict | None = None, robot_kwargs: dict | None = None, shadows: bool = False,
                  multisamples: int = 0):
+        if not task:
+            raise ValueError("the simulated UR5e needs a task with a scene (the task config's sim_task: lift, "
+                             "pick_place or stack); this task has none")
         self.task = make_task(task, **(task_kwargs or {}))
         spec = dataclasses.replace(self.task.scene_spec, image_size=max(image_size, video_size), shadows=shadows,
                                    multisamples=multisamples)
