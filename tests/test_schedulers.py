@@ -35,13 +35,14 @@ def test_needs_chunk_asks_early_by_the_lead_time():
 
 
 def test_late_actions_are_dropped_and_counted_never_applied_late():
-    s = RecedingHorizon(8, dt=DT)
+    s = RecedingHorizon(4, dt=DT)
     # inference took 0.25 s: the targets for 0.1 and 0.2 have passed
-    assert s.add_chunk(chunk(range(8)), t_obs=0.0, now=0.25) == 2
+    assert s.add_chunk(chunk(range(10)), t_obs=0.0, now=0.25) == 2
     assert s.dropped == 2
     assert s.action_at(0.3)[0] == 2  # the first action still on time
     # the loop overran a cycle: the action for 0.4 was never asked for and is dropped
     assert s.action_at(0.5)[0] == 4 and s.dropped == 3
+    assert s.action_at(0.6)[0] == 5 and s.action_at(0.7) is None  # 4 actions from the first on time
 
 
 def test_a_newer_chunk_takes_over_with_a_blend():
@@ -92,7 +93,7 @@ def test_receding_horizon_in_a_simulated_loop(n_act, ta, latency_steps, blend, n
             arrival, t_obs = pending
             # the chunk predicts the value t_obs + (i + 1) dt at index i: the action equals its own stamp
             n = s.add_chunk(np.arange(1, ta + 1)[:, None] * DT + t_obs, t_obs, arrival)
-            assert 0 <= n <= n_act
+            assert 0 <= n <= ta
             pending = None
         if pending is None and s.needs_chunk(t, latency):
             pending = (t + latency, t)

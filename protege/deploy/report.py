@@ -137,6 +137,9 @@ def plot(records: list[dict[str, Any]], path: str | Path) -> Path:
 
 
 def format_summary(s: dict[str, Any]) -> str:
+    if not s["cycles"]:
+        return "\n".join([f"episodes {s['episodes']}, no control cycle ran"] +
+                          [f"stopped: {k}: {v}" for k, v in s["stops"].items()])
     j, lat, tr = s["period_jitter_ms"] or {}, s["obs_to_action_latency_ms"], s["tracking_error_mm"]
     lines = [
         f"episodes {s['episodes']}, successes {s['successes']}, cycles {s['cycles']} at {s['dt_ms']} ms, {s['minutes']} min",

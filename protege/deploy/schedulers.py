@@ -9,7 +9,8 @@ applied late.
 
 Receding horizon (Chi et al., "Diffusion Policy", RSS 2023, section 3.1, and its real-robot
 deployment, which drops the actions of a chunk that are already late when inference returns):
-execute the first ``n_action_steps`` of the newest chunk open loop. A newer chunk replaces the
+execute ``n_action_steps`` actions of the newest chunk open loop, from its first action still on
+time (in lockstep, where nothing is late, its first ``n_action_steps``). A newer chunk replaces the
 older one from its first action on time; over ``blend_steps`` steps the target moves linearly from
 the older chunk's prediction to the newer one's, so a chunk boundary does not jump.
 
@@ -78,15 +79,15 @@ class ActionScheduler(abc.ABC):
             ValueError: not a (Ta, Da) chunk with Ta >= 1, or another Da than earlier chunks.
         """
         chunk = self._check(chunk)
-        keep = self._usable(len(chunk))
-        stamps = self.stamps(keep, t_obs)
-        late = stamps <= max(now, self._asked) + _TOL
-        n_late = int(late.sum())
+        stamps = self.stamps(len(chunk), t_obs)
+        n_late = int((stamps <= max(now, self._asked) + _TOL).sum())  # stamps increase: the late ones lead
+        keep = self._usable(len(chunk), n_late)
         self.dropped += n_late
-        self._insert(stamps[~late], chunk[:keep][~late])
+        self._insert(stamps[n_late:keep], chunk[n_late:keep])
         return n_late
 
-    def _usable(self, ta: int) -> int:
+    def _usable(self, ta: int, n_late: int) -> int:
+        """End (exclusive) of the rows of a chunk to schedule, given its ``n_late`` late ones."""
         return ta
 
     @abc.abstractmethod
@@ -122,7 +123,8 @@ class ActionScheduler(abc.ABC):
 
 
 class RecedingHorizon(ActionScheduler):
-    """Executes the first ``n_action_steps`` of the newest chunk (Diffusion Policy, section 3.1).
+    """Executes ``n_action_steps`` actions of the newest chunk from its first on-time one
+    (Diffusion Policy, section 3.1).
 
     Args:
         n_action_steps: actions executed per chunk (the paper's Ta, 8).
@@ -141,8 +143,10 @@ class RecedingHorizon(ActionScheduler):
         self.n_action_steps, self.blend_steps = int(n_action_steps), int(blend_steps)
         super().__init__(dt, offset)
 
-    def _usable(self, ta: int) -> int:
-        return min(ta, self.n_action_steps)
+    def _usable(self, ta: int, n_late: int) -> int:
+        # n_action_steps actions are executed: the first on time and those after it (the paper's
+        # real-robot runs instead lose the late ones from the n_action_steps)
+        return min(ta, n_late + self.n_action_steps)
 
     def _insert(self, stamps, actions) -> None:
         if len(stamps) == 0:
