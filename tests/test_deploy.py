@@ -271,3 +271,25 @@ def test_inference_latency_is_measured_and_compensated(backend, tmp_path):
 def test_a_task_without_a_scene_is_a_clear_error():
     with pytest.raises(ValueError, match="sim_task"):
         SimBackend(None)
+
+
+def test_an_overrun_skips_cycles_instead_of_sending_late_targets(backend, tmp_path):
+    t0 = start(backend)
+    p0 = backend.robot.state().tcp_position
+    steps = []
+
+    def on_step(obs, action):  # the loop's thread stalls once for 0.35 s (a slow disk, a GC pause)
+        steps.append(1)
+        if len(steps) == 4:
+            time.sleep(0.35)
+
+    loop = make_loop(backend, toward(p0 + [0.0, 0.0, 0.1], speed=0.1, n=30), tmp_path, on_step=on_step,
+                     n_action_steps=30)
+    res = loop.run_episode(t0, time_limit_s=2.0)
+    loop.close()
+    assert res.stop == StopReason.COMPLETED
+    cyc = records(tmp_path, "cycle")
+    ks = [c["k"] for c in cyc]
+    assert any(b - a >= 3 for a, b in zip(ks, ks[1:]))  # 2-3 cycles skipped after the stall
+    assert all(c["wake"] - c["t"] < 0.1 for c in cyc)  # every target sent was still ahead of the arm
+    assert res.dropped >= 2  # their actions were dropped, not sent late

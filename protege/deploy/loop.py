@@ -290,6 +290,10 @@ class ControlLoop:
                 t_k = t0 + k * self.dt
                 self._sleep_until(t_k)
                 wake = self.clock.now()
+                if (behind := int((wake - t_k) / self.dt)) >= 1:
+                    # the loop overran by whole periods: skip their cycles (their actions count as dropped)
+                    k += behind
+                    t_k = t0 + k * self.dt
                 if wake - t_start > time_limit_s:
                     break
                 state = self._watchdogs(wake)
@@ -341,6 +345,9 @@ class ControlLoop:
                 self.smooth_stop()
             else:
                 self._try_stop()
+        except BaseException:  # a bug, or Ctrl-C pressed twice: stop where the arm is, then raise
+            self._try_stop()
+            raise
         result.duration_s = self.clock.now() - t_first
         result.chunks, result.dropped = chunks, self.scheduler.dropped
         result.clips = dict(self.safety.clips - clips0)
@@ -435,7 +442,7 @@ class ControlLoop:
     def _try_stop(self) -> None:
         try:
             self.robot.stop()
-        except DeviceError:
+        except Exception:  # noqa: BLE001 - the robot may be gone; nothing more can be done from here
             pass
 
     def close(self) -> None:
