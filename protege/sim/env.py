@@ -198,7 +198,7 @@ class SimEnv:
         Raises:
             KeyError: a key not in :attr:`store_keys`.
         """
-        return self.assembler.at(self.robot.now(), keys)
+        return self.assembler.at(self.robot.clock.now(), keys)
 
     def step(self, action) -> tuple[float, bool, dict]:
         """Send ``action`` (10,) (see the module docstring) as the target for the end of this control step, run it.
