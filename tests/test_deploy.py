@@ -264,7 +264,7 @@ def test_inference_latency_is_measured_and_compensated(backend, tmp_path):
     assert res.stop == StopReason.COMPLETED  # never ran dry: chunks were asked for early enough
     assert res.dropped >= 2 * (res.chunks - 1)  # ~3 actions of every chunk were late and dropped
     chunks = [c["chunk"] for c in records(tmp_path, "cycle") if c["chunk"]]
-    assert all(0.29 < ch["t_end"] - ch["t_obs"] < 0.6 for ch in chunks)
+    assert all(0.29 < ch["t_end"] - ch["t_obs"] < 1.0 for ch in chunks)  # the delay plus the policy's own time
     assert loop.lead_s() > 0.3
 
 
