@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=["pusht_image", "sim_lift", "sim_pick_place"])
     ap.add_argument("--policies", nargs="+", default=["diffusion", "act"], choices=sorted(SCHEDULER))
     ap.add_argument("--minutes", type=float, default=30.0, help="training budget per (task, policy)")
-    ap.add_argument("--pusht", default=pusht_store(), help="the PushT store (default: $PROTEGE_PUSHT, ../shared, /work/shared)")
+    ap.add_argument("--pusht", default=pusht_store(), help="the PushT store (default: $PROTEGE_PUSHT, else data/pusht/ in the checkout, else ../shared/data/pusht/)")
     ap.add_argument("--demos", type=int, default=100, help="scripted demos recorded per sim task")
     args = ap.parse_args()
     if args.run:

@@ -101,7 +101,7 @@ def main() -> None:
 
     limit = OmegaConf.load(HERE.parent / "protege/configs/robot/sim.yaml").safety.max_tcp_speed
     result = {
-        "benchmark": "deploy_rt", "command": shlex.join([sys.executable, *sys.argv]), "commit": commit(),
+        "benchmark": "deploy_rt", "command": shlex.join(["python", *sys.argv]), "commit": commit(),
         "machine": machine(), "started": started,
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "checkpoint": args.checkpoint, "scheduler": args.scheduler, "seed": args.seed, "max_tcp_speed_limit": limit,

@@ -23,11 +23,11 @@ def machine() -> str:
 
 
 def pusht_store() -> str:
-    """$PROTEGE_PUSHT, else the shared folder beside the checkout, else the workplace's (/work/shared):
-    the same lookup as the tests'."""
-    rel = "shared/data/pusht/pusht_cchi_v7_replay.zarr"
-    beside = Path(__file__).resolve().parent.parent.parent / rel
-    for c in (os.environ.get("PROTEGE_PUSHT"), beside, Path("/work") / rel):
+    """$PROTEGE_PUSHT, else data/ in the checkout (README's download), else a shared/ folder beside
+    the checkout: the same lookup as the tests'."""
+    root, store = Path(__file__).resolve().parent.parent, "pusht/pusht_cchi_v7_replay.zarr"
+    in_checkout = root / "data" / store
+    for c in (os.environ.get("PROTEGE_PUSHT"), in_checkout, root.parent / "shared" / "data" / store):
         if c and Path(c).exists():
             return str(c)
-    return str(beside)
+    return str(in_checkout)
