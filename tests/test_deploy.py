@@ -92,7 +92,6 @@ def test_a_moving_policy_runs_to_the_time_limit_and_is_tracked(backend, tmp_path
     cyc = records(tmp_path, "cycle")
     assert [c["k"] for c in cyc] == list(range(len(cyc)))
     assert max(c["cmd_speed"] for c in cyc) <= LIMITS["max_tcp_speed"] + 1e-9
-    assert all(c["wake"] - c["t"] < 0.1 for c in cyc)  # no cycle a whole period late
 
 
 def test_out_of_workspace_target_is_clipped_and_reported(backend, tmp_path):

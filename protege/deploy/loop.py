@@ -377,12 +377,11 @@ class ControlLoop:
             self.scheduler.add_chunk(res.chunk, t0, t0)
             first = self.scheduler.peek(t0 + self.dt)
             try:
-                ok = self.safety.start_ok(first)
+                if self.safety.start_ok(first):
+                    return t0
                 dist, angle = self.safety.start_gate(first)
             except UnsafeAction as e:
                 raise _Stop(StopReason.NON_FINITE_ACTION, f"the policy's first action is unsafe and was not sent: {e}") from e
-            if ok:
-                return t0
             lim = self.safety.limits
             msg = (f"start gate: the first target is {dist * 100:.1f} cm / {np.degrees(angle):.0f} deg from the arm "
                    f"(limits {lim.start_max_distance * 100:.1f} cm / {np.degrees(lim.start_max_angle):.0f} deg)")
@@ -432,12 +431,9 @@ class ControlLoop:
                 self.robot.servo_tcp(p, quat, t)
                 self.log.write({"type": "stop_target", "episode": self.episode, "t": t, "cmd": p})
                 self.clock.sleep_until(t)
-            self._hold()
+            self.robot.stop()  # hold
         except DeviceError:
             self._try_stop()
-
-    def _hold(self) -> None:
-        self.robot.stop()
 
     def _try_stop(self) -> None:
         try:

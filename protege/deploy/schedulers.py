@@ -29,6 +29,12 @@ import numpy as np
 _TOL = 1e-6
 
 
+def _row(stamps: np.ndarray, t: float, dt: float) -> int | None:
+    """Index of the stamp within dt / 2 of ``t``, or None."""
+    j = np.flatnonzero(np.abs(stamps - t) < 0.5 * dt)
+    return int(j[0]) if len(j) else None
+
+
 class ActionScheduler(abc.ABC):
     """Chunks in, one timestamped action out.
 
@@ -42,6 +48,8 @@ class ActionScheduler(abc.ABC):
     Raises:
         ValueError: ``dt`` <= 0.
     """
+
+    _counts_skips = True  # an action the caller stepped over (never asked for) was dropped
 
     def __init__(self, dt: float, offset: float = 1.0):
         if not dt > 0:
@@ -106,8 +114,6 @@ class ActionScheduler(abc.ABC):
         self._asked = max(self._asked, float(t))
         return self._value(t)
 
-    _counts_skips = True  # an action the caller stepped over was dropped
-
     def peek(self, t: float) -> np.ndarray | None:
         """The action :meth:`action_at` would give for ``t``, without counting or moving on."""
         return self._value(t)
@@ -155,21 +161,17 @@ class RecedingHorizon(ActionScheduler):
             old_s, old_a = self._chunks[-1]
             actions = actions.copy()
             for i in range(min(self.blend_steps, len(stamps))):
-                j = np.flatnonzero(np.abs(old_s - stamps[i]) < 0.5 * self.dt)
-                if len(j):
+                if (j := _row(old_s, stamps[i], self.dt)) is not None:
                     w = (i + 1) / (self.blend_steps + 1)  # weight of the new chunk
-                    actions[i] = (1 - w) * old_a[j[0]] + w * actions[i]
+                    actions[i] = (1 - w) * old_a[j] + w * actions[i]
         self._chunks = [(stamps, actions)]
 
     def _value(self, t: float) -> np.ndarray | None:
         if not self._chunks:
             return None
         stamps, actions = self._chunks[0]
-        j = np.flatnonzero(np.abs(stamps - t) < 0.5 * self.dt)
-        return actions[j[0]].copy() if len(j) else None
-
-    def last_stamp(self) -> float:
-        return float(self._chunks[0][0][-1]) if self._chunks else -np.inf
+        j = _row(stamps, t, self.dt)
+        return None if j is None else actions[j].copy()
 
 
 class TemporalEnsembling(ActionScheduler):
@@ -204,9 +206,8 @@ class TemporalEnsembling(ActionScheduler):
         self._chunks = [(s, a) for s, a in self._chunks if s[-1] >= t - 0.5 * self.dt]
         preds = []
         for stamps, actions in self._chunks:
-            j = np.flatnonzero(np.abs(stamps - t) < 0.5 * self.dt)
-            if len(j):
-                preds.append(actions[j[0]])
+            if (j := _row(stamps, t, self.dt)) is not None:
+                preds.append(actions[j])
         if not preds:
             return None
         w = np.exp(-self.k * np.arange(len(preds)))

@@ -142,7 +142,7 @@ class SimEnv:
 
     Args:
         task, image_size, clock, video_size, menagerie, task_kwargs, camera_fps, shadows,
-        multisamples: as for :class:`SimBackend`.
+        multisamples, cameras: as for :class:`SimBackend`.
         control_hz: rate of :meth:`step`, Hz.
 
     Raises:
@@ -150,11 +150,10 @@ class SimEnv:
         FileNotFoundError: no Menagerie models.
     """
 
-    cameras = ("scene", "wrist")
-
     def __init__(self, task: str = "lift", image_size: int = 96, control_hz: float = 10.0, clock: str = "lockstep",
                  video_size: int = 256, menagerie=None, task_kwargs: dict | None = None, camera_fps: float = 30.0,
-                 shadows: bool = False, multisamples: int = 0):
+                 shadows: bool = False, multisamples: int = 0, cameras: Sequence[str] = ("scene", "wrist")):
+        self.cameras = tuple(cameras)
         self.backend = SimBackend(task, self.cameras, image_size, clock, camera_fps, video_size, menagerie, task_kwargs,
                                   shadows=shadows, multisamples=multisamples)
         self.task, self.scene, self.robot = self.backend.task, self.backend.scene, self.backend.robot
