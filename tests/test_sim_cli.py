@@ -56,9 +56,10 @@ def test_deploy_in_realtime_simulation_records_and_reports(lift_run, tmp_path):
     # temporal ensembling: the 15-step chunks of this policy outlast any inference time of a loaded CI machine
     p = run("protege-deploy", f"checkpoint={ckpt}", "robot=sim", "task=lift", "episodes=2", "time_limit_s=2",
             "scheduler=temporal_ensembling", "num_inference_steps=2", f"run_dir={run_dir}", f"record={rollouts}", "stop_key=false",
-            "robot.safety.max_tcp_speed=0.3", "robot.safety.start_max_distance=1.0", "robot.safety.start_max_angle=3.0",
-            check=False)
-    # an untrained policy may wander: it ends at the time limit (0) or behind a safety watchdog, never with a crash
+            "robot.safety.max_tcp_speed=0.3", "robot.safety.max_tcp_angular_speed=0.5",
+            "robot.safety.start_max_distance=1.0", "robot.safety.start_max_angle=3.0", check=False)
+    # An untrained policy may wander: it ends at the time limit (0) or behind a safety watchdog, never with a crash.
+    # The slow turn keeps the wrist well under max_joint_speed, so the watchdog should rarely end it early.
     assert p.returncode in (0, 15), p.stdout + p.stderr
     assert "observation-to-action latency" in p.stdout
     records = [json.loads(line) for line in (run_dir / "deploy.jsonl").read_text().splitlines()]
@@ -68,7 +69,8 @@ def test_deploy_in_realtime_simulation_records_and_reports(lift_run, tmp_path):
         assert 25 <= len(cycles) <= 42  # 10 Hz for about 2 s per episode (minus the first inference)
     assert all(c["cmd_speed"] <= 0.3 + 1e-9 for c in cycles)
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["cycles"] == len(cycles) >= 5 and summary["period_jitter_ms"]["p50"] < 50
+    assert summary["cycles"] == len(cycles) >= (5 if p.returncode == 0 else 1), p.stdout
+    assert len(cycles) < 2 or summary["period_jitter_ms"]["p50"] < 50
     s = EpisodeStore(rollouts)
     assert s.n_steps == len(cycles)
     assert all(m["source"] == "policy_rollout" for m in s.attrs["episodes"])
