@@ -179,6 +179,11 @@ class SimRobot(Robot, Gripper):
         return self._time.realtime
 
     @property
+    def commanded_joint_positions(self) -> np.ndarray:
+        """(6,) float64 rad: the servo loop's joint command (the UR controller's ``target_q``)."""
+        return self._q_cmd.copy()
+
+    @property
     def joint_limits(self) -> np.ndarray:
         """(2, 6) float64 rad: lower and upper limits of the arm's joints."""
         return self._limits.copy()
