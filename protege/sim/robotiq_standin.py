@@ -15,15 +15,15 @@ an object while opening, 2 while closing, 3 at the requested position), FLT faul
 "activate first": a motion was requested before activation).
 
 :class:`RobotiqStandIn` keeps those registers and drives the simulated 2F-85 of a
-:class:`~protege.sim.robot.SimRobot`, whose actuator command happens to be the same 0-255 scale.
+:class:`~protege.sim.robot.SimRobot`. Its position register is linear in the finger gap (0 = the
+0.085 m stroke, 255 = closed), as the real gripper's encoder is to within a few counts.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from protege.sim.robot import SimRobot, width_to_ctrl
-from protege.sim.robot import _GRIPPER_CTRL, _GRIPPER_WIDTH  # the sim's calibration: ctrl <-> finger gap
+from protege.sim.robot import GRIPPER_MAX_WIDTH, SimRobot
 
 FAULT_ACTIVATE_FIRST = 7
 ACTIVATION_S = 0.3          # s from ACT 1 to STA 3 (the real gripper's takes a few seconds)
@@ -31,9 +31,14 @@ MIN_SPEED, MAX_SPEED = 0.02, 0.15   # m/s of the fingers at SPE 0 and 255 (2F-85
 _WRITABLE = {"ACT", "GTO", "POS", "SPE", "FOR", "ATR", "ARD", "LBP", "LRP", "LGP"}
 
 
-def ctrl_to_width(pos: float) -> float:
-    """The simulated gripper's finger gap m at position register ``pos`` (0-255)."""
-    return float(np.interp(pos, _GRIPPER_CTRL, _GRIPPER_WIDTH))
+def pos_to_width(pos: float) -> float:
+    """Finger gap m at position register ``pos``: linear, 0 fully open (the stroke) ... 255 closed."""
+    return GRIPPER_MAX_WIDTH * (1.0 - float(np.clip(pos, 0, 255)) / 255.0)
+
+
+def width_to_pos(width: float) -> int:
+    """Position register (0-255) of a finger gap ``width`` m."""
+    return int(round(255.0 * (1.0 - float(np.clip(width, 0.0, GRIPPER_MAX_WIDTH)) / GRIPPER_MAX_WIDTH)))
 
 
 class RobotiqStandIn:
@@ -47,7 +52,8 @@ class RobotiqStandIn:
         self.robot = robot
         self.regs = {"ACT": 0, "GTO": 0, "PRE": 0, "SPE": 255, "FOR": 150, "STA": 0, "OBJ": 0, "FLT": 0}
         self._activated_at: float | None = None
-        self._goal_t = 0.0
+        self._goal_t = self._moved_at = 0.0
+        self._last_pos = -1
 
     def handle(self, line: str) -> str:
         """Reply to one request line (without its newline); never raises on bad input."""
@@ -70,7 +76,7 @@ class RobotiqStandIn:
 
     def get(self, name: str) -> int:
         if name == "POS":
-            return int(round(width_to_ctrl(self.robot.gripper_state().width)))
+            return width_to_pos(self.robot.gripper_state().width)
         return int(self.regs.get(name, 0))
 
     def set(self, name: str, value: int) -> None:
@@ -94,7 +100,7 @@ class RobotiqStandIn:
         if self.regs["STA"] != 3:
             self.regs["FLT"] = FAULT_ACTIVATE_FIRST
             return
-        target = ctrl_to_width(self.regs["PRE"])
+        target = pos_to_width(self.regs["PRE"])
         speed = MIN_SPEED + (MAX_SPEED - MIN_SPEED) * self.regs["SPE"] / 255.0
         width = self.robot.gripper_state().width
         self._goal_t = now + abs(target - width) / speed
@@ -106,10 +112,13 @@ class RobotiqStandIn:
         now = self.robot.now()
         if self.regs["STA"] == 1 and self._activated_at is not None and now - self._activated_at >= ACTIVATION_S:
             self.regs["STA"] = 3
-        if self.regs["STA"] == 3 and self.regs["GTO"] and self.regs["OBJ"] == 0 and now > self._goal_t + 0.05:
-            pos = self.get("POS")
-            pre = self.regs["PRE"]
-            if abs(pos - pre) <= 3:
-                self.regs["OBJ"] = 3
-            elif now > self._goal_t + 0.15:  # stopped short of the request: something is between the fingers
-                self.regs["OBJ"] = 2 if pre > pos else 1
+        if self.regs["STA"] != 3 or not self.regs["GTO"] or self.regs["OBJ"] != 0:
+            return
+        pos = self.get("POS")
+        if pos != self._last_pos:
+            self._last_pos, self._moved_at = pos, now
+        pre = self.regs["PRE"]
+        if now > self._goal_t and abs(pos - pre) <= 6:  # the fingers settle within ~2 mm of the request
+            self.regs["OBJ"] = 3
+        elif now > self._goal_t + 0.1 and now - self._moved_at > 0.1:  # stopped short: something is in the way
+            self.regs["OBJ"] = 2 if pre > pos else 1

@@ -1,0 +1,174 @@
+"""The UR arm and the Robotiq gripper through their real client paths (the ur-rtde library, the
+URCap socket) against the shipped controller stand-in (protege-ur-sim) on loopback."""
+
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("mujoco")
+rtde_receive = pytest.importorskip("rtde_receive")
+rtde_control = pytest.importorskip("rtde_control")
+
+from protege.robot.interfaces import DeviceError  # noqa: E402
+from protege.robot.robotiq import RobotiqGripper  # noqa: E402
+from protege.robot.ur import URRobot  # noqa: E402
+from ur_standin import StandIn  # noqa: E402
+
+# the simulated 2F-85's pinch point in the flange frame: the TCP of the simulation's policies
+SIM_TCP = [0.0, 0.0, 0.1558, 0.0, 0.0, -np.pi / 2]
+
+
+@pytest.fixture
+def standin():
+    s = StandIn()
+    yield s
+    s.close()
+
+
+def test_ur_rtde_streams_state_at_the_servo_rate_and_moves(standin):
+    r = rtde_receive.RTDEReceiveInterface(standin.host)
+    try:
+        stamps = []
+        t_end = time.monotonic() + 0.5
+        while time.monotonic() < t_end:
+            ts = r.getTimestamp()
+            if not stamps or ts != stamps[-1]:
+                stamps.append(ts)
+        steps = np.diff(stamps)
+        assert np.median(steps) == pytest.approx(0.002, abs=1e-6)  # 500 Hz controller time
+        assert len(stamps) > 50
+        q0 = np.array(r.getActualQ())
+        c = rtde_control.RTDEControlInterface(standin.host)
+        assert c.isProgramRunning()
+        pose = np.array(r.getActualTCPPose())
+        target = pose + [0.05, 0.0, -0.03, 0, 0, 0]
+        assert c.moveL(list(target), 0.25, 1.2)  # blocks until done: the register handshake works
+        np.testing.assert_allclose(r.getActualTCPPose()[:3], target[:3], atol=2e-3)
+        q = np.array(r.getActualQ())
+        q[0] += 0.1
+        assert c.moveJ(list(q), 1.0, 1.4)
+        assert np.array(r.getActualQ())[0] == pytest.approx(q[0], abs=2e-3)
+        assert not np.allclose(q0, r.getActualQ(), atol=1e-2)
+        c.stopScript()
+        assert not c.isProgramRunning()
+        c.disconnect()
+    finally:
+        r.disconnect()
+
+
+def test_servo_l_tracks_the_interpolated_path(standin):
+    """Waypoints at 10 Hz (a policy's rate), interpolated and streamed with servoL at 500 Hz."""
+    with URRobot(host=standin.host, tcp_offset=SIM_TCP, lookahead_time=0.05) as robot:
+        s0 = robot.state()
+        assert abs(time.monotonic() - s0.timestamp) < 0.05  # controller time converted to the host clock
+        np.testing.assert_allclose(s0.tcp_position, [0.0, -0.5, 0.25], atol=2e-3)  # the simulated ready pose
+        t0 = time.monotonic() + 0.1
+        path = [s0.tcp_position + [0.1 * k / 10, 0.05 * k / 10, 0.0] for k in range(11)]  # 0.11 m/s for 1 s
+        for k, p in enumerate(path):
+            robot.servo_tcp(p, s0.tcp_quat, t0 + 0.1 * k)
+        time.sleep(1.6)
+        states = [s for s in robot.states(2000) if t0 + 0.2 <= s.timestamp <= t0 + 1.0]
+        assert len(states) > 100
+        want = np.array([s0.tcp_position + (s.timestamp - t0) * np.array([0.1, 0.05, 0.0]) for s in states])
+        err = np.linalg.norm(np.array([s.tcp_position for s in states]) - want, axis=1)
+        # lag of about the lookahead time at 0.11 m/s, plus the simulated joints' tracking
+        assert err.max() < 0.11 * (0.05 + 0.1) + 0.003, err.max()
+        final = robot.state()
+        np.testing.assert_allclose(final.tcp_position, path[-1], atol=1.5e-3)
+        # a 500 Hz state stream on the host clock
+        ts = np.array([s.timestamp for s in robot.states(200)])
+        assert np.all(np.diff(ts) > 0) and np.median(np.diff(ts)) < 0.005
+
+
+def test_protective_stop_is_raised_and_the_arm_holds(standin):
+    with URRobot(host=standin.host, tcp_offset=SIM_TCP) as robot:
+        s0 = robot.state()
+        robot.servo_tcp(s0.tcp_position - [0.0, 0.0, 0.35], s0.tcp_quat, time.monotonic() + 1.5)  # into the table
+        deadline = time.monotonic() + 8
+        with pytest.raises(DeviceError, match="protective stop"):
+            while time.monotonic() < deadline:
+                robot.state()
+                time.sleep(0.01)
+    assert standin.wait_for("protective stop: the robot pushes on the table")
+    # the controller refuses a new program until the stop is unlocked
+    with pytest.raises(DeviceError, match="protective stop"):
+        URRobot(host=standin.host, connect_timeout_s=5)
+
+
+def test_emergency_stop_disconnect_and_a_silent_controller_are_raised_without_hanging(standin):
+    with URRobot(host=standin.host) as robot:
+        robot.state()
+        standin.send("estop")
+        with pytest.raises(DeviceError, match="emergency stop"):
+            _poll_until_error(robot)
+    standin.send("release")
+    robot = URRobot(host=standin.host)
+    standin.send("freeze")  # the controller hangs with its sockets open
+    t = time.monotonic()
+    with pytest.raises(DeviceError, match="no state|stopped answering"):
+        _poll_until_error(robot)
+    assert time.monotonic() - t < 1.0
+    t = time.monotonic()
+    robot.close()  # bounded even though servoStop / stopScript get no answer
+    assert time.monotonic() - t < 10.0
+    standin.send("thaw")
+    time.sleep(0.5)
+    robot = URRobot(host=standin.host)
+    standin.send("drop")
+    with pytest.raises(DeviceError):
+        _poll_until_error(robot)
+    robot.close()
+
+
+def test_no_controller_is_a_clear_error():
+    t = time.monotonic()
+    with pytest.raises(DeviceError, match="cannot drive the UR at 127.0.0.254"):
+        URRobot(host="127.0.0.254", connect_timeout_s=3)
+    assert time.monotonic() - t < 15
+    with pytest.raises(ValueError, match="lookahead_time"):
+        URRobot(host="127.0.0.254", lookahead_time=0.5)
+
+
+def test_robotiq_urcap_protocol_moves_detects_and_faults(standin):
+    with RobotiqGripper(standin.host) as g:
+        assert g.gripper_state().width == pytest.approx(0.085, abs=2e-3)  # activated, open
+        g.set_width(0.04, time.monotonic())
+        deadline = time.monotonic() + 3
+        while abs(g.gripper_state().width - 0.04) > 1.5e-3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert g.gripper_state().width == pytest.approx(0.04, abs=1.5e-3)
+        states = g.gripper_states(100)
+        assert len(states) > 20 and np.all(np.diff([s.timestamp for s in states]) > 0)
+        assert not g.object_detected
+    # the raw protocol: a move before activation is a fault the driver reports
+    import socket
+    with socket.create_connection((standin.host, 63352), timeout=2) as s:
+        f = s.makefile("rb")
+        for line, want in [("SET ACT 0", "ack"), ("GET STA", "STA 0"), ("SET POS 200 GTO 1", "ack"), ("GET FLT", "FLT 7"),
+                           ("GET PRE", "PRE 200"), ("BOGUS", "?"), ("SET XYZ 1", "?")]:
+            s.sendall((line + "\n").encode())
+            assert f.readline().decode().strip() == want, line
+    with RobotiqGripper(standin.host) as g:  # activation clears the fault: the gripper moves again
+        g.set_width(0.07, time.monotonic())
+        deadline = time.monotonic() + 3
+        while abs(g.gripper_state().width - 0.07) > 1.5e-3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert g.gripper_state().width == pytest.approx(0.07, abs=1.5e-3)
+    standin.send("drop")
+    with pytest.raises(DeviceError, match="Robotiq"):
+        g2 = RobotiqGripper(standin.host)
+        standin.send("drop")
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            g2.gripper_state()
+            time.sleep(0.02)
+    with pytest.raises(DeviceError, match="no Robotiq URCap"):
+        RobotiqGripper("127.0.0.254", timeout_s=0.5)
+
+
+def _poll_until_error(robot, timeout=8.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        robot.state()
+        time.sleep(0.005)
