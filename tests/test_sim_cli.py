@@ -106,3 +106,39 @@ def test_deploy_stop_key_and_config_errors(lift_run, tmp_path):
     assert p.returncode == 2 and "workspace_min" in p.stderr  # validated before the arm moves
     p = run("protege-deploy", f"checkpoint={tmp_path / 'missing.pt'}", check=False)
     assert p.returncode == 2 and "no such checkpoint" in p.stderr
+
+
+@pytest.mark.slow
+def test_deploy_on_ur5e_through_ur_rtde_against_the_stand_in(lift_run, tmp_path):
+    """protege-deploy robot=ur5e: the real ur-rtde client, the servo process, the Robotiq socket and
+    two OpenCV cameras (a video file) against protege-ur-sim. Plumbing, not skill: the video is not the scene."""
+    import cv2
+    from ur_standin import StandIn
+
+    _, ckpt = lift_run
+    video = tmp_path / "cam.avi"
+    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 30, (160, 120))
+    for i in range(300):
+        w.write(np.full((120, 160, 3), (i * 3) % 255, np.uint8))
+    w.release()
+    standin = StandIn()
+    try:
+        cams = [f"camera.devices.{c}.{k}" for c in ("scene", "wrist") for k in ("width=null", "height=null")]
+        p = run("protege-deploy", f"checkpoint={ckpt}", "robot=ur5e", f"robot.host={standin.host}", "camera=opencv",
+                f"camera.devices.scene.device={video}", f"camera.devices.wrist.device={video}", *cams, "time_limit_s=2",
+                "scheduler=temporal_ensembling", "num_inference_steps=2", f"run_dir={tmp_path / 'run'}", "stop_key=false",
+                "robot.safety.start_max_distance=1.0", "robot.safety.start_max_angle=3.0",
+                "robot.safety.max_tcp_angular_speed=0.5", check=False)
+        assert p.returncode in (0, 15), p.stdout + p.stderr
+        assert "on robot=ur5e" in p.stdout
+        cycles = [json.loads(line) for line in (tmp_path / "run" / "deploy.jsonl").read_text().splitlines()]
+        cycles = [c for c in cycles if c["type"] == "cycle"]
+        assert cycles and all(c["cmd_speed"] <= 0.25 + 1e-9 for c in cycles)
+        moved = np.linalg.norm(np.subtract(cycles[-1]["meas"][:3], cycles[0]["meas"][:3]))
+        assert moved > 1e-3  # the simulated arm followed the policy through RTDE
+        assert standin.wait_for("program started") and standin.wait_for("program stopped: stopScript")  # stopped on exit
+    finally:
+        standin.close()
+    p = run("protege-deploy", f"checkpoint={ckpt}", "robot=ur5e", "robot.host=127.0.0.254",
+            "robot.backend.robot.connect_timeout_s=2", "camera=opencv", f"run_dir={tmp_path / 'run2'}", check=False)
+    assert p.returncode == 2 and "cannot drive the UR at 127.0.0.254" in p.stderr

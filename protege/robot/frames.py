@@ -17,6 +17,9 @@ import threading
 import time
 from typing import Protocol
 
+import cv2
+import numpy as np
+
 from protege.robot.history import History
 from protege.robot.interfaces import Camera, DeviceError, Frame
 
@@ -46,6 +49,40 @@ class FrameSource(Protocol):
 
     def close(self) -> None:
         """Release the device. Called once, also after ``open`` or ``grab`` raised."""
+
+
+def center_crop_resize(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(H, W, 3) uint8 -> (height, width, 3): the largest centred crop of the target's aspect,
+    resized with area averaging (what Diffusion Policy's real-robot pipeline does to camera frames)."""
+    h, w = rgb.shape[:2]
+    if (h, w) == (height, width):
+        return rgb
+    scale = min(h / height, w / width)
+    ch, cw = int(round(height * scale)), int(round(width * scale))
+    y, x = (h - ch) // 2, (w - cw) // 2
+    return cv2.resize(rgb[y:y + ch, x:x + cw], (width, height), interpolation=cv2.INTER_AREA)
+
+
+class ResizedSource:
+    """A :class:`FrameSource` whose frames are cropped and resized to the policy's ``(height, width)``
+    on the reader thread (the control loop never pays for it)."""
+
+    def __init__(self, source: FrameSource, height: int, width: int):
+        self.source, self.size = source, (int(height), int(width))
+
+    def __getattr__(self, name):  # intrinsics, serial, ... of the wrapped driver
+        return getattr(self.source, name)
+
+    def open(self) -> None:
+        self.source.open()
+
+    def grab(self) -> Frame:
+        f = self.source.grab()
+        depth = None if f.depth is None else center_crop_resize(f.depth, *self.size)
+        return Frame(center_crop_resize(f.rgb, *self.size), f.timestamp, f.frame_index, depth)
+
+    def close(self) -> None:
+        self.source.close()
 
 
 class ThreadedCamera(Camera):

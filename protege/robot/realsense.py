@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .frames import ThreadedCamera
+from .frames import ResizedSource, ThreadedCamera
 from .interfaces import DeviceError, Frame
 
 
@@ -143,6 +143,8 @@ class RealSenseSource:
             self.sensor = None
 
 
-def realsense_camera(name: str, **kwargs) -> ThreadedCamera:
-    """A RealSense colour camera read by its own thread (``kwargs``: :class:`RealSenseSource`'s)."""
-    return ThreadedCamera(RealSenseSource(**kwargs), name, capacity=64)
+def realsense_camera(name: str, image_size: int | None = None, **kwargs) -> ThreadedCamera:
+    """A RealSense colour camera read by its own thread (``kwargs``: :class:`RealSenseSource`'s),
+    its frames centre-cropped and resized to ``image_size`` px square when given."""
+    source = RealSenseSource(**kwargs)
+    return ThreadedCamera(ResizedSource(source, image_size, image_size) if image_size else source, name, capacity=64)

@@ -12,11 +12,12 @@ the delay from exposure to arrival). The frame index counts the frames read sinc
 
 from __future__ import annotations
 
+import os
 import time
 
 import cv2
 
-from .frames import ThreadedCamera
+from .frames import ResizedSource, ThreadedCamera
 from .interfaces import DeviceError, Frame
 
 
@@ -43,7 +44,7 @@ class OpenCVSource:
 
     @property
     def is_file(self) -> bool:
-        return isinstance(self.device, str) and not self.device.startswith("/dev/")
+        return isinstance(self.device, str) and os.path.isfile(self.device)
 
     def open(self) -> None:
         self.cap = cv2.VideoCapture(self.device)
@@ -79,6 +80,8 @@ class OpenCVSource:
             self.cap = None
 
 
-def opencv_camera(name: str, **kwargs) -> ThreadedCamera:
-    """A UVC camera (or video file) read by its own thread (``kwargs``: :class:`OpenCVSource`'s)."""
-    return ThreadedCamera(OpenCVSource(**kwargs), name, capacity=64)
+def opencv_camera(name: str, image_size: int | None = None, **kwargs) -> ThreadedCamera:
+    """A UVC camera (or video file) read by its own thread (``kwargs``: :class:`OpenCVSource`'s),
+    its frames centre-cropped and resized to ``image_size`` px square when given."""
+    source = OpenCVSource(**kwargs)
+    return ThreadedCamera(ResizedSource(source, image_size, image_size) if image_size else source, name, capacity=64)

@@ -12,6 +12,9 @@ from .session import record
 @hydra.main(config_path="../configs", config_name="record", version_base=None)
 def main(cfg: DictConfig) -> None:
     """Record ``episodes`` demonstrations of ``task`` with the ``teleop`` device into ``out``."""
+    if cfg.robot.get("env") is None:
+        raise SystemExit(f"protege-record: robot={cfg.robot.name} has no recording environment yet: recording "
+                         "works in simulation (robot=sim); recording on a real arm is not implemented (issue 9)")
     env = hydra.utils.instantiate(cfg.robot.env, **({"clock": "realtime"} if cfg.teleop.realtime else {}))
     device = hydra.utils.instantiate(cfg.teleop.device)
     writer = BackgroundWriter(cfg.out, fps=cfg.task.fps, key_meta=getattr(env, "key_meta", None),
