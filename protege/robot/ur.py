@@ -43,6 +43,7 @@ _ROW = 21
 _OUTPUTS = ["timestamp", "actual_q", "actual_qd", "actual_TCP_pose", "target_q", "target_TCP_pose", "robot_mode", "safety_mode", "runtime_state",
             "safety_status_bits", "robot_status_bits"]
 STARTING, RUNNING, FAILED, CLOSED = 0, 1, 2, 3
+_CYCLES = 4096
 
 
 @dataclass
@@ -131,13 +132,15 @@ class URRobot(Robot):
         self._ring = ctx.Array("d", self._n * _ROW, lock=False)
         self._count = ctx.Value("q", 0, lock=False)
         self._lock = ctx.Lock()
+        self._cycles = ctx.Array("d", _CYCLES, lock=False)  # start times of the newest servo cycles
+        self._ncycles = ctx.Value("q", 0, lock=False)
         self._status = ctx.Value("i", STARTING)
         self._errors = ctx.Queue()
         self._commands = ctx.Queue()
         self._error: str | None = None
         self._proc = ctx.Process(target=_servo_process, name="ur-servo", daemon=True,
                                  args=(asdict(self.settings), self._commands, self._errors, self._ring, self._count,
-                                       self._lock, self._status, self._n, os.getpid()))
+                                       self._lock, self._status, self._n, os.getpid(), self._cycles, self._ncycles))
         self._proc.start()
         deadline = time.monotonic() + self.settings.connect_timeout_s + 5.0  # + the child's start-up
         while self._status.value == STARTING and time.monotonic() < deadline and self._proc.is_alive():
@@ -216,6 +219,14 @@ class URRobot(Robot):
         self._check()
         self._commands.put(("joints", t, q))
 
+    def servo_cycle_times(self) -> np.ndarray:
+        """Host times s at which the newest servo cycles (up to 4096) started, oldest first:
+        ``np.diff`` of it is the set-point stream's period (benchmarks/hardware_rt.py)."""
+        n = self._ncycles.value
+        k = min(n, _CYCLES)
+        times = np.frombuffer(self._cycles, dtype=np.float64)
+        return times[[(n - k + i) % _CYCLES for i in range(k)]].copy()
+
     def stop(self) -> None:
         if not self._closed and self._proc.is_alive():
             self._commands.put(("stop",))
@@ -230,7 +241,8 @@ class URRobot(Robot):
         self._kill()
 
 
-def _servo_process(settings: dict, commands, errors, ring, count, lock, status, n: int, parent_pid: int) -> None:
+def _servo_process(settings: dict, commands, errors, ring, count, lock, status, n: int, parent_pid: int, cycles,
+                   ncycles) -> None:
     """The servo loop (see the module docstring); runs in its own process."""
     import rtde_control
     import rtde_receive
@@ -281,6 +293,8 @@ def _servo_process(settings: dict, commands, errors, ring, count, lock, status, 
         while True:
             t_cycle = rtde_c.initPeriod()
             now = time.monotonic()
+            cycles[ncycles.value % _CYCLES] = now
+            ncycles.value += 1
             stop = False
             while True:
                 try:
