@@ -172,3 +172,24 @@ def _poll_until_error(robot, timeout=8.0):
     while time.monotonic() < deadline:
         robot.state()
         time.sleep(0.005)
+
+
+def test_hardware_check_reports_the_stand_in_and_what_is_missing(standin, tmp_path):
+    import subprocess
+
+    from ur_standin import BIN
+    p = subprocess.run([str(BIN / "protege-hardware"), "check", "robot=ur5e", f"robot.host={standin.host}", "camera=sim"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "Robotmode: RUNNING" in p.stdout and "state every 2.0 ms" in p.stdout and "gripper 63352" in p.stdout
+    assert "everything configured answered" in p.stdout
+    standin.send("pstop")
+    assert standin.wait_for("protective stop: operator")
+    p = subprocess.run([str(BIN / "protege-hardware"), "check", "robot=ur5e", f"robot.host={standin.host}", "camera=opencv",
+                        f"camera.devices.scene.device={tmp_path / 'none.avi'}", "gripper=none"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1
+    assert "[FAIL] safety" in p.stdout and "PROTECTIVE_STOP" in p.stdout and "[FAIL] camera scene" in p.stdout
+    p = subprocess.run([str(BIN / "protege-hardware"), "check", "robot=ur5e", "robot.host=127.0.0.254"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and "no answer from 127.0.0.254" in p.stdout
