@@ -220,10 +220,10 @@ class URRobot(Robot):
         self._commands.put(("joints", t, q))
 
     def servo_cycle_times(self) -> np.ndarray:
-        """Host times s at which the newest servo cycles (up to 4096) started, oldest first:
+        """Host times s at which the newest servo cycles (up to 4000) started, oldest first:
         ``np.diff`` of it is the set-point stream's period (benchmarks/hardware_rt.py)."""
         n = self._ncycles.value
-        k = min(n, _CYCLES)
+        k = min(n, _CYCLES - 96)  # the oldest slots may be overwritten by the servo process while we read
         times = np.frombuffer(self._cycles, dtype=np.float64)
         return times[[(n - k + i) % _CYCLES for i in range(k)]].copy()
 
