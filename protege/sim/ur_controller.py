@@ -162,9 +162,9 @@ class URControllerSim:
         self.backend.reset(seed)
         self.robot, self.scene = self.backend.robot, self.backend.scene
         self.model, self.data = self.scene.model, self.scene.data
-        self.dt = 1.0 / float(rate_hz)
-        if abs(self.dt - self.model.opt.timestep) > 1e-9 and rate_hz == 500.0:
-            raise ValueError("the scene's timestep must be the servo period")
+        if not 0 < rate_hz <= 1.0 / self.model.opt.timestep:
+            raise ValueError(f"rate_hz must be in (0, {1.0 / self.model.opt.timestep:g}], got {rate_hz}")
+        self.dt = 1.0 / float(rate_hz)  # a servo tick: one or more physics steps
         self.rate_hz = float(rate_hz)
         self.table_force_limit = float(table_force_limit)
         self.gripper = RobotiqStandIn(self.robot)
