@@ -62,13 +62,13 @@ INPUTS = {
     "standard_analog_output_1": "DOUBLE", "input_bit_registers0_to_31": "UINT32", "input_bit_registers32_to_63": "UINT32",
     "external_force_torque": _V6,
 }
-_REGISTER = re.compile(r"(input|output)_(int|double|bit)_register_(\d+)$")
+REGISTER = re.compile(r"(input|output)_(int|double|bit)_register_(\d+)$")
 _REGISTER_TYPES = {"int": "INT32", "double": "DOUBLE", "bit": "BOOL"}
 
 
 def register_type(name: str) -> str | None:
     """Field type of ``input|output_int|double|bit_register_N`` (int / double 0-47, bit 64-127), else None."""
-    m = _REGISTER.match(name)
+    m = REGISTER.match(name)
     if not m:
         return None
     n = int(m.group(3))

@@ -371,11 +371,17 @@ class URControllerSim:
             self._on_script_text(conn.script.decode("utf-8", "replace"))
 
     # -- dashboard ----------------------------------------------------------------------------
-    def _on_dashboard(self, conn: _Conn) -> None:
+    @staticmethod
+    def _lines(conn: _Conn):
+        """The complete lines received on a text port, taken off its buffer."""
         while b"\n" in conn.rbuf:
             line, _, rest = bytes(conn.rbuf).partition(b"\n")
             conn.rbuf[:] = rest
-            reply = self._dashboard(line.decode("utf-8", "replace").strip())
+            yield line.decode("utf-8", "replace").strip()
+
+    def _on_dashboard(self, conn: _Conn) -> None:
+        for line in self._lines(conn):
+            reply = self._dashboard(line)
             if reply is None:
                 self._send(conn, b"Disconnected\n")
                 self._close_conn(conn)
@@ -433,10 +439,8 @@ class URControllerSim:
 
     # -- Robotiq URCap socket ---------------------------------------------------------------------
     def _on_robotiq(self, conn: _Conn) -> None:
-        while b"\n" in conn.rbuf:
-            line, _, rest = bytes(conn.rbuf).partition(b"\n")
-            conn.rbuf[:] = rest
-            self._send(conn, (self.gripper.handle(line.decode("ascii", "replace").strip()) + "\n").encode())
+        for line in self._lines(conn):
+            self._send(conn, (self.gripper.handle(line) + "\n").encode())
 
     # -- script port ----------------------------------------------------------------------------
     def _on_script(self, conn: _Conn) -> None:
@@ -513,7 +517,7 @@ class URControllerSim:
             n = 6 if rp.input_type(name) == "VECTOR6D" else 1
             v = values[i] if n == 1 else values[i:i + n]
             i += n
-            m = rp._REGISTER.match(name)
+            m = rp.REGISTER.match(name)
             if m and m.group(2) == "int":
                 self.in_int[int(m.group(3))] = v
                 if int(m.group(3)) == self.reg_offset:
@@ -547,7 +551,7 @@ class URControllerSim:
             self._send(conn, rp.package(rp.DATA_PACKAGE, b"\x01" + conn.out_struct.pack(*flat)))
 
     def _register_value(self, name: str):
-        m = rp._REGISTER.match(name)
+        m = rp.REGISTER.match(name)
         if m:
             n = int(m.group(3))
             regs = {("output", "int"): self.out_int, ("output", "double"): self.out_double,
