@@ -301,7 +301,7 @@ def _servo_process(settings: dict, commands, errors, ring, count, lock, status, 
                     cmd = commands.get_nowait()
                 except queue.Empty:
                     break
-                if cmd[0] == "close" or os.getppid() != parent_pid:
+                if cmd[0] == "close":
                     stop = True
                 elif cmd[0] == "pose":
                     if mode != "pose":
