@@ -128,7 +128,8 @@ def test_deploy_on_ur5e_through_ur_rtde_against_the_stand_in(lift_run, tmp_path)
                 f"camera.devices.scene.device={video}", f"camera.devices.wrist.device={video}", *cams, "time_limit_s=2",
                 "scheduler=temporal_ensembling", "num_inference_steps=2", f"run_dir={tmp_path / 'run'}", "stop_key=false",
                 "robot.safety.start_max_distance=1.0", "robot.safety.start_max_angle=3.0",
-                "robot.safety.max_tcp_angular_speed=0.5", check=False)
+                "robot.safety.max_tcp_angular_speed=0.5",
+                "robot.backend.robot.state_timeout_s=0.5", check=False)  # the stand-in shares a loaded CPU
         assert p.returncode in (0, 15), p.stdout + p.stderr
         assert "on robot=ur5e" in p.stdout
         cycles = [json.loads(line) for line in (tmp_path / "run" / "deploy.jsonl").read_text().splitlines()]
