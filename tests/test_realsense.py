@@ -87,3 +87,95 @@ def test_a_missing_profile_and_a_silent_camera_are_clear_errors():
     with pytest.raises(DeviceError, match="no frame in 0.3 s"):
         cam.read()
     cam.close()
+
+
+class SoftwareDepthCamera(SoftwareCamera):
+    """A software D4xx: the colour sensor plus a Z16 depth sensor (1 mm units) with its own,
+    wider intrinsics (fx 80 vs colour 100) and an identity depth-to-colour extrinsic."""
+
+    def __init__(self, serial):
+        super().__init__(serial)
+        self.depth_sensor = self.dev.add_sensor("Stereo Module")
+        intr = rs.intrinsics()
+        intr.width, intr.height, intr.ppx, intr.ppy, intr.fx, intr.fy = W, H, W / 2, H / 2, 80.0, 80.0
+        intr.model, intr.coeffs = rs.distortion.none, [0.0] * 5
+        ds = rs.video_stream()
+        ds.type, ds.index, ds.uid, ds.width, ds.height, ds.fps, ds.bpp = rs.stream.depth, 0, 1, W, H, FPS, 2
+        ds.fmt, ds.intrinsics = rs.format.z16, intr
+        self.depth_profile = self.depth_sensor.add_video_stream(ds).as_video_stream_profile()
+        self.depth_sensor.add_read_only_option(rs.option.depth_units, 0.001)
+        ex = rs.extrinsics()
+        ex.rotation, ex.translation = [1, 0, 0, 0, 1, 0, 0, 0, 1], [0.0, 0.0, 0.0]
+        self.depth_profile.register_extrinsics_to(self.profile, ex)
+        self.dev.create_matcher(rs.matchers.dlr_c)
+        # a step: 1.000 m left of depth column 100, 2.000 m from it on
+        self.depth = np.where(np.arange(W)[None, :] < 100, 1000, 2000).astype(np.uint16).repeat(H, 0)
+
+    def push(self, i):
+        t = time.time() * 1000.0
+        for sensor, profile, pixels, bpp in ((self.sensor, self.profile, np.full((H, W, 3), i % 256, np.uint8), 3),
+                                             (self.depth_sensor, self.depth_profile, self.depth, 2)):
+            f = rs.software_video_frame()
+            f.pixels, f.stride, f.bpp = pixels, W * bpp, bpp
+            f.timestamp, f.domain, f.frame_number, f.profile = t, rs.timestamp_domain.global_time, i, profile
+            sensor.on_video_frame(f)
+
+
+def test_depth_is_aligned_to_colour_and_assembled_in_mm_with_resized_intrinsics():
+    from protege.robot.frames import ResizedSource
+    from protege.robot.observation import ObservationAssembler
+
+    sw = SoftwareDepthCamera("SWD")
+    cam = ThreadedCamera(RealSenseSource("SWD", W, H, FPS, depth=True, device=sw.dev), "scene", capacity=64)
+    time.sleep(0.3)
+    try:
+        for i in range(10):
+            sw.push(i)
+            time.sleep(1 / FPS)
+        time.sleep(0.2)
+        frames = cam.frames(64)
+        assert len(frames) >= 8 and all(f.depth is not None and f.depth.shape == (H, W) for f in frames)
+        assert all(f.rgb[0, 0, 0] == f.frame_index + frames[0].rgb[0, 0, 0] - frames[0].frame_index for f in frames)
+        d = frames[-1].depth
+        assert d.dtype == np.float32 and d[H // 2, 20] == pytest.approx(1.0) and d[H // 2, 150] == pytest.approx(2.0)
+        # the depth edge at depth column 100 lands at colour column 80 + 100 / 80 * (100 - 80) = 105, not 100
+        edge = int(np.argmax(d[H // 2] > 1.5))
+        assert 104 <= edge <= 106, edge
+        info = cam.info()
+        assert info["depth_scale"] == pytest.approx(0.001) and info["depth_intrinsics"]["fx"] == 80.0
+        assert info["intrinsics"]["fx"] == 100.0 and info["serial"] == "SWD"
+    finally:
+        cam.close()
+
+    # resized to 60 x 60: the crop is the central 120 x 120 (x from 20), scaled by 0.5; the depth is
+    # resized by nearest neighbour (no invented depths at the edge) and assembled as uint16 mm
+    sw = SoftwareDepthCamera("SWE")
+    cam = ThreadedCamera(ResizedSource(RealSenseSource("SWE", W, H, FPS, depth=True, device=sw.dev), 60, 60), "scene")
+    time.sleep(0.3)
+    try:
+        for i in range(5):
+            sw.push(i)
+            time.sleep(1 / FPS)
+        time.sleep(0.2)
+        assert cam.has_depth
+        f = cam.read()
+        assert f.rgb.shape == (60, 60, 3) and f.depth.shape == (60, 60)
+        assert set(np.unique(f.depth)) <= {np.float32(1.0), np.float32(2.0)}
+        intr = cam.info()["intrinsics"]
+        assert intr["fx"] == pytest.approx(50.0) and intr["width"] == 60
+        assert intr["ppx"] == pytest.approx((80 - 20 + 0.5) * 0.5 - 0.5) and intr["ppy"] == pytest.approx(29.75)
+
+        class StillArm:  # the assembler needs a robot; this test is about the camera
+            def state(self):
+                from protege.robot.interfaces import RobotState
+                return RobotState(np.zeros(6), np.zeros(6), np.zeros(3), np.array([0, 0, 0, 1.0]), f.timestamp)
+
+            def states(self, n):
+                return [self.state()]
+
+        asm = ObservationAssembler(StillArm(), None, {"scene": cam})
+        assert "scene_depth" in asm.store_keys and asm.key_meta["scene_depth"]["unit"].startswith("mm")
+        obs = asm.at(f.timestamp, ["scene_depth", "scene_rgb"])
+        assert obs["scene_depth"].dtype == np.uint16 and set(np.unique(obs["scene_depth"])) == {1000, 2000}
+    finally:
+        cam.close()

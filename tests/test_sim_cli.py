@@ -37,6 +37,8 @@ def test_record_train_evaluate_lift(lift_run, tmp_path):
     assert s.spec("tcp_pose").frame == "robot base"
     meta = s.attrs["episodes"]
     assert [m["seed"] for m in meta] == [5, 6] and all(m["success"] and m["task"] == "sim_lift" for m in meta)
+    scene = meta[0]["cameras"]["scene"]  # the MuJoCo camera's pinhole intrinsics (fovy 42 deg, 96 px)
+    assert scene["width"] == 96 and scene["intrinsics"]["fy"] == pytest.approx(48 / np.tan(np.radians(21)))
     ts = s.episode(0)["timestamp"]
     np.testing.assert_allclose(np.diff(ts.ravel()), 0.1, atol=1e-6)  # the robot clock at 10 Hz
 
@@ -79,6 +81,93 @@ def test_deploy_in_realtime_simulation_records_and_reports(lift_run, tmp_path):
     assert "cycle period jitter" in rep.stdout and (run_dir / "report.png").stat().st_size > 10_000
     bad = run("protege-deploy", "report", str(tmp_path / "nothing"), check=False)
     assert bad.returncode == 2 and "no deployment log" in bad.stderr
+
+
+def _video(path, frames=300):
+    import cv2
+
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (160, 120))
+    for i in range(frames):
+        w.write(np.full((120, 160, 3), (i * 3) % 255, np.uint8))
+    w.release()
+    return path
+
+
+@pytest.mark.slow
+def test_record_on_ur5e_with_the_keyboard_through_the_stand_in(tmp_path):
+    """protege-record robot=ur5e teleop=keyboard: keys typed into the recorder's stdin move the
+    simulated arm through ur-rtde, the safety filter and the control loop, and land in the store."""
+    import threading
+
+    from ur_standin import StandIn
+
+    video = _video(tmp_path / "cam.avi", 900)
+    store = tmp_path / "real.zarr"
+    standin = StandIn()
+    lines: list[str] = []
+
+    def wait_for(text, n=1, timeout=90.0):
+        deadline = time.monotonic() + timeout
+        while sum(text in ln for ln in lines) < n:
+            assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)
+            time.sleep(0.05)
+
+    def keys(text, gap=0.3):
+        for k in text:
+            proc.stdin.write(k)
+            proc.stdin.flush()
+            time.sleep(gap)
+
+    try:
+        cams = [f"camera.devices.{c}.{k}" for c in ("scene", "wrist") for k in ("width=null", "height=null")]
+        proc = subprocess.Popen(
+            [str(BIN / "protege-record"), "robot=ur5e", f"robot.host={standin.host}", "camera=opencv",
+             f"camera.devices.scene.device={video}", f"camera.devices.wrist.device={video}", *cams, "teleop=keyboard",
+             "episodes=2", f"out={store}", f"log={tmp_path / 'record.jsonl'}", "operator=tester",
+             "robot.backend.robot.state_timeout_s=0.5"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+        threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+        wait_for("recording")
+        time.sleep(1.0)
+        keys("ddddd")        # +x, 1 cm a press
+        time.sleep(1.5)
+        keys("k")            # keep
+        wait_for("recording", 2)
+        time.sleep(1.0)
+        keys("rr")           # up 2 cm, then discard and quit
+        keys("x")
+        wait_for("recording", 3)
+        keys("Q")
+        assert proc.wait(timeout=60) == 0, "".join(lines)
+        assert standin.wait_for("program stopped: stopScript")  # the arm was stopped on exit
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        standin.close()
+    out = "".join(lines)
+    assert "kept 1 of 3 attempts (2 discarded)" in out, out
+    s = EpisodeStore(store)
+    assert s.n_episodes == 1 and s.fps == 10
+    meta = s.attrs["episodes"][0]
+    assert meta["source"] == "teleop" and meta["operator"] == "tester" and meta["success"] is True
+    assert meta["cameras"]["scene"]["driver"] == "opencv" and meta["cameras"]["scene"]["width"] == 96
+    ep = s.episode(0)
+    assert set(ep) >= {"scene_rgb", "wrist_rgb", "tcp_pose", "joint_positions", "gripper_width", "action", "timestamp"}
+    np.testing.assert_allclose(np.diff(ep["timestamp"].ravel()), 0.1, atol=1e-6)  # the loop's 10 Hz grid
+    act, tcp = ep["action"], ep["tcp_pose"]
+    # the commanded target moved +5 cm in x, one 1 cm press at a time; y, z and the gripper held
+    np.testing.assert_allclose(act[-1, :3] - act[0, :3], [0.05, 0.0, 0.0], atol=1e-5)
+    assert set(np.round(np.diff(act[:, 0].astype(np.float64)), 3)) <= {0.0, 0.01}
+    np.testing.assert_allclose(act[:, 9], 0.085)
+    # the measured TCP followed it through RTDE, and started where the first target was
+    assert np.linalg.norm(tcp[0, :3] - act[0, :3]) < 2e-3
+    np.testing.assert_allclose(tcp[-1, :3] - tcp[0, :3], [0.05, 0.0, 0.0], atol=4e-3)
+    assert run("protege-data", "validate", str(store)).returncode == 0
+
+
+def test_record_on_a_real_arm_refuses_the_scripted_expert(tmp_path):
+    p = run("protege-record", "robot=ur5e", "teleop=scripted", f"out={tmp_path / 'x.zarr'}", check=False)
+    assert p.returncode == 2 and "teleop=keyboard" in p.stderr and not (tmp_path / "x.zarr").exists()
 
 
 @pytest.mark.slow

@@ -95,6 +95,7 @@ def deploy(cfg: DictConfig) -> int:
         for i in range(cfg.episodes):
             seed = int(cfg.seed) + i
             t_start = backend.reset(seed) if hasattr(backend, "reset") else backend.clock.now()
+            start_wall = time.time()
             res = loop.run_episode(t_start, time_limit, seed)
             results.append(res)
             print(f"episode {i + 1}/{cfg.episodes} seed {seed}: {'success' if res.success else 'no success'}, "
@@ -104,7 +105,8 @@ def deploy(cfg: DictConfig) -> int:
             if writer is not None:
                 if res.steps:
                     writer.commit(seed=seed, task=task["name"], source="policy_rollout", checkpoint=str(cfg.checkpoint),
-                                  success=res.success, stop=res.stop.name.lower(), start_time=time.time(), steps=res.steps)
+                                  success=res.success, stop=res.stop.name.lower(), start_time=start_wall, steps=res.steps,
+                                  cameras={n: c.info() for n, c in backend.cameras.items()})
                 else:
                     writer.discard()
             if res.stop != StopReason.COMPLETED:

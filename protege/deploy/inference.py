@@ -133,3 +133,34 @@ class InferenceWorker:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+
+
+class InlineWorker:
+    """:class:`InferenceWorker`'s interface, computed in the caller's thread at :meth:`submit`: for
+    a teleop device, whose ``act`` takes microseconds and must see the newest observation (a
+    thread would only add a cycle of latency). The result is ready for the next :meth:`poll`."""
+
+    def __init__(self, predict: Callable[[Mapping[str, np.ndarray]], np.ndarray], now: Callable[[], float]):
+        self.predict, self.now = predict, now
+        self._result: InferenceResult | None = None
+        self._error: BaseException | None = None
+        self.busy_since = None  # never busy: submit returns with the result
+
+    def submit(self, window: Mapping[str, np.ndarray], t_obs: float) -> bool:
+        t_start = self.now()
+        try:
+            chunk = np.asarray(self.predict(window), dtype=np.float64)
+            self._result = InferenceResult(chunk, float(t_obs), t_start, self.now())
+        except Exception as e:  # noqa: BLE001 - raised by poll, as InferenceWorker does
+            self._error = e
+        return True
+
+    def poll(self) -> InferenceResult | None:
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise RuntimeError(f"teleop device failed: {err!r}") from err
+        result, self._result = self._result, None
+        return result
+
+    def close(self) -> None:
+        pass

@@ -39,7 +39,7 @@ from ..robot.actions import action_to_pose, pose_to_action
 from ..robot.clock import Clock
 from ..robot.interfaces import Camera, DeviceError, Gripper, Robot
 from ..robot.observation import ObservationAssembler
-from .inference import InferenceResult, InferenceWorker
+from .inference import InferenceResult, InferenceWorker, InlineWorker
 from .safety import SafetyFilter, SafetyViolation, UnsafeAction
 from .schedulers import ActionScheduler
 
@@ -176,6 +176,10 @@ class ControlLoop:
         status: ``status() -> TaskStatus or None`` once per cycle, for a task's success (simulation).
         on_step: ``on_step(obs, action)`` per executed cycle, with the cycle's observation (store
             keys at ``t_k``) and the action sent (10,) float32 (recording the rollout).
+        end_requested: polled every cycle after the action is sent; True ends the episode as
+            COMPLETED (the teleop operator's keep / discard keys).
+        inline: run ``predict`` in the loop's own thread when it is asked (:class:`InlineWorker`:
+            a teleop device), not in an inference thread.
     """
 
     def __init__(self, robot: Robot, gripper: Gripper | None, cameras: Mapping[str, Camera], clock: Clock,
@@ -183,7 +187,8 @@ class ControlLoop:
                  obs_keys, scheduler: ActionScheduler, safety: SafetyFilter, settings: LoopSettings,
                  inference_delay_s: float = 0.0, log: CycleLog | None = None,
                  stop_requested: Callable[[], bool] = lambda: False, status: Callable[[], Any] | None = None,
-                 on_step: Callable[[dict, np.ndarray], None] | None = None):
+                 on_step: Callable[[dict, np.ndarray], None] | None = None,
+                 end_requested: Callable[[], bool] = lambda: False, inline: bool = False):
         if not clock.realtime:
             raise ValueError("the control loop runs on a real-time clock (robot=sim uses clock: realtime)")
         self.robot, self.gripper, self.cameras, self.clock = robot, gripper, dict(cameras), clock
@@ -192,9 +197,11 @@ class ControlLoop:
         self.dt = 1.0 / settings.control_hz
         if abs(scheduler.dt - self.dt) > 1e-9 or abs(safety.dt - self.dt) > 1e-9:
             raise ValueError(f"scheduler dt {scheduler.dt} and safety dt {safety.dt} must equal 1 / control_hz = {self.dt}")
-        self.worker = InferenceWorker(predict, clock.now, inference_delay_s)
+        self.worker = (InlineWorker(predict, clock.now) if inline
+                       else InferenceWorker(predict, clock.now, inference_delay_s))
         self.log = log or CycleLog(None)
         self.stop_requested, self.status, self.on_step = stop_requested, status, on_step
+        self.end_requested = end_requested
         self.latencies: deque[float] = deque(maxlen=10)
         self.episode = 0
         self._t_start = -math.inf
@@ -304,6 +311,9 @@ class ControlLoop:
                     chunks += 1
                 if self.worker.busy_since is None and self.scheduler.needs_chunk(t_k, self.lead_s()):
                     request = self.worker.submit({key: obs[key] for key in self.obs_keys}, t_k)
+                    if request and chunk_rec is None and (res := self._poll()) is not None:  # done already
+                        chunk_rec = self._schedule(res, self.clock.now())
+                        chunks += 1
                 action = self.scheduler.action_at(t_k + self.dt)
                 if action is None:
                     busy = self.worker.busy_since
@@ -335,6 +345,8 @@ class ControlLoop:
                     result.success = result.success or bool(st.success)
                     if st.success:
                         break
+                if self.end_requested():
+                    break
                 k += 1
             self.smooth_stop()
         except _Stop as stop:

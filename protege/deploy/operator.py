@@ -21,10 +21,13 @@ class StopKey:
         fd: where keys come from (a terminal is put in cbreak mode until :meth:`close`); None:
             stdin, when it is open.
         catch_sigint: turn Ctrl-C into a stop request (main thread only).
+        keys: read stop keys at all (False: Ctrl-C only, when a teleop device owns the keyboard).
     """
 
-    def __init__(self, fd: int | None = None, catch_sigint: bool = True):
+    def __init__(self, fd: int | None = None, catch_sigint: bool = True, keys: bool = True):
         self.fd = fd if fd is not None else (sys.stdin.fileno() if sys.stdin is not None and not sys.stdin.closed else None)
+        if not keys:
+            self.fd = None
         self._saved = None
         self._requested = False
         self._old_handler = None

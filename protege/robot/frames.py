@@ -51,16 +51,43 @@ class FrameSource(Protocol):
         """Release the device. Called once, also after ``open`` or ``grab`` raised."""
 
 
-def center_crop_resize(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> (height, width, 3): the largest centred crop of the target's aspect,
-    resized with area averaging (what Diffusion Policy's real-robot pipeline does to camera frames)."""
+def center_crop_resize(rgb: np.ndarray, height: int, width: int, interpolation: int = cv2.INTER_AREA) -> np.ndarray:
+    """(H, W, ...) -> (height, width, ...): the largest centred crop of the target's aspect, resized
+    with area averaging (what Diffusion Policy's real-robot pipeline does to camera frames); depth
+    takes ``cv2.INTER_NEAREST``, which never invents a depth between an edge and its background."""
     h, w = rgb.shape[:2]
     if (h, w) == (height, width):
         return rgb
+    x, y, cw, ch = _crop_box(h, w, height, width)
+    return cv2.resize(rgb[y:y + ch, x:x + cw], (width, height), interpolation=interpolation)
+
+
+def _crop_box(h: int, w: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """(x, y, cw, ch): the centred crop :func:`center_crop_resize` takes of an (h, w) frame."""
     scale = min(h / height, w / width)
     ch, cw = int(round(height * scale)), int(round(width * scale))
-    y, x = (h - ch) // 2, (w - cw) // 2
-    return cv2.resize(rgb[y:y + ch, x:x + cw], (width, height), interpolation=cv2.INTER_AREA)
+    return (w - cw) // 2, (h - ch) // 2, cw, ch
+
+
+def crop_resize_intrinsics(intrinsics: dict, src_size: tuple[int, int], dst_size: tuple[int, int]) -> dict:
+    """Pinhole intrinsics of a frame after :func:`center_crop_resize`.
+
+    Args:
+        intrinsics: {fx, fy, ppx, ppy, ...} of the source frames, px (pixel centres at integers).
+        src_size, dst_size: (height, width) of the source and resized frames, px.
+
+    Returns:
+        A copy with fx, fy scaled, the principal point moved into the crop and scaled
+        (``x' = (x - x0 + 0.5) s - 0.5``), width and height set. Distortion coefficients are kept:
+        they act on normalised coordinates, which a crop and a uniform resize leave unchanged.
+    """
+    (h, w), (height, width) = src_size, dst_size
+    x0, y0, cw, ch = _crop_box(h, w, height, width)
+    sx, sy = width / cw, height / ch
+    out = dict(intrinsics)
+    out.update(fx=intrinsics["fx"] * sx, fy=intrinsics["fy"] * sy, ppx=(intrinsics["ppx"] - x0 + 0.5) * sx - 0.5,
+               ppy=(intrinsics["ppy"] - y0 + 0.5) * sy - 0.5, width=width, height=height)
+    return out
 
 
 class ResizedSource:
@@ -76,9 +103,19 @@ class ResizedSource:
     def open(self) -> None:
         self.source.open()
 
+    def info(self) -> dict:
+        """The source's :meth:`~protege.robot.interfaces.Camera.info`, for the resized frames."""
+        info = dict(getattr(self.source, "info", dict)())
+        src = (info.get("height"), info.get("width"))
+        if None not in src:
+            info.update(height=self.size[0], width=self.size[1], source_size=[src[1], src[0]])
+            if info.get("intrinsics"):
+                info["intrinsics"] = crop_resize_intrinsics(info["intrinsics"], src, self.size)
+        return info
+
     def grab(self) -> Frame:
         f = self.source.grab()
-        depth = None if f.depth is None else center_crop_resize(f.depth, *self.size)
+        depth = None if f.depth is None else center_crop_resize(f.depth, *self.size, cv2.INTER_NEAREST)
         return Frame(center_crop_resize(f.rgb, *self.size), f.timestamp, f.frame_index, depth)
 
     def close(self) -> None:
@@ -143,6 +180,14 @@ class ThreadedCamera(Camera):
             if frame is None:
                 raise DeviceError(f"camera {self.name!r} gave no frame in {self.first_frame_timeout_s:g} s")
         return frame
+
+    @property
+    def has_depth(self) -> bool:
+        return bool(getattr(self.source, "depth", False))
+
+    def info(self) -> dict:
+        """The source's ``info()`` (known once it is open; see :meth:`~protege.robot.interfaces.Camera.info`)."""
+        return dict(getattr(self.source, "info", dict)())
 
     def frames(self, n: int) -> list[Frame]:
         """The newest ``n`` frames (fewer at the start), oldest first, without waiting.

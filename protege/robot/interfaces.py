@@ -224,6 +224,18 @@ class Camera(abc.ABC):
     def close(self) -> None:
         """Release the device. Idempotent."""
 
+    @property
+    def has_depth(self) -> bool:
+        """Whether its frames carry ``depth`` (aligned to ``rgb``). False by default."""
+        return False
+
+    def info(self) -> dict:
+        """What the episode store keeps about the camera (JSON-able): ``driver``, ``serial`` or
+        ``device``, ``width``/``height`` px and ``fps`` Hz of the frames served, and ``intrinsics``
+        {``fx``, ``fy``, ``ppx``, ``ppy`` px (pixel centres at integers, OpenCV's convention),
+        ``model``, ``coeffs``} of those frames where the driver knows them. Empty by default."""
+        return {}
+
     def __enter__(self):
         return self
 

@@ -8,6 +8,8 @@ Keys (the store schema; :data:`KEY_META` has units and frames):
 
 =================== ================ ====================================================================
 ``<camera>_rgb``    (H, W, 3) uint8  each named camera, RGB (``scene_rgb``, ``wrist_rgb``, ...)
+``<camera>_depth``  (H, W) uint16    a camera with depth: mm along its optical axis, aligned to
+                                     ``<camera>_rgb`` pixel for pixel, 0 where there is no depth
 ``tcp_pose``        (7,) float32     TCP position m (base frame) + quaternion (x, y, z, w); the quaternion's
                                      sign is kept continuous within an episode (it never jumps to -q)
 ``joint_positions`` (6,) float32     rad, base to wrist 3
@@ -30,7 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .interfaces import Camera, Frame, Gripper, Robot, RobotState
+from .interfaces import Camera, DeviceError, Frame, Gripper, Robot, RobotState
 from .trajectory import slerp
 
 KEY_META = {  # units and frames recorded in the store's attributes
@@ -53,6 +55,14 @@ def _interp_index(times: np.ndarray, t: float) -> tuple[int, int, float]:
     j = int(np.searchsorted(times, t, side="right"))
     i = j - 1
     return i, j, float((t - times[i]) / max(times[j] - times[i], 1e-12))
+
+
+def _depth_mm(key: str, frame: Frame) -> np.ndarray:
+    """A frame's depth (m, float) as the store's uint16 mm (0: none; beyond 65.535 m: 0)."""
+    if frame.depth is None:
+        raise DeviceError(f"{key}: frame #{frame.frame_index} carries no depth")
+    mm = np.round(np.nan_to_num(frame.depth, nan=0.0, posinf=0.0) * 1000.0)
+    return np.where((mm > 0) & (mm <= 65535), mm, 0).astype(np.uint16)
 
 
 class ObservationAssembler:
@@ -91,12 +101,15 @@ class ObservationAssembler:
     def store_keys(self) -> tuple[str, ...]:
         """Every key this assembler can produce."""
         low = LOW_DIM_KEYS if self.gripper is not None else tuple(k for k in LOW_DIM_KEYS if k != "gripper_width")
-        return tuple(f"{n}_rgb" for n in self.cameras) + low
+        depth = tuple(f"{n}_depth" for n, c in self.cameras.items() if getattr(c, "has_depth", False))
+        return tuple(f"{n}_rgb" for n in self.cameras) + depth + low
 
     @property
     def key_meta(self) -> dict[str, dict[str, str]]:
         """Units and frames of every key (and of the TCP-pose action), for the store's attributes."""
-        return {**{f"{n}_rgb": {"unit": "RGB", "frame": f"{n} camera"} for n in self.cameras}, **KEY_META}
+        depth = {f"{n}_depth": {"unit": f"mm (0: no depth), aligned to {n}_rgb", "frame": f"{n} camera"}
+                 for n, c in self.cameras.items() if getattr(c, "has_depth", False)}
+        return {**{f"{n}_rgb": {"unit": "RGB", "frame": f"{n} camera"} for n in self.cameras}, **depth, **KEY_META}
 
     def reset(self, t_start: float) -> None:
         """A new episode starts at ``t_start`` s: forget the quaternion sign and ignore older samples."""
@@ -182,6 +195,8 @@ class ObservationAssembler:
         for k in keys:
             if k.endswith("_rgb"):
                 out[k] = np.stack([f.rgb for f in self._frames_at(k[: -len("_rgb")], times)])
+            elif k.endswith("_depth"):
+                out[k] = np.stack([_depth_mm(k, f) for f in self._frames_at(k[: -len("_depth")], times)])
         return {k: out[k] for k in keys}
 
     def at(self, t: float, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:

@@ -62,6 +62,14 @@ class OpenCVSource:
         if (self.width and got[0] != self.width) or (self.height and got[1] != self.height):
             raise DeviceError(f"camera {self.device!r} gives {got[0]}x{got[1]}, not the {self.width}x{self.height} asked for")
 
+    def info(self) -> dict:
+        """driver, device, and the width, height and fps the camera (or file) actually gives."""
+        out = {"driver": "opencv", "device": str(self.device)}
+        if self.cap is not None:
+            out.update(width=int(self.cap.get(cv2.CAP_PROP_FRAME_WIDTH)), height=int(self.cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+                       fps=float(self.cap.get(cv2.CAP_PROP_FPS)))
+        return out
+
     def grab(self) -> Frame:
         if self.is_file:  # a file plays in real time, like a camera
             time.sleep(max(0.0, self.next_t - time.monotonic()))

@@ -465,6 +465,7 @@ class SimCamera(Camera):
         if renderer is not None and (renderer.height, renderer.width) != (height, width):
             raise ValueError(f"renderer is {renderer.height}x{renderer.width}, camera wants {height}x{width}")
         self.robot, self.name = robot, name
+        self.size, self.fps = (int(height), int(width)), fps
         self._reader: ThreadedCamera | None = None
         self._renderer: OffscreenRenderer | None = None
         self._owns = renderer is None
@@ -501,6 +502,16 @@ class SimCamera(Camera):
                 self._frame, self._sim_time = Frame(rgb, self.robot.now(), self._index), t
                 self._history.push(self._frame)
             return self._frame
+
+    def info(self) -> dict:
+        """driver, size, fps and the pinhole intrinsics of the MuJoCo camera (its ``fovy``, square
+        pixels, principal point at the centre, no distortion)."""
+        h, w = self.size
+        cam = mujoco.mj_name2id(self.robot.model, mujoco.mjtObj.mjOBJ_CAMERA, self.name)
+        f = 0.5 * h / np.tan(np.radians(float(self.robot.model.cam_fovy[cam])) / 2)
+        return {"driver": "mujoco", "device": self.name, "width": w, "height": h, "fps": self.fps,
+                "intrinsics": {"fx": f, "fy": f, "ppx": (w - 1) / 2, "ppy": (h - 1) / 2, "model": "none",
+                               "coeffs": [0.0] * 5}}
 
     def frames(self, n: int) -> list[Frame]:
         """The newest ``n`` frames, oldest first: the reader thread's (threaded), or those

@@ -49,6 +49,7 @@ class KeyboardDevice:
             self._saved = termios.tcgetattr(self.fd)
             tty.setcbreak(self.fd)
             print(KEYMAP_HELP, file=sys.stderr)
+        self._keys()  # keys pressed between episodes must not move the arm at its start
         pose = np.asarray(obs["tcp_pose"], float)
         self.position, self.rotation, self.width = pose[:3].copy(), Rotation.from_quat(pose[3:]), 0.085
         self._pending = None

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import sys
+
 import hydra
-from omegaconf import DictConfig
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig, OmegaConf
 
 from ..data.writer import BackgroundWriter
+from ..deploy.operator import StopKey
+from ..robot.interfaces import DeviceError
+from ..robot.observation import ObservationAssembler
+from .live import record_live
 from .session import record
 
 
-@hydra.main(config_path="../configs", config_name="record", version_base=None)
-def main(cfg: DictConfig) -> None:
-    """Record ``episodes`` demonstrations of ``task`` with the ``teleop`` device into ``out``."""
-    if cfg.robot.get("env") is None:
-        raise SystemExit(f"protege-record: robot={cfg.robot.name} has no recording environment yet: recording "
-                         "works in simulation (robot=sim); recording on a real arm is not implemented (issue 9)")
+def _record_sim(cfg: DictConfig) -> int:
+    """Lockstep (or paced) recording in the simulator's environment, with its success check."""
     env = hydra.utils.instantiate(cfg.robot.env, **({"clock": "realtime"} if cfg.teleop.realtime else {}))
     device = hydra.utils.instantiate(cfg.teleop.device)
     writer = BackgroundWriter(cfg.out, fps=cfg.task.fps, key_meta=getattr(env, "key_meta", None),
@@ -30,6 +33,53 @@ def main(cfg: DictConfig) -> None:
           f"{report.episodes_per_minute:.1f} episodes/min -> {cfg.out} ({len(committed)} episodes written)")
     if len(report.kept) < cfg.episodes:
         print(f"warning: asked for {cfg.episodes} episodes, kept {len(report.kept)}")
+    return 0
+
+
+def _record_live(cfg: DictConfig) -> int:
+    """Recording on a live robot through the real-time control loop (:mod:`protege.teleop.live`)."""
+    if cfg.teleop.name == "scripted":
+        print(f"protege-record: teleop=scripted needs the simulator's object poses; on robot={cfg.robot.name} "
+              "record with a human device (teleop=keyboard)", file=sys.stderr)
+        return 2
+    if "backend" not in cfg.robot:
+        print(f"protege-record: robot={cfg.robot.get('name')} has neither an environment nor a backend", file=sys.stderr)
+        return 2
+    device = hydra.utils.instantiate(cfg.teleop.device)
+    try:
+        backend = hydra.utils.instantiate(cfg.robot.backend)
+    except (InstantiationException, DeviceError) as e:
+        print(f"protege-record: robot={cfg.robot.name}: {getattr(e, '__cause__', None) or e}", file=sys.stderr)
+        return 13
+    writer = stop_key = None
+    try:
+        key_meta = ObservationAssembler(backend.robot, backend.gripper, backend.cameras).key_meta
+        writer = BackgroundWriter(cfg.out, fps=cfg.task.fps, key_meta=key_meta, image_codec=cfg.image_codec)
+        stop_key = StopKey(keys=False)  # the teleop device owns the keyboard; Ctrl-C stops the arm
+        time_limit = float(cfg.time_limit_s or getattr(backend, "time_limit_s", 60.0))
+        print(f"protege-record: {cfg.task.name} on robot={cfg.robot.name} with teleop={cfg.teleop.name}, "
+              f"{cfg.episodes} episode(s) of at most {time_limit:g} s at {cfg.task.fps:g} Hz -> {cfg.out}; "
+              "Ctrl-C stops the arm", flush=True)
+        report = record_live(backend, device, writer, cfg.episodes, fps=float(cfg.task.fps),
+                             safety=OmegaConf.to_container(cfg.robot.safety, resolve=True), time_limit_s=time_limit,
+                             task=cfg.task.name, operator=cfg.operator, keep=cfg.keep,
+                             latency=OmegaConf.to_container(cfg.robot.get("latency", {}), resolve=True),
+                             max_attempts=cfg.max_attempts, stop_requested=stop_key, log_path=cfg.get("log"))
+    finally:
+        committed = writer.close() if writer is not None else []
+        if stop_key is not None:
+            stop_key.close()
+        getattr(device, "close", lambda: None)()
+        backend.close()
+    print(f"kept {len(report.kept)} of {report.attempts} attempts ({report.discarded} discarded), {report.steps} steps, "
+          f"{report.episodes_per_minute:.1f} episodes/min -> {cfg.out} ({len(committed)} episodes written)")
+    return int(report.stop)
+
+
+@hydra.main(config_path="../configs", config_name="record", version_base=None)
+def main(cfg: DictConfig) -> None:
+    """Record ``episodes`` demonstrations of ``task`` with the ``teleop`` device into ``out``."""
+    sys.exit(_record_sim(cfg) if cfg.robot.get("env") is not None else _record_live(cfg))
 
 
 if __name__ == "__main__":

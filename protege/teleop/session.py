@@ -68,9 +68,12 @@ def record(env, device: TeleopDevice, writer: BackgroundWriter, episodes: int, s
         max_attempts: give up after this many attempts (default ``3 * episodes``).
 
     Each step stores the observation, the action, the step's reward and ``timestamp`` (the env's own
-    when it reports one, else s since the episode start, float64); each episode stores its seed, task, operator, start time and success.
+    when it reports one, else s since the episode start, float64); each episode stores its seed, task, operator, start
+    time, success and its cameras' ``info()`` (size, intrinsics).
     """
     report = SessionReport()
+    backend = getattr(env, "backend", None)
+    cameras = {n: c.info() for n, c in backend.cameras.items()} if backend is not None else {}
     max_attempts = max_attempts or 3 * episodes
     dt = 1.0 / fps
     t_session = time.monotonic()
@@ -102,7 +105,8 @@ def record(env, device: TeleopDevice, writer: BackgroundWriter, episodes: int, s
         if decision is None:
             decision = KEEP if (keep == "all" or success) else DISCARD
         if decision == KEEP:
-            writer.commit(seed=ep_seed, task=task, operator=operator, start_time=start_wall, success=success, steps=k)
+            writer.commit(seed=ep_seed, task=task, operator=operator, start_time=start_wall, success=success, steps=k,
+                          **({"cameras": cameras} if cameras else {}))
             report.kept.append(len(report.kept))
             report.steps += k
             bar.update(1)

@@ -1,0 +1,162 @@
+"""Recording on a live robot: a teleop device drives the arm through the real-time control loop.
+
+On a real arm (``protege-record robot=ur5e teleop=keyboard``) there is no lockstep environment to
+step: the device takes the place of the policy in :class:`~protege.deploy.loop.ControlLoop`, so a
+demonstration passes the same safety filter, watchdogs, smooth stop and timestamped observation
+assembly as a deployed policy does. Each cycle (at the task's fps) the device sees the newest
+observation and returns the TCP target for the end of the cycle (a chunk of one action, computed
+in the loop's own thread: :class:`~protege.deploy.inference.InlineWorker`); the observation at
+``t_k`` and the action sent (after the safety filter) are one step of the episode.
+
+The operator ends an episode with the device's keys (keep, discard, quit); an episode that reaches
+the time limit without a key is kept only with ``keep=all`` (a real arm has no success check).
+A watchdog stop (Ctrl-C, a protective stop, a stale camera) discards the open episode, says so,
+and ends the session with the stop's exit code; every episode committed before it stays in the
+store.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..data.writer import BackgroundWriter
+from ..deploy.loop import ControlLoop, CycleLog, LoopSettings, StopReason
+from ..deploy.safety import SafetyFilter, SafetyLimits
+from ..deploy.schedulers import RecedingHorizon
+from ..robot.observation import ObservationAssembler
+from .session import DISCARD, KEEP, QUIT
+
+
+class TeleopActor:
+    """A teleop device as the control loop's ``predict``: ``actor(window) -> (1, 10)`` chunk.
+
+    The device is reset on the first call of each episode (:meth:`begin`) with that observation,
+    and its keep / discard / quit request is remembered in :attr:`decision` (the first one wins).
+    """
+
+    def __init__(self, device):
+        self.device = device
+        self.decision: str | None = None
+        self._seed: int | None = None
+        self._fresh = False
+
+    def begin(self, seed: int) -> None:
+        self._seed, self._fresh, self.decision = seed, True, None
+
+    def __call__(self, window: Mapping[str, np.ndarray]) -> np.ndarray:
+        obs = {k: np.asarray(v)[-1] for k, v in window.items()}
+        if self._fresh:
+            self.device.reset(self._seed, obs, None)
+            self._fresh = False
+        action = np.asarray(self.device.act(obs), dtype=np.float64)
+        if self.decision is None:
+            self.decision = self.device.poll()
+        return action[None]
+
+    def end_requested(self) -> bool:
+        return self.decision in (KEEP, DISCARD, QUIT)
+
+
+@dataclass
+class LiveReport:
+    kept: list[int] = field(default_factory=list)
+    discarded: int = 0
+    attempts: int = 0
+    steps: int = 0
+    seconds: float = 0.0
+    stop: StopReason = StopReason.COMPLETED
+    message: str = ""
+
+    @property
+    def episodes_per_minute(self) -> float:
+        return 60.0 * len(self.kept) / self.seconds if self.seconds else 0.0
+
+
+def camera_info(cameras: Mapping[str, Any]) -> dict[str, dict]:
+    """{name: the camera's ``info()``} (driver, serial, size, fps, intrinsics) for episode metadata."""
+    return {name: dict(getattr(cam, "info", dict)()) for name, cam in cameras.items()}
+
+
+def record_live(backend, device, writer: BackgroundWriter, episodes: int, *, fps: float, safety: Mapping[str, Any],
+                time_limit_s: float, task: str = "", operator: str = "", keep: str = "success",
+                latency: Mapping[str, float] | None = None, max_attempts: int | None = None,
+                stop_requested=lambda: False, log_path=None, max_frame_age_s: float = 0.5) -> LiveReport:
+    """Record up to ``episodes`` demonstrations on ``backend``'s robot (see the module docstring).
+
+    Args:
+        backend: ``robot``, ``gripper``, ``cameras``, ``clock`` (a :class:`~protege.robot.backend.HardwareBackend`,
+            or the simulator's real-time :class:`~protege.sim.env.SimBackend`).
+        device: a teleop device (:class:`~protege.teleop.session.TeleopDevice`); it gets no task state.
+        writer: the episode store's writer; each kept episode is committed with its metadata
+            (task, operator, start time, success = kept by the operator's key, steps, cameras).
+        fps: the control and recording rate, Hz.
+        safety: the robot config's ``safety`` (:class:`~protege.deploy.safety.SafetyLimits`).
+        time_limit_s: an episode's longest duration, s.
+        keep: ``all`` keeps an episode that reached the time limit with no key; else it is discarded.
+        latency: the robot config's ``latency`` (observation assembly).
+        stop_requested: the operator's stop (Ctrl-C), polled every cycle.
+        log_path: the control loop's per-cycle log (JSON lines), or None.
+
+    Returns:
+        A :class:`LiveReport`; ``stop`` is COMPLETED unless a watchdog ended the session.
+    """
+    report = LiveReport()
+    max_attempts = max_attempts or 3 * episodes
+    dt = 1.0 / fps
+    assembler = ObservationAssembler(backend.robot, backend.gripper, backend.cameras, **(latency or {}))
+    actor = TeleopActor(device)
+    steps: list[int] = [0]
+
+    def on_step(obs, action):
+        writer.add_step({**obs, "action": action.astype(np.float32)})
+        steps[0] += 1
+
+    loop = ControlLoop(backend.robot, backend.gripper, backend.cameras, backend.clock, actor, assembler,
+                       assembler.store_keys, RecedingHorizon(1, dt, offset=1.0), SafetyFilter(SafetyLimits.from_config(safety), dt),
+                       LoopSettings(control_hz=fps, n_obs_steps=1, max_frame_age_s=max_frame_age_s, latency_margin_s=0.0),
+                       log=CycleLog(log_path), stop_requested=stop_requested, on_step=on_step,
+                       end_requested=actor.end_requested, inline=True)
+    cameras = camera_info(backend.cameras)
+    t_session = time.monotonic()
+    try:
+        while len(report.kept) < episodes and report.attempts < max_attempts:
+            report.attempts += 1
+            actor.begin(report.attempts - 1)
+            steps[0] = 0
+            print(f"episode {report.attempts} (kept {len(report.kept)}/{episodes}): recording", flush=True)
+            start_wall = time.time()
+            res = loop.run_episode(backend.clock.now(), time_limit_s, seed=None)
+            decision = actor.decision
+            if res.stop != StopReason.COMPLETED:
+                writer.discard()
+                report.discarded += 1
+                report.stop, report.message = res.stop, res.message
+                print(f"episode {report.attempts} stopped ({res.stop.name.lower()}: {res.message}): its {steps[0]} "
+                      f"steps were discarded; the {len(report.kept)} episode(s) kept before it are in the store", flush=True)
+                break
+            if decision is None:  # the time limit, no key
+                decision = KEEP if keep == "all" else DISCARD
+                print(f"episode {report.attempts}: time limit ({time_limit_s:g} s) with no keep/discard key: "
+                      + ("kept (keep=all)" if decision == KEEP else "discarded (keep=all keeps these)"), flush=True)
+            if decision == KEEP and steps[0]:
+                writer.commit(task=task, operator=operator, start_time=start_wall, success=True, steps=steps[0],
+                              source="teleop", cameras=cameras)
+                report.kept.append(len(report.kept))
+                report.steps += steps[0]
+                print(f"episode {report.attempts}: kept, {steps[0]} steps ({steps[0] * dt:.1f} s)", flush=True)
+            else:
+                writer.discard()
+                report.discarded += 1
+                print(f"episode {report.attempts}: discarded ({steps[0]} steps)", flush=True)
+            if decision == QUIT:
+                break
+    finally:
+        loop.close()
+    report.kept = writer.flush()
+    report.seconds = time.monotonic() - t_session
+    return report
