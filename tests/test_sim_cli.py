@@ -123,7 +123,7 @@ def test_record_on_ur5e_with_the_keyboard_through_the_stand_in(tmp_path):
         proc = subprocess.Popen(
             [str(BIN / "protege-record"), "robot=ur5e", f"robot.host={standin.host}", "camera=opencv",
              f"camera.devices.scene.device={video}", f"camera.devices.wrist.device={video}", *cams, "teleop=keyboard",
-             "episodes=2", f"out={store}", f"log={tmp_path / 'record.jsonl'}", "operator=tester",
+             "task=real", "task.name=push_x", "episodes=2", f"out={store}", f"log={tmp_path / 'record.jsonl'}", "operator=tester",
              "robot.backend.robot.state_timeout_s=0.5"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
         threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
@@ -150,6 +150,7 @@ def test_record_on_ur5e_with_the_keyboard_through_the_stand_in(tmp_path):
     assert s.n_episodes == 1 and s.fps == 10
     meta = s.attrs["episodes"][0]
     assert meta["source"] == "teleop" and meta["operator"] == "tester" and meta["success"] is True
+    assert meta["task"] == "push_x"
     assert meta["cameras"]["scene"]["driver"] == "opencv" and meta["cameras"]["scene"]["width"] == 96
     ep = s.episode(0)
     assert set(ep) >= {"scene_rgb", "wrist_rgb", "tcp_pose", "joint_positions", "gripper_width", "action", "timestamp"}

@@ -40,7 +40,7 @@ def _record_live(cfg: DictConfig) -> int:
     """Recording on a live robot through the real-time control loop (:mod:`protege.teleop.live`)."""
     if cfg.teleop.name == "scripted":
         print(f"protege-record: teleop=scripted needs the simulator's object poses; on robot={cfg.robot.name} "
-              "record with a human device (teleop=keyboard)", file=sys.stderr)
+              "record with a human device (teleop=keyboard) and task=real", file=sys.stderr)
         return 2
     if "backend" not in cfg.robot:
         print(f"protege-record: robot={cfg.robot.get('name')} has neither an environment nor a backend", file=sys.stderr)
