@@ -1,8 +1,12 @@
-"""``protege-data``: inspect episode stores.
+"""``protege-data``: fetch and inspect episode stores.
 
+    protege-data fetch pusht       download Diffusion Policy's PushT demonstrations, check, unpack
     protege-data info STORE        episodes, steps, lengths and key specs (add --json for JSON)
     protege-data validate STORE    check the layout and every committed value; exit 1 on a problem
     protege-data repair STORE      trim rows past the last committed episode (left by a crash)
+
+STORE is a store's path, or a fetched dataset's name (pusht). Fetched datasets live in the data
+folder: $PROTEGE_DATA, else ~/.cache/protege/data.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
+from .fetch import DATASETS, FetchError, fetch, resolve_store
 from .store import EpisodeStore, EpisodeWriter, StoreError, describe
 
 
@@ -48,10 +53,28 @@ def main(argv: list[str] | None = None) -> int:
     val.add_argument("store")
     rep = sub.add_parser("repair", help="trim uncommitted rows")
     rep.add_argument("store")
+    fe = sub.add_parser("fetch", help="download a published dataset into the data folder",
+                        description="Download a published dataset, check its SHA-256, unpack it into the data folder "
+                                    "($PROTEGE_DATA, else ~/.cache/protege/data) and open it. Offline, give a copy with --from.")
+    fe.add_argument("name", choices=sorted(DATASETS), help="; ".join(f"{d.name}: {d.about}" for d in DATASETS.values()))
+    fe.add_argument("--from", dest="source", metavar="PATH", help="a local copy: the archive, or an unpacked store")
+    fe.add_argument("--dest", metavar="DIR", help="the data folder (default: $PROTEGE_DATA or ~/.cache/protege/data)")
+    fe.add_argument("--url", help="download from this mirror instead (the checksum still applies)")
+    fe.add_argument("--force", action="store_true", help="replace a store already there")
     args = ap.parse_args(argv)
+    if args.command == "fetch":
+        try:
+            path = fetch(args.name, dest=args.dest, source=args.source, url=args.url, force=args.force)
+        except (FetchError, StoreError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        store = EpisodeStore(path)
+        print(f"{args.name}: {store.n_episodes} episodes, {store.n_steps} steps at {path}")
+        print(f"train on it: protege-train task={args.name}_state dataset={args.name}" if args.name == "pusht" else "")
+        return 0
     try:
-        store = EpisodeStore(args.store)
-    except StoreError as e:
+        store = EpisodeStore(resolve_store(args.store))
+    except (StoreError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.command == "info":

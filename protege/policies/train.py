@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -26,6 +27,8 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from ..data.dataset import TaskData, load_task_data
+from ..data.fetch import resolve_store
+from ..data.store import StoreError
 from ..data.sampler import SequenceSampler
 from .base import Policy
 from .normalizer import Normalizer
@@ -78,7 +81,7 @@ class Trainer:
 
         t = cfg.train
         self.data: TaskData = load_task_data(
-            cfg.dataset, OmegaConf.to_container(cfg.task.obs), OmegaConf.to_container(cfg.task.action), cfg.max_episodes
+            resolve_store(cfg.dataset), OmegaConf.to_container(cfg.task.obs), OmegaConf.to_container(cfg.task.action), cfg.max_episodes
         )
         self.target = cfg.policy._target_
         self.kwargs = policy_kwargs(cfg.policy)
@@ -244,7 +247,12 @@ class Trainer:
 @hydra.main(config_path="../configs", config_name="train", version_base=None)
 def main(cfg: DictConfig) -> None:
     """Train a policy; see ``protege-train --help`` and ``configs/train.yaml``."""
-    Trainer(cfg).run()
+    try:
+        trainer = Trainer(cfg)
+    except (StoreError, FileNotFoundError) as e:  # a missing or malformed store: one line, not a traceback
+        print(f"protege-train: {e}", file=sys.stderr)
+        sys.exit(2)
+    trainer.run()
 
 
 if __name__ == "__main__":
