@@ -14,3 +14,77 @@ def test_unknown_scheduler_name():
 
     with pytest.raises(ValueError, match="temporal_ensembling"):
         make_scheduler("nope", 8)
+
+
+# -- the evaluator's aggregation on a tiny fake environment with known answers ----------------------
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from protege.deploy.eval import SimEvaluator  # noqa: E402
+
+# seed -> (rewards per step, the step (0-based) whose info says success or None, the episode's length)
+SCRIPT = {0: ([0.1, 0.7, 0.2, 0.0], 1, 4), 1: ([0.0, 0.0, 0.3], None, 3), 2: ([0.5, 0.9, 0.95, 0.4, 0.2, 0.1], 2, 6)}
+LOG: dict[int, dict] = {}
+
+
+class FakeEnv:
+    """Observation x = 100 * seed + the step count; rewards, success and done follow SCRIPT."""
+
+    def reset(self, seed):
+        self.seed, self.k = seed, 0
+        LOG[seed] = {"actions": [], "steps_after_done": 0}
+
+    def observation(self, keys):
+        return {"x": np.array([100.0 * self.seed + self.k], np.float32)}
+
+    def step(self, action):
+        rewards, success_at, length = SCRIPT[self.seed]
+        if self.k >= length:
+            LOG[self.seed]["steps_after_done"] += 1
+        LOG[self.seed]["actions"].append(float(action[0]))
+        reward, self.k = rewards[min(self.k, length - 1)], self.k + 1
+        return reward, self.k >= length, {"success": success_at == self.k - 1, "coverage": reward / 2}
+
+    def render(self):
+        return np.zeros((8, 8, 3), np.uint8)
+
+    def close(self):
+        pass
+
+
+class EchoPolicy:
+    """Chunk action i = the newest observation's x + i / 10; remembers every window it was given."""
+
+    n_obs_steps, n_action_steps, num_inference_steps, device = 2, 2, None, torch.device("cpu")
+
+    def __init__(self):
+        self.windows = []
+
+    def reset(self):
+        pass
+
+    def predict_action(self, obs):
+        x = obs["x"].numpy()  # (B, To, 1)
+        self.windows += [w[:, 0].tolist() for w in x]
+        return torch.from_numpy(x[:, -1:, :] + np.arange(4)[None, :, None] / 10)
+
+
+def test_evaluator_aggregates_max_reward_success_and_done_per_episode():
+    policy = EchoPolicy()
+    ev = SimEvaluator({"_target_": "test_eval.FakeEnv"}, {"x": {"source": "x", "type": "low_dim"}}, n_episodes=3, seed=0,
+                      batch_envs=2)
+    report = ev(policy)
+    eps = {e["seed"]: e for e in report["episodes"]}
+    assert {s: (e["max_reward"], e["success"], e["steps"]) for s, e in eps.items()} == {
+        0: (0.7, True, 4), 1: (0.3, False, 3), 2: (0.95, True, 6)}
+    assert eps[2]["max_coverage"] == pytest.approx(0.475)  # the max over the episode, not the last step's
+    assert report["mean_max_reward"] == pytest.approx((0.7 + 0.3 + 0.95) / 3)
+    assert report["success_rate"] == pytest.approx(2 / 3) and report["n_episodes"] == 3
+    assert all(LOG[s]["steps_after_done"] == 0 for s in SCRIPT)  # a finished episode is never stepped again
+    # observation history at reset: the first observation repeated n_obs_steps times (training's edge padding)
+    assert [0.0, 0.0] in policy.windows and [100.0, 100.0] in policy.windows and [200.0, 200.0] in policy.windows
+    # receding horizon, 2 actions per chunk: steps 0, 1 from the chunk at x = 0 (+0.0, +0.1), then a
+    # new chunk observed at step 2 (x = 2, its window [1, 2])
+    assert LOG[2]["actions"] == pytest.approx([200.0, 200.1, 202.0, 202.1, 204.0, 204.1])
+    assert [201.0, 202.0] in policy.windows

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from protege.data.dataset import load_task_data
 from protege.policies.normalizer import Normalizer
@@ -76,7 +77,9 @@ def test_predict_action_shape_and_units(state_data):
     assert (actions.numpy() >= lo - 1e-3).all() and (actions.numpy() <= hi + 1e-3).all()
 
 
-def test_overfits_a_few_episodes(state_data):
+@pytest.fixture(scope="module")
+def trained(state_data):
+    """A small Diffusion Policy trained 500 steps on three PushT episodes; (policy, sampler, losses)."""
     torch.manual_seed(0)
     policy = DiffusionPolicy(state_data.shape_meta, Normalizer(state_data.stats), **SMALL)
     train, _ = state_data.samplers(16, 2, 1, 7, val_ratio=0.0, seed=0)
@@ -90,13 +93,101 @@ def test_overfits_a_few_episodes(state_data):
             return policy.compute_loss(fixed).item()
 
     start = eval_loss()
-    for step in range(250):
+    for step in range(500):
         batch = to_torch(train.sample(rng.integers(0, len(train), 64)), state_data.shape_meta["obs"], [], torch.device("cpu"))
         loss = policy.compute_loss(batch)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert eval_loss() < 0.25 * start
+    return policy.eval(), train, (start, eval_loss())
+
+
+def test_overfits_a_few_episodes(trained):
+    _, _, (start, end) = trained
+    assert end < 0.25 * start
+
+
+def _windows(train, state_data, n=48):
+    batch = to_torch(train.sample(np.linspace(0, len(train) - 1, n).astype(int)), state_data.shape_meta["obs"], [],
+                     torch.device("cpu"))
+    return batch["obs"], batch["action"][:, 1:9]  # the 8 demonstrated actions from the newest observation on
+
+
+def _best_constant_error(demo: torch.Tensor) -> float:
+    """min over constant chunks c of the mean distance to the demos: what any policy that ignores its
+    input can at best achieve in expectation (c: the per-step geometric median, Weiszfeld's iteration)."""
+    c = demo.mean(0)
+    for _ in range(200):
+        w = 1.0 / (demo - c).norm(dim=-1).clamp_min(1e-6)
+        c = (w[..., None] * demo).sum(0) / w.sum(0)[..., None]
+    return (demo - c).norm(dim=-1).mean().item()
+
+
+def test_sampled_actions_match_the_demonstrations_and_a_policy_blind_to_its_input_fails(trained, state_data):
+    """DDIM samples on training windows, in store units (PushT px), against the demonstrated actions:
+    within 0.6 of the error of the best input-blind answer. Cutting the conditioning must fail it."""
+    policy, train, _ = trained
+    obs, demo = _windows(train, state_data)
+    blind = _best_constant_error(demo)
+
+    def error(p):
+        pred = p.predict_action(obs, generator=torch.Generator().manual_seed(0))[:, :8]
+        return (pred - demo).norm(dim=-1).mean().item()
+
+    assert error(policy) < 0.6 * blind, (error(policy), blind)
+    cut = DiffusionPolicy(state_data.shape_meta, Normalizer(state_data.stats), **SMALL).eval()
+    cut.load_state_dict(policy.state_dict())
+    cut._condition = lambda o: torch.zeros_like(DiffusionPolicy._condition(cut, o))  # the observation never arrives
+    assert error(cut) > 0.6 * blind
+
+
+def test_the_denoiser_uses_the_diffusion_step(trained, state_data):
+    """The trained network predicts the noise far better at the true diffusion step than at a wrong one
+    (a U-Net that ignored its step embedding could not)."""
+    policy, train, _ = trained
+    obs, _ = _windows(train, state_data)
+    batch = to_torch(train.sample(np.linspace(0, len(train) - 1, 48).astype(int)), state_data.shape_meta["obs"], [],
+                     torch.device("cpu"))
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        cond = policy._condition(batch["obs"])
+        action = policy.normalizer.normalize("action", batch["action"])
+        noise = torch.randn(action.shape, generator=g)
+        k = torch.randint(0, 100, (len(action),), generator=g)
+        noisy = policy.noise_scheduler.add_noise(action, noise, k)
+        right = F.mse_loss(policy.model(noisy, k, cond), noise).item()
+        wrong = F.mse_loss(policy.model(noisy, (k + 50) % 100, cond), noise).item()
+    assert right < 0.5 * wrong, (right, wrong)
+
+
+class _Oracle(torch.nn.Module):
+    """The exact noise predictor for data concentrated on one action sequence a*(cond) (normalized):
+    eps = (x_k - sqrt(abar_k) a*) / sqrt(1 - abar_k), at the diffusion step k it is handed."""
+
+    def __init__(self, alphas_cumprod, horizon):
+        super().__init__()
+        self.abar, self.horizon = alphas_cumprod, horizon
+
+    def target(self, cond):
+        return (0.5 * torch.tanh(cond[:, :2])[:, None, :] + 0.02 * torch.arange(self.horizon)[None, :, None]).clamp(-1, 1)
+
+    def forward(self, x, k, cond):
+        abar = self.abar[k].to(x.dtype).view(-1, 1, 1)
+        return (x - abar.sqrt() * self.target(cond)) / (1 - abar).sqrt()
+
+
+@pytest.mark.parametrize("steps", [1, 4, 10, 100])
+def test_ddim_with_the_exact_denoiser_returns_the_target_chunk_in_store_units(state_data, steps):
+    """Sampling (DDIM steps, the step given to the network, clipping), the chunk's slice (from the
+    newest observation step on) and unnormalization, checked against a known answer."""
+    policy = DiffusionPolicy(state_data.shape_meta, Normalizer(state_data.stats), num_inference_steps=steps, **SMALL).eval()
+    policy.model = _Oracle(policy.noise_scheduler.alphas_cumprod, policy.horizon)
+    obs = {"agent_pos": torch.rand(3, 2, 2) * 500, "keypoint": torch.rand(3, 2, 18) * 500}
+    chunk = policy.predict_action(obs, generator=torch.Generator().manual_seed(0))
+    expected = policy.normalizer.unnormalize("action", policy.model.target(policy._condition(obs)))[:, policy.n_obs_steps - 1:]
+    assert chunk.shape == expected.shape == (3, 15, 2)
+    torch.testing.assert_close(chunk, expected, atol=1e-2, rtol=0)  # px
+    assert (expected[:, 1:] - expected[:, :-1]).abs().max() > 1  # the steps differ: a wrong slice would show
 
 
 def test_checkpoint_round_trip_needs_no_dataset(tmp_path, state_data):
