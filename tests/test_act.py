@@ -50,6 +50,17 @@ def test_padded_steps_do_not_count():
     assert policy.compute_loss(batch).item() > base.item() + 1.0
 
 
+def test_l1_is_averaged_over_every_chunk_step_with_padded_ones_zeroed_as_the_reference():
+    """ACT's reference and LeRobot: (|a - a_hat| * ~is_pad).mean() over batch, steps and dims; not
+    a mean over the unpadded steps only (which would weigh the KL term differently)."""
+    policy = ACTPolicy(META, _norm(), **{**SMALL, "kl_weight": 0.0}).eval()
+    policy._decode = lambda obs, z: torch.zeros(4, 8, 3)  # predicts 0: the L1 term is the mean |normalized action|
+    batch = _batch()
+    normalized = policy.normalizer.normalize("action", batch["action"])
+    expected = (normalized.abs() * batch["mask"][..., None]).sum() / (4 * 8 * 3)
+    assert policy.compute_loss(batch).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
 def test_kl_term():
     assert kl_divergence(torch.zeros(3, 32), torch.zeros(3, 32)).item() == 0.0
     mu, logvar = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, np.log(4.0)]])

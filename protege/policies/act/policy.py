@@ -3,7 +3,7 @@ Manipulation with Low-Cost Hardware", RSS 2023).
 
 A conditional VAE predicts ``chunk_size`` actions at once from one observation: in training the
 CVAE encoder reads the true chunk and the state to give the latent z; at inference z = 0 (the
-prior's mean). Loss (section 4): L1 on the unpadded steps of the chunk + ``kl_weight`` x KL.
+prior's mean). Loss (section 4): L1 over the chunk, padded steps zeroed + ``kl_weight`` x KL.
 Every camera's ResNet18 feature map becomes tokens with a 2-D sine position embedding; with the
 latent and the state tokens they form the transformer encoder's input.
 """
@@ -107,13 +107,18 @@ class ACTPolicy(Policy):
         return self.action_head(hidden)
 
     def compute_loss(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        """L1 over the unpadded steps + kl_weight * KL(q(z | a, s) || N(0, I)) (paper, section 4)."""
+        """L1 + kl_weight * KL(q(z | a, s) || N(0, I)) (paper, section 4).
+
+        The L1 term is averaged over every step of the chunk with the padded ones zeroed (past an
+        episode's end), as the reference implementation (``act/policy.py``) and LeRobot do, so
+        chunks near an episode's end weigh less against the KL term than full ones.
+        """
         actions = self.normalizer.normalize("action", batch["action"])
         mask = batch["mask"]
         mu, logvar = self.vae_encoder(actions, self._state(batch["obs"]), ~mask)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
         pred = self._decode(batch["obs"], z)
-        l1 = (F.l1_loss(pred, actions, reduction="none").mean(-1) * mask).sum() / mask.sum().clamp(min=1)
+        l1 = (F.l1_loss(pred, actions, reduction="none") * mask[..., None]).mean()
         kl = kl_divergence(mu, logvar)
         return l1 + self.kl_weight * kl
 
