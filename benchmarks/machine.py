@@ -23,11 +23,13 @@ def machine() -> str:
 
 
 def pusht_store() -> str:
-    """$PROTEGE_PUSHT, else data/ in the checkout (README's download), else a shared/ folder beside
-    the checkout: the same lookup as the tests'."""
+    """$PROTEGE_PUSHT, else the data folder (``protege-data fetch pusht``), else data/ in the
+    checkout, else a shared/ folder beside the checkout: the same lookup as the tests'."""
+    from protege.data.fetch import data_dir
+
     root, store = Path(__file__).resolve().parent.parent, "pusht/pusht_cchi_v7_replay.zarr"
     in_checkout = root / "data" / store
-    for c in (os.environ.get("PROTEGE_PUSHT"), in_checkout, root.parent / "shared" / "data" / store):
+    for c in (os.environ.get("PROTEGE_PUSHT"), data_dir() / store, in_checkout, root.parent / "shared" / "data" / store):
         if c and Path(c).exists():
             return str(c)
     return str(in_checkout)

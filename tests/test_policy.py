@@ -176,11 +176,12 @@ class _Oracle(torch.nn.Module):
         return (x - abar.sqrt() * self.target(cond)) / (1 - abar).sqrt()
 
 
-@pytest.mark.parametrize("steps", [1, 4, 10, 100])
-def test_ddim_with_the_exact_denoiser_returns_the_target_chunk_in_store_units(state_data, steps):
-    """Sampling (DDIM steps, the step given to the network, clipping), the chunk's slice (from the
-    newest observation step on) and unnormalization, checked against a known answer."""
-    policy = DiffusionPolicy(state_data.shape_meta, Normalizer(state_data.stats), num_inference_steps=steps, **SMALL).eval()
+@pytest.mark.parametrize("sampler,steps", [("ddim", 1), ("ddim", 4), ("ddim", 10), ("ddim", 100), ("ddpm", 100)])
+def test_sampling_with_the_exact_denoiser_returns_the_target_chunk_in_store_units(state_data, sampler, steps):
+    """Sampling (DDIM or DDPM steps, the step given to the network, clipping), the chunk's slice (from
+    the newest observation step on) and unnormalization, checked against a known answer."""
+    policy = DiffusionPolicy(state_data.shape_meta, Normalizer(state_data.stats), num_inference_steps=steps,
+                             inference_scheduler=sampler, **SMALL).eval()
     policy.model = _Oracle(policy.noise_scheduler.alphas_cumprod, policy.horizon)
     obs = {"agent_pos": torch.rand(3, 2, 2) * 500, "keypoint": torch.rand(3, 2, 18) * 500}
     chunk = policy.predict_action(obs, generator=torch.Generator().manual_seed(0))

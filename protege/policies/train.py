@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from .. import configs  # noqa: F401 - registers the configs' resolvers
 from ..data.dataset import TaskData, load_task_data
 from ..data.fetch import resolve_store
 from ..data.store import StoreError

@@ -4,7 +4,8 @@ Diffusion", RSS 2023): a conditional denoising diffusion model over action seque
 Training (section 3.1): DDPM with 100 steps, the squaredcos_cap_v2 schedule and epsilon
 prediction; the network is conditioned on the features of ``n_obs_steps`` observations
 (global FiLM conditioning, section 3.2). Inference runs DDIM with ``num_inference_steps`` steps
-(Song et al., ICLR 2021) from the same trained model. Schedulers come from diffusers.
+(Song et al., ICLR 2021) from the same trained model, or DDPM as the paper's evaluation does.
+Schedulers come from diffusers.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class DiffusionPolicy(Policy):
         num_train_timesteps: DDPM steps in training (100).
         num_inference_steps: DDIM steps at inference (e.g. 10 or 16).
         beta_schedule, prediction_type, clip_sample: passed to diffusers' schedulers.
+        inference_scheduler: ``ddim`` (Song et al., ICLR 2021; few steps) or ``ddpm`` (the paper's
+            own evaluation: ancestral sampling, usually over all ``num_train_timesteps``).
         unet: keyword arguments of :class:`ConditionalUnet1D` (down_dims, kernel_size, ...).
         image_encoder: keyword arguments of the ResNet image encoder (crop_shape, feature_dim, ...).
     """
@@ -50,6 +53,7 @@ class DiffusionPolicy(Policy):
         beta_schedule: str = "squaredcos_cap_v2",
         prediction_type: str = "epsilon",
         clip_sample: bool = True,
+        inference_scheduler: str = "ddim",
         unet: Mapping[str, Any] | None = None,
         image_encoder: Mapping[str, Any] | None = None,
     ):
@@ -66,7 +70,10 @@ class DiffusionPolicy(Policy):
             clip_sample=clip_sample,
             prediction_type=prediction_type,
         )
-        self.inference_scheduler = DDIMScheduler.from_config(self.noise_scheduler.config)
+        samplers = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}
+        if inference_scheduler not in samplers:
+            raise ValueError(f"inference_scheduler must be one of {sorted(samplers)}, got {inference_scheduler!r}")
+        self.inference_scheduler = samplers[inference_scheduler].from_config(self.noise_scheduler.config)
         self.num_inference_steps = num_inference_steps
 
     def _condition(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
