@@ -108,3 +108,35 @@ def test_overfits_a_few_pusht_episodes(pusht_path):
     policy.eval()
     err = (policy.predict_action(fixed["obs"]) - fixed["action"]).abs().mean().item()
     assert err < 0.3 * err0
+
+
+def test_pretrained_backbone_loads_imagenet_layout_weights_and_fails_clearly(tmp_path):
+    """A ResNet18 state dict in torchvision's layout goes into every camera's backbone (frozen
+    BatchNorm statistics included); an unreadable source is one clear error; width must be 64."""
+    import torchvision
+
+    from protege.policies.encoders import PretrainedWeightsError
+
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18(weights=None)
+    with torch.no_grad():
+        reference.bn1.running_mean.uniform_(-1, 1)  # statistics the frozen BatchNorm must carry over
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    kw = {**SMALL, "backbone_width": 64, "pretrained_backbone": str(path)}
+    policy = ACTPolicy(META, _norm(), **kw)
+    policy.init_pretrained()
+    backbone = policy.backbones["image"]
+    torch.testing.assert_close(backbone[0].weight, reference.conv1.weight)
+    torch.testing.assert_close(backbone[1].running_mean, reference.bn1.running_mean)
+    torch.testing.assert_close(backbone[7][1].conv2.weight, reference.layer4[1].conv2.weight)
+    # the same features as torchvision's network on ImageNet-normalized input
+    img = torch.rand(2, 3, 64, 64) * 2 - 1
+    reference.eval()
+    expected = torch.nn.Sequential(*list(reference.children())[:-2])(policy.image_input(img))
+    torch.testing.assert_close(backbone(policy.image_input(img)), expected, atol=1e-5, rtol=1e-4)
+    assert torch.isfinite(policy.train().compute_loss(_batch()))
+    with pytest.raises(PretrainedWeightsError, match="policy.pretrained_backbone=null"):
+        ACTPolicy(META, _norm(), **{**kw, "pretrained_backbone": str(tmp_path / "missing.pth")}).init_pretrained()
+    with pytest.raises(ValueError, match="backbone_width=64"):
+        ACTPolicy(META, _norm(), **{**SMALL, "pretrained_backbone": "imagenet"})

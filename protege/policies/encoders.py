@@ -98,19 +98,100 @@ class ResNetImageEncoder(nn.Module):
         return self.proj(self.pool(self.backbone(x)))
 
 
-def resnet18_backbone(width: int = 64) -> nn.Sequential:
-    """torchvision's ResNet18 without its pooling and classifier, BatchNorm replaced by GroupNorm,
-    with ``width`` channels in the first stage (64 is ResNet18's): (N, 3, H, W) -> (N, 8*width, H/32, W/32)."""
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class PretrainedWeightsError(RuntimeError):
+    """ImageNet weights were asked for and cannot be loaded (offline, a missing or wrong file)."""
+
+
+class ImageNetInput(nn.Module):
+    """Images normalized to [-1, 1] -> ImageNet's normalization ((x01 - mean) / std), the input a
+    pretrained torchvision ResNet expects."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x + 1) / 2 - self.mean) / self.std
+
+
+def imagenet_resnet18_state_dict(source: str) -> dict[str, torch.Tensor]:
+    """torchvision's ResNet18 ImageNet weights: ``"imagenet"`` (IMAGENET1K_V1 from torch's hub
+    cache, downloaded there when missing) or the path of a saved state dict of that model.
+
+    Raises:
+        PretrainedWeightsError: not in the cache and no download possible, or an unreadable file.
+    """
+    try:
+        if source == "imagenet":
+            return torchvision.models.ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
+        return torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure is the same problem for the user
+        cache = torch.hub.get_dir() + "/checkpoints/resnet18-f37072fd.pth"
+        raise PretrainedWeightsError(
+            f"cannot load ResNet18 ImageNet weights from {source!r} ({type(e).__name__}: {e}). Offline? Put "
+            f"torchvision's resnet18-f37072fd.pth into {cache}, or give its path (policy.pretrained_backbone=<file>), "
+            "or train from scratch (policy.pretrained_backbone=null)") from e
+
+
+def resnet18_backbone(width: int = 64, norm: str = "group") -> nn.Sequential:
+    """torchvision's ResNet18 without its pooling and classifier, with ``width`` channels in the
+    first stage (64 is ResNet18's): (N, 3, H, W) -> (N, 8*width, H/32, W/32).
+
+    ``norm``: ``group`` replaces every BatchNorm by GroupNorm (Diffusion Policy, robomimic);
+    ``frozen_batch`` keeps BatchNorm's statistics fixed (torchvision's FrozenBatchNorm2d, as ACT's
+    reference and DETR do with ImageNet weights, loaded by :func:`load_resnet18_weights`).
+    """
+    if norm not in ("group", "frozen_batch"):
+        raise ValueError(f"norm must be 'group' or 'frozen_batch', got {norm!r}")
     model = torchvision.models.resnet18(weights=None)
-    model.inplanes = width
-    model.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
-    model.bn1 = nn.BatchNorm2d(width)
-    block = torchvision.models.resnet.BasicBlock
-    model.layer1 = model._make_layer(block, width, 2)
-    model.layer2 = model._make_layer(block, width * 2, 2, stride=2)
-    model.layer3 = model._make_layer(block, width * 4, 2, stride=2)
-    model.layer4 = model._make_layer(block, width * 8, 2, stride=2)
-    return replace_batchnorm(nn.Sequential(*list(model.children())[:-2]))
+    if width != 64:
+        model.inplanes = width
+        model.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        model.bn1 = nn.BatchNorm2d(width)
+        block = torchvision.models.resnet.BasicBlock
+        model.layer1 = model._make_layer(block, width, 2)
+        model.layer2 = model._make_layer(block, width * 2, 2, stride=2)
+        model.layer3 = model._make_layer(block, width * 4, 2, stride=2)
+        model.layer4 = model._make_layer(block, width * 8, 2, stride=2)
+    body = nn.Sequential(*list(model.children())[:-2])
+    if norm == "group":
+        return replace_batchnorm(body)
+    return _freeze_batchnorm(body)
+
+
+def _freeze_batchnorm(module: nn.Module) -> nn.Module:
+    from torchvision.ops import FrozenBatchNorm2d
+
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(module, name, FrozenBatchNorm2d(child.num_features))
+        else:
+            _freeze_batchnorm(child)
+    return module
+
+
+def load_resnet18_weights(backbone: nn.Sequential, source: str) -> None:
+    """Load ImageNet weights (see :func:`imagenet_resnet18_state_dict`) into a width-64,
+    ``frozen_batch`` :func:`resnet18_backbone`, in place.
+
+    Raises:
+        PretrainedWeightsError: the weights cannot be loaded or do not fit.
+    """
+    state = {k: v for k, v in imagenet_resnet18_state_dict(source).items() if not k.startswith("fc.")}
+    names = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
+    mapped = {}
+    for k, v in state.items():
+        head, _, rest = k.partition(".")
+        if head in names and not k.endswith("num_batches_tracked"):
+            mapped[f"{names.index(head)}.{rest}"] = v
+    try:
+        backbone.load_state_dict(mapped, strict=True)
+    except RuntimeError as e:
+        raise PretrainedWeightsError(f"the weights from {source!r} do not fit torchvision's ResNet18: {e}") from e
 
 
 class ObsEncoder(nn.Module):

@@ -32,6 +32,7 @@ from ..data.fetch import resolve_store
 from ..data.store import StoreError
 from ..data.sampler import SequenceSampler
 from .base import Policy
+from .encoders import PretrainedWeightsError
 from .normalizer import Normalizer
 from .tensors import select_device, to_torch
 from .checkpoint import build_policy, read_checkpoint, save_checkpoint
@@ -87,7 +88,10 @@ class Trainer:
         self.target = cfg.policy._target_
         self.kwargs = policy_kwargs(cfg.policy)
         normalizer = Normalizer(self.data.stats, self.data.image_keys)
-        self.policy: Policy = build_policy(self.target, self.kwargs, self.data.shape_meta, normalizer).to(self.device)
+        self.policy: Policy = build_policy(self.target, self.kwargs, self.data.shape_meta, normalizer)
+        if not cfg.resume and hasattr(self.policy, "init_pretrained"):
+            self.policy.init_pretrained()  # ImageNet backbones, before the optimizer and EMA see the weights
+        self.policy = self.policy.to(self.device)
         self.train_sampler, self.val_sampler = self.data.samplers(
             self.policy.horizon, self.policy.n_obs_steps, *self.policy.sampler_padding, t.val_ratio, cfg.seed
         )
@@ -250,7 +254,7 @@ def main(cfg: DictConfig) -> None:
     """Train a policy; see ``protege-train --help`` and ``configs/train.yaml``."""
     try:
         trainer = Trainer(cfg)
-    except (StoreError, FileNotFoundError) as e:  # a missing or malformed store: one line, not a traceback
+    except (StoreError, FileNotFoundError, PretrainedWeightsError) as e:  # one line, not a traceback
         print(f"protege-train: {e}", file=sys.stderr)
         sys.exit(2)
     trainer.run()

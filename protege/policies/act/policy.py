@@ -18,7 +18,7 @@ from torch import nn
 
 from ..normalizer import Normalizer
 from ..base import Policy
-from ..encoders import resnet18_backbone
+from ..encoders import ImageNetInput, load_resnet18_weights, resnet18_backbone
 from .model import ACTTransformer, CVAEEncoder, sine_2d
 
 
@@ -36,6 +36,11 @@ class ACTPolicy(Policy):
             (paper: 512, 3200, 8, 4, 7, 0.1).
         vae_enc_layers: layers of the CVAE encoder (4).
         backbone_width: ResNet18 first-stage channels (64 = torchvision's ResNet18).
+        pretrained_backbone: ``imagenet`` (torchvision's IMAGENET1K_V1, from torch's hub cache) or
+            the path of a ResNet18 state dict: start the backbones from it, with frozen BatchNorm
+            statistics and ImageNet input normalization, as the reference does (needs width 64).
+            None: from scratch, GroupNorm. The weights are loaded by :meth:`init_pretrained`
+            (the trainer, on a fresh run), never when a checkpoint is loaded.
 
     Observations use one step (n_obs_steps = 1): low-dim keys are concatenated into the state.
     """
@@ -58,6 +63,7 @@ class ACTPolicy(Policy):
         vae_enc_layers: int = 4,
         dropout: float = 0.1,
         backbone_width: int = 64,
+        pretrained_backbone: str | None = None,
     ):
         super().__init__(shape_meta, normalizer)
         if n_action_steps > chunk_size:
@@ -70,7 +76,12 @@ class ACTPolicy(Policy):
         state_dim = sum(int(torch.tensor(obs[k]["shape"]).prod()) for k in self.low_dim_keys)
         self.action_dim = int(shape_meta["action"]["shape"][0])
         d = hidden_dim
-        self.backbones = nn.ModuleDict({k: resnet18_backbone(backbone_width) for k in self.rgb_keys})
+        if pretrained_backbone is not None and backbone_width != 64:
+            raise ValueError(f"pretrained_backbone needs backbone_width=64 (torchvision's ResNet18), got {backbone_width}")
+        self.pretrained_backbone = pretrained_backbone
+        norm = "group" if pretrained_backbone is None else "frozen_batch"
+        self.backbones = nn.ModuleDict({k: resnet18_backbone(backbone_width, norm) for k in self.rgb_keys})
+        self.image_input = ImageNetInput() if pretrained_backbone is not None else nn.Identity()
         self.feature_proj = nn.Conv2d(backbone_width * 8, d, kernel_size=1)
         self.state_proj = nn.Linear(state_dim, d) if state_dim else None
         self.latent_proj = nn.Linear(latent_dim, d)
@@ -79,6 +90,16 @@ class ACTPolicy(Policy):
         self.vae_encoder = CVAEEncoder(self.action_dim, state_dim, d, n_heads, dim_feedforward, vae_enc_layers, dropout,
                                        chunk_size, latent_dim)
         self.action_head = nn.Linear(d, self.action_dim)
+
+    def init_pretrained(self) -> None:
+        """Load the ImageNet weights into every camera's backbone (a fresh training run only).
+
+        Raises:
+            PretrainedWeightsError: they cannot be loaded (the message says how to provide them).
+        """
+        if self.pretrained_backbone is not None:
+            for backbone in self.backbones.values():
+                load_resnet18_weights(backbone, self.pretrained_backbone)
 
     @property
     def sampler_padding(self) -> tuple[int, int]:
@@ -100,7 +121,7 @@ class ACTPolicy(Policy):
             pos.append(self.extra_pos.weight[1:])
         for k in self.rgb_keys:
             img = self.normalizer.normalize(k, obs[k][:, -1])
-            fmap = self.feature_proj(self.backbones[k](img))  # (B, d, h, w)
+            fmap = self.feature_proj(self.backbones[k](self.image_input(img)))  # (B, d, h, w)
             tokens.append(fmap.flatten(2).transpose(1, 2))
             pos.append(sine_2d(fmap.shape[2], fmap.shape[3], fmap.shape[1], device=fmap.device))
         hidden = self.transformer(torch.cat(tokens, dim=1), torch.cat(pos, dim=0))
