@@ -1,0 +1,95 @@
+"""LeRobot's side of ``vs_lerobot.py``: run in LeRobot's own virtual environment (it imports
+``lerobot``, never ``protege``). Reads one case as JSON from argv[1], builds LeRobot's
+DiffusionPolicy or ACTPolicy at those sizes, and prints one JSON line: the training step times
+(forward + backward + AdamW step on random tensors of the case's shapes) and the per-chunk
+inference times at batch 1, in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import torch
+
+
+def timed(fn, n: int, warmup: int) -> list[float]:
+    out = []
+    for i in range(n + warmup):
+        t = time.perf_counter()
+        fn()
+        if i >= warmup:
+            out.append(time.perf_counter() - t)
+    return out
+
+
+def main() -> None:
+    case = json.loads(sys.argv[1])
+    torch.manual_seed(0)
+    torch.set_num_threads(case["threads"])
+    from lerobot.configs.types import FeatureType, PolicyFeature
+
+    s, b = case["image_size"], case["batch_size"]
+    inputs = {"observation.image": PolicyFeature(type=FeatureType.VISUAL, shape=(3, s, s)),
+              "observation.state": PolicyFeature(type=FeatureType.STATE, shape=(case["state_dim"],))}
+    outputs = {"action": PolicyFeature(type=FeatureType.ACTION, shape=(case["action_dim"],))}
+    if case["policy"] == "diffusion":
+        from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
+        from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
+
+        cfg = DiffusionConfig(input_features=inputs, output_features=outputs, n_obs_steps=case["n_obs_steps"],
+                              horizon=case["horizon"], n_action_steps=case["n_action_steps"],
+                              crop_shape=tuple(case["crop_shape"]), down_dims=tuple(case["down_dims"]),
+                              diffusion_step_embed_dim=case["diffusion_step_embed_dim"], kernel_size=case["kernel_size"],
+                              n_groups=case["n_groups"], spatial_softmax_num_keypoints=case["num_kp"],
+                              use_group_norm=True, pretrained_backbone_weights=None, noise_scheduler_type="DDIM",
+                              num_inference_steps=case["num_inference_steps"], device="cpu")
+        policy = DiffusionPolicy(cfg)
+        to, h = case["n_obs_steps"], case["horizon"]
+        batch = {"observation.image": torch.rand(b, to, 3, s, s) * 2 - 1, "observation.state": torch.randn(b, to, case["state_dim"]),
+                 "action": torch.rand(b, h, case["action_dim"]) * 2 - 1, "action_is_pad": torch.zeros(b, h, dtype=torch.bool)}
+        one = {"observation.state": torch.randn(1, to, case["state_dim"]),
+               "observation.images": torch.rand(1, to, 1, 3, s, s) * 2 - 1}
+
+        def infer():
+            with torch.no_grad():
+                policy.diffusion.generate_actions(one)
+    else:
+        from lerobot.policies.act.configuration_act import ACTConfig
+        from lerobot.policies.act.modeling_act import ACTPolicy
+
+        cfg = ACTConfig(input_features=inputs, output_features=outputs, chunk_size=case["chunk_size"],
+                        n_action_steps=case["n_action_steps"], dim_model=case["hidden_dim"], n_heads=case["n_heads"],
+                        dim_feedforward=case["dim_feedforward"], n_encoder_layers=case["enc_layers"],
+                        n_decoder_layers=case["dec_layers"], n_vae_encoder_layers=case["vae_enc_layers"],
+                        latent_dim=case["latent_dim"], dropout=case["dropout"], kl_weight=case["kl_weight"],
+                        pretrained_backbone_weights=None, device="cpu")
+        policy = ACTPolicy(cfg)
+        k = case["chunk_size"]
+        batch = {"observation.image": torch.rand(b, 3, s, s), "observation.state": torch.randn(b, case["state_dim"]),
+                 "action": torch.rand(b, k, case["action_dim"]) * 2 - 1, "action_is_pad": torch.zeros(b, k, dtype=torch.bool)}
+        one = {"observation.image": torch.rand(1, 3, s, s), "observation.state": torch.randn(1, case["state_dim"])}
+
+        def infer():
+            with torch.no_grad():
+                policy.predict_action_chunk(one)
+
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
+
+    def step():
+        policy.train()
+        loss, _ = policy.forward(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    train = timed(step, case["steps"], 2)
+    policy.eval()
+    chunk = timed(infer, case["reps"], 1)
+    print(json.dumps({"params_M": sum(p.numel() for p in policy.parameters()) / 1e6, "train_step_s": train,
+                      "chunk_s": chunk, "torch": torch.__version__}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""Our Diffusion Policy and ACT next to LeRobot 0.4.4's, on identical shapes, in one run.
+
+    python benchmarks/vs_lerobot.py [--lerobot-python PATH] [--threads 2] [--quick]
+
+LeRobot runs in a virtual environment of its own (it pins another torch): ``--lerobot-python``,
+else ``$LEROBOT_PYTHON``, else one this script builds at ``~/.cache/protege/lerobot-venv`` with
+``PIP_CONSTRAINT= pip install lerobot==0.4.4`` (a long download: torch and its CUDA wheels).
+Its side is ``lerobot_worker.py``, which imports only ``lerobot``.
+
+For each case (Diffusion Policy and ACT, at our CPU default and at the papers' sizes), both
+implementations get the same shapes (PushT image: one 96x96 camera + a 2-D state, 2-D actions;
+batch, horizon / chunk, U-Net or transformer dims, ResNet18 at full width, GroupNorm for
+Diffusion Policy and frozen BatchNorm for ACT, as each reference has them) and random tensors, so
+data loading is left out. Measured: the median training step (forward, backward, AdamW step) and
+the median time of one action chunk at batch 1 (Diffusion Policy: DDIM 10 steps; ACT: one
+pass). Ours and theirs alternate case by case within the run. Goals (issue 10): our training step
+<= 0.8x and our inference <= 0.5x of LeRobot's. Prints a table, writes
+``results/vs_lerobot.json`` with the command, commit, machine and both torch versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from deploy_rt import commit  # benchmarks/deploy_rt.py
+from machine import machine  # benchmarks/machine.py
+
+HERE = Path(__file__).resolve().parent
+COMMON = {"image_size": 96, "state_dim": 2, "action_dim": 2}
+CASES = [
+    {"name": "Diffusion Policy, CPU default", "policy": "diffusion", "batch_size": 64, "n_obs_steps": 2, "horizon": 16,
+     "n_action_steps": 8, "crop_shape": [84, 84], "down_dims": [64, 128, 256], "diffusion_step_embed_dim": 128,
+     "kernel_size": 5, "n_groups": 8, "num_kp": 32, "num_inference_steps": 10},
+    {"name": "Diffusion Policy, paper (image)", "policy": "diffusion", "batch_size": 64, "n_obs_steps": 2, "horizon": 16,
+     "n_action_steps": 8, "crop_shape": [84, 84], "down_dims": [512, 1024, 2048], "diffusion_step_embed_dim": 128,
+     "kernel_size": 5, "n_groups": 8, "num_kp": 32, "num_inference_steps": 10},
+    {"name": "ACT, CPU default", "policy": "act", "batch_size": 64, "chunk_size": 20, "n_action_steps": 8, "hidden_dim": 256,
+     "n_heads": 8, "dim_feedforward": 1024, "enc_layers": 4, "dec_layers": 4, "vae_enc_layers": 4, "latent_dim": 32,
+     "dropout": 0.1, "kl_weight": 10.0},
+    {"name": "ACT, paper", "policy": "act", "batch_size": 8, "chunk_size": 100, "n_action_steps": 100, "hidden_dim": 512,
+     "n_heads": 8, "dim_feedforward": 3200, "enc_layers": 4, "dec_layers": 7, "vae_enc_layers": 4, "latent_dim": 32,
+     "dropout": 0.1, "kl_weight": 10.0},
+]
+
+
+def lerobot_python(given: str | None) -> str:
+    """LeRobot's interpreter: given, $LEROBOT_PYTHON, or a venv built in the user's cache."""
+    if given or os.environ.get("LEROBOT_PYTHON"):
+        return given or os.environ["LEROBOT_PYTHON"]
+    venv = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "protege" / "lerobot-venv"
+    py = venv / "bin" / "python"
+    if not py.exists():
+        print(f"building LeRobot 0.4.4 in {venv} (a long download) ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "lerobot==0.4.4"], check=True,
+                       env={**os.environ, "PIP_CONSTRAINT": ""})
+    return str(py)
+
+
+def ours(case: dict, threads: int) -> dict:
+    """Our policy at the case's sizes, on random tensors of its shapes (see the module docstring)."""
+    from protege.policies.act import ACTPolicy
+    from protege.policies.diffusion import DiffusionPolicy
+    from protege.policies.normalizer import Normalizer
+
+    torch.manual_seed(0)
+    torch.set_num_threads(threads)
+    s, b, da, ds = case["image_size"], case["batch_size"], case["action_dim"], case["state_dim"]
+    meta = {"obs": {"image": {"shape": [s, s, 3], "type": "rgb"}, "agent_pos": {"shape": [ds], "type": "low_dim"}},
+            "action": {"shape": [da]}}
+    stats = {k: {"min": -torch.ones(d).numpy(), "max": torch.ones(d).numpy(), "mean": torch.zeros(d).numpy(),
+                 "std": torch.ones(d).numpy()} for k, d in (("agent_pos", ds), ("action", da))}
+    norm = Normalizer(stats, ["image"])
+    if case["policy"] == "diffusion":
+        policy = DiffusionPolicy(meta, norm, horizon=case["horizon"], n_obs_steps=case["n_obs_steps"],
+                                 n_action_steps=case["n_action_steps"], num_inference_steps=case["num_inference_steps"],
+                                 unet={"down_dims": case["down_dims"], "diffusion_step_embed_dim": case["diffusion_step_embed_dim"],
+                                       "kernel_size": case["kernel_size"], "n_groups": case["n_groups"]},
+                                 image_encoder={"crop_shape": case["crop_shape"], "feature_dim": 2 * case["num_kp"],
+                                                "num_kp": case["num_kp"], "width": 64})
+        to, h = case["n_obs_steps"], case["horizon"]
+    else:  # frozen BatchNorm as LeRobot's ACT has it (the weights themselves are not loaded: same compute)
+        policy = ACTPolicy(meta, norm, chunk_size=case["chunk_size"], n_action_steps=case["n_action_steps"],
+                           kl_weight=case["kl_weight"], latent_dim=case["latent_dim"], hidden_dim=case["hidden_dim"],
+                           dim_feedforward=case["dim_feedforward"], n_heads=case["n_heads"], enc_layers=case["enc_layers"],
+                           dec_layers=case["dec_layers"], vae_enc_layers=case["vae_enc_layers"], dropout=case["dropout"],
+                           backbone_width=64, pretrained_backbone="imagenet")
+        to, h = 1, case["chunk_size"]
+    batch = {"obs": {"image": torch.rand(b, to, 3, s, s), "agent_pos": torch.randn(b, to, ds)},
+             "action": torch.rand(b, h, da) * 2 - 1, "mask": torch.ones(b, h, dtype=torch.bool)}
+    one = {"image": torch.rand(1, to, 3, s, s), "agent_pos": torch.randn(1, to, ds)}
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
+
+    def step():
+        policy.train()
+        loss = policy.compute_loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def timed(fn, n, warmup):
+        out = []
+        for i in range(n + warmup):
+            t = time.perf_counter()
+            fn()
+            if i >= warmup:
+                out.append(time.perf_counter() - t)
+        return out
+
+    train = timed(step, case["steps"], 2)
+    policy.eval()
+    chunk = timed(lambda: policy.predict_action(one), case["reps"], 1)
+    return {"params_M": sum(p.numel() for p in policy.parameters()) / 1e6, "train_step_s": train, "chunk_s": chunk,
+            "torch": torch.__version__}
+
+
+def theirs(case: dict, python: str) -> dict:
+    p = subprocess.run([python, str(HERE / "lerobot_worker.py"), json.dumps(case)], capture_output=True, text=True,
+                       timeout=3600)
+    if p.returncode != 0:
+        raise RuntimeError(f"LeRobot's worker failed on {case['name']}:\n{p.stderr[-3000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def summary(r: dict) -> dict:
+    return {"params_M": r["params_M"], "train_step_ms": 1000 * statistics.median(r["train_step_s"]),
+            "train_step_ms_min": 1000 * min(r["train_step_s"]), "train_step_ms_max": 1000 * max(r["train_step_s"]),
+            "chunk_ms": 1000 * statistics.median(r["chunk_s"]), "chunk_ms_min": 1000 * min(r["chunk_s"]),
+            "chunk_ms_max": 1000 * max(r["chunk_s"]), "repeats": [len(r["train_step_s"]), len(r["chunk_s"])],
+            "torch": r["torch"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lerobot-python", default=None, help="LeRobot's venv python (default: $LEROBOT_PYTHON, else build one)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads on both sides")
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions (a look, not a figure)")
+    ap.add_argument("--cases", nargs="*", default=None, help="names of the cases to run (default: all)")
+    ap.add_argument("--out", default=str(HERE / "results" / "vs_lerobot.json"))
+    args = ap.parse_args()
+    python = lerobot_python(args.lerobot_python)
+    rows = []
+    for case in CASES:
+        if args.cases and case["name"] not in args.cases:
+            continue
+        paper = "paper" in case["name"]
+        case = {**COMMON, **case, "threads": args.threads,
+                "steps": (3 if args.quick else (5 if paper else 15)), "reps": (3 if args.quick else (5 if paper else 15))}
+        print(f"{case['name']}: ours ...", flush=True)
+        a = summary(ours(case, args.threads))
+        print(f"{case['name']}: LeRobot ...", flush=True)
+        b = summary(theirs(case, python))
+        rows.append({"case": case, "ours": a, "lerobot": b,
+                     "train_ratio": a["train_step_ms"] / b["train_step_ms"], "chunk_ratio": a["chunk_ms"] / b["chunk_ms"]})
+    print()
+    print("| model | batch | parameters (ours / LeRobot) | training step, ms (ours / LeRobot) | ratio | "
+          "chunk at batch 1, ms (ours / LeRobot) | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        a, b = r["ours"], r["lerobot"]
+        print(f"| {r['case']['name']} | {r['case']['batch_size']} | {a['params_M']:.1f} M / {b['params_M']:.1f} M | "
+              f"{a['train_step_ms']:.0f} / {b['train_step_ms']:.0f} | {r['train_ratio']:.2f} | "
+              f"{a['chunk_ms']:.1f} / {b['chunk_ms']:.1f} | {r['chunk_ratio']:.2f} |")
+    result = {"benchmark": "vs_lerobot", "command": shlex.join(["python", *sys.argv]), "commit": commit(),
+              "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "threads": args.threads,
+              "quick": args.quick, "lerobot": "0.4.4", "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
