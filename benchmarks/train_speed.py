@@ -1,0 +1,106 @@
+"""What makes a Diffusion Policy training step faster on this CPU, measured as ratios in one run.
+
+    python benchmarks/train_speed.py [--rounds 5] [--steps 3] [--threads 2]
+
+The image policy at our CPU default (U-Net 64/128/256, ResNet18 at width 32, batch 64, PushT's
+96x96 camera + 2-D state, random tensors: data loading left out) is built once per variant with
+the same seed; the variants' steps (forward, backward, AdamW step) alternate round by round so a
+change in the machine's speed hits them all alike. Variants:
+
+- ``baseline``: the code as it is;
+- ``channels_last``: the ResNet's weights and its input (after the crop) in channels-last memory
+  format (oneDNN's preferred layout for 2-D convolutions);
+- ``fused_adamw``: ``torch.optim.AdamW(fused=True)``;
+- ``channels_last+fused_adamw``: both.
+
+Prints the median step per variant and its speed-up (baseline / variant), writes
+``results/train_speed.json`` with the command, commit and machine. The first round is warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from deploy_rt import commit  # benchmarks/deploy_rt.py
+from machine import machine  # benchmarks/machine.py
+
+HERE = Path(__file__).resolve().parent
+
+
+def build(channels_last: bool, fused: bool):
+    from protege.policies import encoders
+    from protege.policies.diffusion import DiffusionPolicy
+    from protege.policies.normalizer import Normalizer
+
+    torch.manual_seed(0)
+    s = 96
+    meta = {"obs": {"image": {"shape": [s, s, 3], "type": "rgb"}, "agent_pos": {"shape": [2], "type": "low_dim"}},
+            "action": {"shape": [2]}}
+    stats = {k: {"min": -torch.ones(2).numpy(), "max": torch.ones(2).numpy(), "mean": torch.zeros(2).numpy(),
+                 "std": torch.ones(2).numpy()} for k in ("agent_pos", "action")}
+    policy = DiffusionPolicy(meta, Normalizer(stats, ["image"]), unet={"down_dims": [64, 128, 256], "diffusion_step_embed_dim": 128},
+                             image_encoder={"crop_shape": [84, 84], "feature_dim": 64, "num_kp": 32, "width": 32})
+    if channels_last:
+        for m in policy.modules():
+            if isinstance(m, encoders.ResNetImageEncoder):
+                m.backbone.to(memory_format=torch.channels_last)
+                backbone = m.backbone
+                m.backbone = torch.nn.Sequential(_ChannelsLast(), backbone)
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4, fused=fused or None)
+    return policy, opt
+
+
+class _ChannelsLast(torch.nn.Module):
+    def forward(self, x):
+        return x.contiguous(memory_format=torch.channels_last)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5, help="rounds over all variants (the first is warm-up)")
+    ap.add_argument("--steps", type=int, default=3, help="steps per variant per round")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(HERE / "results" / "train_speed.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    variants = {"baseline": build(False, False), "channels_last": build(True, False), "fused_adamw": build(False, True),
+                "channels_last+fused_adamw": build(True, True)}
+    b, s = 64, 96
+    g = torch.Generator().manual_seed(0)
+    batch = {"obs": {"image": torch.rand(b, 2, 3, s, s, generator=g), "agent_pos": torch.randn(b, 2, 2, generator=g)},
+             "action": torch.rand(b, 16, 2, generator=g) * 2 - 1, "mask": torch.ones(b, 16, dtype=torch.bool)}
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for rnd in range(args.rounds):
+        for name, (policy, opt) in variants.items():
+            for _ in range(args.steps):
+                t = time.perf_counter()
+                loss = policy.compute_loss(batch)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                if rnd:
+                    times[name].append(time.perf_counter() - t)
+    base = statistics.median(times["baseline"])
+    rows = [{"variant": k, "median_ms": 1000 * statistics.median(v), "min_ms": 1000 * min(v), "max_ms": 1000 * max(v),
+             "speedup": base / statistics.median(v), "steps": len(v)} for k, v in times.items()]
+    print("| variant | step, ms (median, min-max) | speed-up vs baseline |")
+    print("|---|---|---|")
+    for r in rows:
+        print(f"| {r['variant']} | {r['median_ms']:.0f} ({r['min_ms']:.0f}-{r['max_ms']:.0f}) | {r['speedup']:.2f}x |")
+    result = {"benchmark": "train_speed", "command": shlex.join(["python", *sys.argv]), "commit": commit(),
+              "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "threads": args.threads,
+              "batch_size": b, "rows": rows}
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
