@@ -11,7 +11,10 @@ change in the machine's speed hits them all alike. Variants:
 - ``channels_last``: the ResNet's weights and its input (after the crop) in channels-last memory
   format (oneDNN's preferred layout for 2-D convolutions);
 - ``fused_adamw``: ``torch.optim.AdamW(fused=True)``;
-- ``channels_last+fused_adamw``: both.
+- ``channels_last+fused_adamw``: both;
+- ``compile`` (with ``--compile``): ``torch.compile`` (inductor, default mode) of the U-Net and the
+  observation encoder; its compilation (minutes on a CPU) happens in the warm-up round and is
+  reported apart.
 
 Prints the median step per variant and its speed-up (baseline / variant), writes
 ``results/train_speed.json`` with the command, commit and machine. The first round is warm-up.
@@ -68,11 +71,17 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="rounds over all variants (the first is warm-up)")
     ap.add_argument("--steps", type=int, default=3, help="steps per variant per round")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--compile", action="store_true", help="add the torch.compile variant (minutes of compilation)")
     ap.add_argument("--out", default=str(HERE / "results" / "train_speed.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     variants = {"baseline": build(False, False), "channels_last": build(True, False), "fused_adamw": build(False, True),
                 "channels_last+fused_adamw": build(True, True)}
+    if args.compile:
+        policy, opt = build(False, False)
+        policy.model, policy.obs_encoder = torch.compile(policy.model), torch.compile(policy.obs_encoder)
+        variants["compile"] = (policy, opt)
+    first_step: dict[str, float] = {}
     b, s = 64, 96
     g = torch.Generator().manual_seed(0)
     batch = {"obs": {"image": torch.rand(b, 2, 3, s, s, generator=g), "agent_pos": torch.randn(b, 2, 2, generator=g)},
@@ -88,13 +97,16 @@ def main() -> None:
                 opt.step()
                 if rnd:
                     times[name].append(time.perf_counter() - t)
+                else:
+                    first_step.setdefault(name, time.perf_counter() - t)
     base = statistics.median(times["baseline"])
     rows = [{"variant": k, "median_ms": 1000 * statistics.median(v), "min_ms": 1000 * min(v), "max_ms": 1000 * max(v),
-             "speedup": base / statistics.median(v), "steps": len(v)} for k, v in times.items()]
-    print("| variant | step, ms (median, min-max) | speed-up vs baseline |")
-    print("|---|---|---|")
+             "speedup": base / statistics.median(v), "steps": len(v), "first_step_s": first_step[k]} for k, v in times.items()]
+    print("| variant | step, ms (median, min-max) | speed-up vs baseline | first step, s |")
+    print("|---|---|---|---|")
     for r in rows:
-        print(f"| {r['variant']} | {r['median_ms']:.0f} ({r['min_ms']:.0f}-{r['max_ms']:.0f}) | {r['speedup']:.2f}x |")
+        print(f"| {r['variant']} | {r['median_ms']:.0f} ({r['min_ms']:.0f}-{r['max_ms']:.0f}) | {r['speedup']:.2f}x | "
+              f"{r['first_step_s']:.1f} |")
     result = {"benchmark": "train_speed", "command": shlex.join(["python", *sys.argv]), "commit": commit(),
               "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "threads": args.threads,
               "batch_size": b, "rows": rows}
