@@ -6,14 +6,18 @@ For the state and image models at the paper's sizes (policy=diffusion_paper, act
 the CPU defaults we ship (policy=diffusion, act): training throughput in samples/s (data
 included), the data loader's samples/s alone (sampling + tensor conversion: what the trainer
 consumes), and the latency of one action chunk at batch 1 (Diffusion Policy with DDIM 10 and 16
-steps; ACT one forward pass). Prints a table, writes JSON.
+steps; ACT one forward pass). Training: median (and min, max) of 10 steps after 2 warm-up steps;
+latency: median of 10. Prints a table, writes JSON (with the command, commit, machine and date)
+holding only this run's rows.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +25,7 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_module
 
+from deploy_rt import commit  # benchmarks/deploy_rt.py
 from machine import machine, pusht_store  # benchmarks/machine.py
 from protege.data.dataset import load_task_data
 from protege.policies.normalizer import Normalizer
@@ -66,6 +71,7 @@ def bench(policy_name: str, task: str, data, batch_size: int, steps: int, latenc
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
     train_rate = batch_size / statistics.median(times[2:])
+    train_min, train_max = batch_size / max(times[2:]), batch_size / min(times[2:])
 
     policy.eval()
     obs = {k: v[:1] for k, v in to_torch(train.sample(np.array([0])), obs_keys, data.image_keys, device)["obs"].items()}
@@ -85,7 +91,9 @@ def bench(policy_name: str, task: str, data, batch_size: int, steps: int, latenc
         latency[f"ddim{k}_ms" if k else "chunk_ms"] = 1000 * statistics.median(ts)
     return {
         "task": task, "policy": policy_name, "params_M": sum(x.numel() for x in policy.parameters()) / 1e6,
-        "batch_size": batch_size, "train_samples_per_s": train_rate, "loader_samples_per_s": loader, **latency,
+        "batch_size": batch_size, "train_samples_per_s": train_rate, "train_samples_per_s_min": train_min,
+        "train_samples_per_s_max": train_max, "train_steps": steps, "latency_reps": latency_reps,
+        "loader_samples_per_s": loader, **latency,
     }
 
 
@@ -110,10 +118,9 @@ def main() -> None:
             print(f"{r['task']:<12} {r['policy']:<16} {r['params_M']:6.1f}M  {r['batch_size']:>5}  "
                   f"{r['train_samples_per_s']:8.1f}  {r['loader_samples_per_s']:9.0f}  {lat}", flush=True)
     out = Path(args.out)
-    if out.exists():  # keep the rows of policies not measured this time (--policies)
-        measured = {(r["task"], r["policy"]) for r in rows}
-        rows = [r for r in json.loads(out.read_text())["rows"] if (r["task"], r["policy"]) not in measured] + rows
-    result = {"benchmark": "throughput", "machine": machine(), "device": str(device), "rows": rows}
+    result = {"benchmark": "throughput", "command": shlex.join(["python", *sys.argv]), "commit": commit(),
+              "machine": machine(), "device": str(device), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "quick": args.quick, "rows": rows}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"\nmachine: {result['machine']}\n-> {args.out}")
