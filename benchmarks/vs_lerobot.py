@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from deploy_rt import commit  # benchmarks/deploy_rt.py
+from lerobot_worker import timed  # benchmarks/lerobot_worker.py (it imports lerobot only inside main)
 from machine import machine  # benchmarks/machine.py
 
 HERE = Path(__file__).resolve().parent
@@ -107,15 +108,6 @@ def ours(case: dict, threads: int) -> dict:
         opt.zero_grad()
         loss.backward()
         opt.step()
-
-    def timed(fn, n, warmup):
-        out = []
-        for i in range(n + warmup):
-            t = time.perf_counter()
-            fn()
-            if i >= warmup:
-                out.append(time.perf_counter() - t)
-        return out
 
     train = timed(step, case["steps"], 2)
     policy.eval()

@@ -46,11 +46,6 @@ def server(archive):
     httpd.shutdown()
 
 
-def test_the_registered_pusht_archive_is_diffusion_policys():
-    ds = DATASETS["pusht"]
-    assert ds.url.endswith("/data/training/pusht.zip") and len(ds.sha256) == 64 and ds.store.endswith(".zarr")
-
-
 def test_fetch_downloads_checks_unpacks_and_resolves_by_name(tmp_path, archive, server, monkeypatch):
     monkeypatch.setenv("PROTEGE_DATA", str(tmp_path / "data"))
     path = fetch("pusht", url=f"{server}/pusht.zip", progress=False)

@@ -107,10 +107,10 @@ def test_overfits_a_few_episodes(trained):
     assert end < 0.25 * start
 
 
-def _windows(train, state_data, n=48):
-    batch = to_torch(train.sample(np.linspace(0, len(train) - 1, n).astype(int)), state_data.shape_meta["obs"], [],
-                     torch.device("cpu"))
-    return batch["obs"], batch["action"][:, 1:9]  # the 8 demonstrated actions from the newest observation on
+def _batch(train, state_data, n=48):
+    """``n`` training windows spread over the episodes."""
+    return to_torch(train.sample(np.linspace(0, len(train) - 1, n).astype(int)), state_data.shape_meta["obs"], [],
+                    torch.device("cpu"))
 
 
 def _best_constant_error(demo: torch.Tensor) -> float:
@@ -127,7 +127,8 @@ def test_sampled_actions_match_the_demonstrations_and_a_policy_blind_to_its_inpu
     """DDIM samples on training windows, in store units (PushT px), against the demonstrated actions:
     within 0.6 of the error of the best input-blind answer. Cutting the conditioning must fail it."""
     policy, train, _ = trained
-    obs, demo = _windows(train, state_data)
+    batch = _batch(train, state_data)
+    obs, demo = batch["obs"], batch["action"][:, 1:9]  # the 8 demonstrated actions from the newest observation on
     blind = _best_constant_error(demo)
 
     def error(p):
@@ -145,9 +146,7 @@ def test_the_denoiser_uses_the_diffusion_step(trained, state_data):
     """The trained network predicts the noise far better at the true diffusion step than at a wrong one
     (a U-Net that ignored its step embedding could not)."""
     policy, train, _ = trained
-    obs, _ = _windows(train, state_data)
-    batch = to_torch(train.sample(np.linspace(0, len(train) - 1, 48).astype(int)), state_data.shape_meta["obs"], [],
-                     torch.device("cpu"))
+    batch = _batch(train, state_data)
     g = torch.Generator().manual_seed(2)
     with torch.no_grad():
         cond = policy._condition(batch["obs"])

@@ -16,6 +16,17 @@ from protege.robot.realsense import RealSenseSource  # noqa: E402
 W, H, FPS = 160, 120, 30
 
 
+def _add_stream(sensor, stream, uid, fmt, bpp, fx):
+    """A W x H @ FPS video stream on a software sensor: pinhole, focal ``fx`` px, centred, no distortion."""
+    intr = rs.intrinsics()
+    intr.width, intr.height, intr.ppx, intr.ppy, intr.fx, intr.fy = W, H, W / 2, H / 2, fx, fx
+    intr.model, intr.coeffs = rs.distortion.none, [0.0] * 5
+    vs = rs.video_stream()
+    vs.type, vs.index, vs.uid, vs.width, vs.height, vs.fps, vs.bpp = stream, 0, uid, W, H, FPS, bpp
+    vs.fmt, vs.intrinsics = fmt, intr
+    return sensor.add_video_stream(vs).as_video_stream_profile()
+
+
 class SoftwareCamera:
     """A software RealSense device whose colour sensor a thread feeds at FPS; frame i holds value i."""
 
@@ -23,13 +34,7 @@ class SoftwareCamera:
         self.dev = rs.software_device()
         self.dev.register_info(rs.camera_info.serial_number, serial)
         self.sensor = self.dev.add_sensor("RGB Camera")
-        intr = rs.intrinsics()
-        intr.width, intr.height, intr.ppx, intr.ppy, intr.fx, intr.fy = W, H, W / 2, H / 2, 100.0, 100.0
-        intr.model, intr.coeffs = rs.distortion.none, [0.0] * 5
-        vs = rs.video_stream()
-        vs.type, vs.index, vs.uid, vs.width, vs.height, vs.fps, vs.bpp = rs.stream.color, 0, 0, W, H, FPS, 3
-        vs.fmt, vs.intrinsics = rs.format.rgb8, intr
-        self.profile = self.sensor.add_video_stream(vs).as_video_stream_profile()
+        self.profile = _add_stream(self.sensor, rs.stream.color, 0, rs.format.rgb8, 3, fx=100.0)
         self.pushed = []  # (frame number, monotonic time of the push)
 
     def run(self, n, started):
@@ -96,13 +101,7 @@ class SoftwareDepthCamera(SoftwareCamera):
     def __init__(self, serial):
         super().__init__(serial)
         self.depth_sensor = self.dev.add_sensor("Stereo Module")
-        intr = rs.intrinsics()
-        intr.width, intr.height, intr.ppx, intr.ppy, intr.fx, intr.fy = W, H, W / 2, H / 2, 80.0, 80.0
-        intr.model, intr.coeffs = rs.distortion.none, [0.0] * 5
-        ds = rs.video_stream()
-        ds.type, ds.index, ds.uid, ds.width, ds.height, ds.fps, ds.bpp = rs.stream.depth, 0, 1, W, H, FPS, 2
-        ds.fmt, ds.intrinsics = rs.format.z16, intr
-        self.depth_profile = self.depth_sensor.add_video_stream(ds).as_video_stream_profile()
+        self.depth_profile = _add_stream(self.depth_sensor, rs.stream.depth, 1, rs.format.z16, 2, fx=80.0)
         self.depth_sensor.add_read_only_option(rs.option.depth_units, 0.001)
         ex = rs.extrinsics()
         ex.rotation, ex.translation = [1, 0, 0, 0, 1, 0, 0, 0, 1], [0.0, 0.0, 0.0]

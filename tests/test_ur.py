@@ -10,6 +10,7 @@ pytest.importorskip("mujoco")
 rtde_receive = pytest.importorskip("rtde_receive")
 rtde_control = pytest.importorskip("rtde_control")
 
+from protege.robot.check import controller_stamps  # noqa: E402
 from protege.robot.interfaces import DeviceError  # noqa: E402
 from protege.robot.robotiq import RobotiqGripper  # noqa: E402
 from protege.robot.ur import URRobot  # noqa: E402
@@ -31,12 +32,7 @@ def standin():
 def test_ur_rtde_streams_state_at_the_servo_rate_and_moves(standin):
     r = rtde_receive.RTDEReceiveInterface(standin.host)
     try:
-        stamps = []
-        t_end = time.monotonic() + 0.5
-        while time.monotonic() < t_end:
-            ts = r.getTimestamp()
-            if not stamps or ts != stamps[-1]:
-                stamps.append(ts)
+        stamps = controller_stamps(r, 0.5)
         steps = np.diff(stamps)
         # 500 Hz controller time (a loaded stand-in may send a package per several ticks)
         assert steps.min() == pytest.approx(0.002, abs=1e-6)

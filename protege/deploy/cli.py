@@ -18,6 +18,7 @@ from ..data.writer import BackgroundWriter
 from ..policies.checkpoint import CheckpointError, load_policy
 from ..policies.tensors import select_device
 from ..robot.observation import ObservationAssembler
+from ..teleop.session import camera_info
 from .inference import PolicyRunner
 from .loop import ControlLoop, CycleLog, EpisodeResult, LoopSettings, StopReason
 from .operator import StopKey
@@ -106,7 +107,7 @@ def deploy(cfg: DictConfig) -> int:
                 if res.steps:
                     writer.commit(seed=seed, task=task["name"], source="policy_rollout", checkpoint=str(cfg.checkpoint),
                                   success=res.success, stop=res.stop.name.lower(), start_time=start_wall, steps=res.steps,
-                                  cameras={n: c.info() for n, c in backend.cameras.items()})
+                                  cameras=camera_info(backend.cameras))
                 else:
                     writer.discard()
             if res.stop != StopReason.COMPLETED:

@@ -60,6 +60,10 @@ class Policy(nn.Module):
             raise ValueError(f"num_inference_steps must be >= 1, got {n}")
         self.num_inference_steps = int(n)
 
+    def init_pretrained(self) -> None:
+        """Load pretrained weights the config asks for (a fresh training run only; a checkpoint
+        already holds them). Nothing by default."""
+
     def reset(self) -> None:
         """Forget per-episode state (none by default)."""
 

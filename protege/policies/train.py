@@ -89,7 +89,7 @@ class Trainer:
         self.kwargs = policy_kwargs(cfg.policy)
         normalizer = Normalizer(self.data.stats, self.data.image_keys)
         self.policy: Policy = build_policy(self.target, self.kwargs, self.data.shape_meta, normalizer)
-        if not cfg.resume and hasattr(self.policy, "init_pretrained"):
+        if not cfg.resume:
             self.policy.init_pretrained()  # ImageNet backbones, before the optimizer and EMA see the weights
         self.policy = self.policy.to(self.device)
         self.train_sampler, self.val_sampler = self.data.samplers(

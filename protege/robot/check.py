@@ -26,6 +26,19 @@ from omegaconf import DictConfig, OmegaConf
 OK, FAIL = "ok  ", "FAIL"
 
 
+def controller_stamps(receive, seconds: float) -> list[float]:
+    """The distinct controller timestamps (s) an ``RTDEReceiveInterface`` shows over ``seconds``
+    of polling: one per state package it received."""
+    stamps: list[float] = []
+    t_end = time.monotonic() + seconds
+    while time.monotonic() < t_end:
+        ts = receive.getTimestamp()
+        if not stamps or ts != stamps[-1]:
+            stamps.append(ts)
+        time.sleep(0.0005)
+    return stamps
+
+
 def _line(status: str, what: str, detail: str) -> None:
     print(f"  [{status}] {what:<22} {detail}", flush=True)
 
@@ -104,13 +117,7 @@ def _check_robot(cfg: DictConfig) -> bool:
         _line(FAIL, "RTDE 30004", f"{e}")
         return False
     try:
-        stamps = []
-        t_end = time.monotonic() + 0.5
-        while time.monotonic() < t_end:
-            ts = r.getTimestamp()
-            if not stamps or ts != stamps[-1]:
-                stamps.append(ts)
-            time.sleep(0.0005)
+        stamps = controller_stamps(r, 0.5)
         rate = (len(stamps) - 1) / max(stamps[-1] - stamps[0], 1e-9) if len(stamps) > 1 else 0.0
         step = np.median(np.diff(stamps)) if len(stamps) > 1 else float("nan")
         _line(OK, "RTDE 30004", f"state every {step * 1e3:.1f} ms of controller time (frequency "

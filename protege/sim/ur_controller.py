@@ -123,6 +123,12 @@ def trapezoid_duration(distance: float, speed: float, accel: float) -> float:
     return 2.0 * np.sqrt(distance / accel)
 
 
+# dashboard commands the stand-in only acknowledges, with the controller's replies
+_DASHBOARD_ACKS = {"close safety popup": "closing safety popup", "close popup": "closing popup",
+                   "power on": "Powering on", "power off": "Powering off", "brake release": "Brake releasing",
+                   "restart safety": "Restarting safety"}
+
+
 @dataclasses.dataclass
 class _Conn:
     sock: socket.socket
@@ -423,19 +429,7 @@ class URControllerSim:
             self.protective_stop = False
             self.log("protective stop unlocked")
             return "Protective stop releasing"
-        if c == "close safety popup":
-            return "closing safety popup"
-        if c == "close popup":
-            return "closing popup"
-        if c == "power on":
-            return "Powering on"
-        if c == "power off":
-            return "Powering off"
-        if c == "brake release":
-            return "Brake releasing"
-        if c == "restart safety":
-            return "Restarting safety"
-        return f"could not understand: '{cmd}'"
+        return _DASHBOARD_ACKS.get(c, f"could not understand: '{cmd}'")
 
     # -- Robotiq URCap socket ---------------------------------------------------------------------
     def _on_robotiq(self, conn: _Conn) -> None:

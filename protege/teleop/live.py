@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,7 +28,7 @@ from ..deploy.loop import ControlLoop, CycleLog, LoopSettings, StopReason
 from ..deploy.safety import SafetyFilter, SafetyLimits
 from ..deploy.schedulers import RecedingHorizon
 from ..robot.observation import ObservationAssembler
-from .session import DISCARD, KEEP, QUIT
+from .session import DISCARD, KEEP, QUIT, SessionReport, camera_info
 
 
 class TeleopActor:
@@ -62,30 +61,10 @@ class TeleopActor:
         return self.decision in (KEEP, DISCARD, QUIT)
 
 
-@dataclass
-class LiveReport:
-    kept: list[int] = field(default_factory=list)
-    discarded: int = 0
-    attempts: int = 0
-    steps: int = 0
-    seconds: float = 0.0
-    stop: StopReason = StopReason.COMPLETED
-    message: str = ""
-
-    @property
-    def episodes_per_minute(self) -> float:
-        return 60.0 * len(self.kept) / self.seconds if self.seconds else 0.0
-
-
-def camera_info(cameras: Mapping[str, Any]) -> dict[str, dict]:
-    """{name: the camera's ``info()``} (driver, serial, size, fps, intrinsics) for episode metadata."""
-    return {name: dict(getattr(cam, "info", dict)()) for name, cam in cameras.items()}
-
-
 def record_live(backend, device, writer: BackgroundWriter, episodes: int, *, fps: float, safety: Mapping[str, Any],
                 time_limit_s: float, task: str = "", operator: str = "", keep: str = "success",
                 latency: Mapping[str, float] | None = None, max_attempts: int | None = None,
-                stop_requested=lambda: False, log_path=None, max_frame_age_s: float = 0.5) -> LiveReport:
+                stop_requested=lambda: False, log_path=None, max_frame_age_s: float = 0.5) -> SessionReport:
     """Record up to ``episodes`` demonstrations on ``backend``'s robot (see the module docstring).
 
     Args:
@@ -103,18 +82,17 @@ def record_live(backend, device, writer: BackgroundWriter, episodes: int, *, fps
         log_path: the control loop's per-cycle log (JSON lines), or None.
 
     Returns:
-        A :class:`LiveReport`; ``stop`` is COMPLETED unless a watchdog ended the session.
+        A :class:`~protege.teleop.session.SessionReport`; ``stop`` is the :class:`StopReason` of a
+        watchdog that ended the session (COMPLETED when none did).
     """
-    report = LiveReport()
+    report = SessionReport(stop=StopReason.COMPLETED)
     max_attempts = max_attempts or 3 * episodes
     dt = 1.0 / fps
     assembler = ObservationAssembler(backend.robot, backend.gripper, backend.cameras, **(latency or {}))
     actor = TeleopActor(device)
-    steps: list[int] = [0]
 
     def on_step(obs, action):
         writer.add_step({**obs, "action": action.astype(np.float32)})
-        steps[0] += 1
 
     loop = ControlLoop(backend.robot, backend.gripper, backend.cameras, backend.clock, actor, assembler,
                        assembler.store_keys, RecedingHorizon(1, dt, offset=1.0), SafetyFilter(SafetyLimits.from_config(safety), dt),
@@ -127,32 +105,31 @@ def record_live(backend, device, writer: BackgroundWriter, episodes: int, *, fps
         while len(report.kept) < episodes and report.attempts < max_attempts:
             report.attempts += 1
             actor.begin(report.attempts - 1)
-            steps[0] = 0
             print(f"episode {report.attempts} (kept {len(report.kept)}/{episodes}): recording", flush=True)
             start_wall = time.time()
             res = loop.run_episode(backend.clock.now(), time_limit_s, seed=None)
-            decision = actor.decision
+            decision, steps = actor.decision, res.steps  # one step written per executed cycle
             if res.stop != StopReason.COMPLETED:
                 writer.discard()
                 report.discarded += 1
                 report.stop, report.message = res.stop, res.message
-                print(f"episode {report.attempts} stopped ({res.stop.name.lower()}: {res.message}): its {steps[0]} "
+                print(f"episode {report.attempts} stopped ({res.stop.name.lower()}: {res.message}): its {steps} "
                       f"steps were discarded; the {len(report.kept)} episode(s) kept before it are in the store", flush=True)
                 break
             if decision is None:  # the time limit, no key
                 decision = KEEP if keep == "all" else DISCARD
                 print(f"episode {report.attempts}: time limit ({time_limit_s:g} s) with no keep/discard key: "
                       + ("kept (keep=all)" if decision == KEEP else "discarded (keep=all keeps these)"), flush=True)
-            if decision == KEEP and steps[0]:
-                writer.commit(task=task, operator=operator, start_time=start_wall, success=True, steps=steps[0],
+            if decision == KEEP and steps:
+                writer.commit(task=task, operator=operator, start_time=start_wall, success=True, steps=steps,
                               source="teleop", cameras=cameras)
                 report.kept.append(len(report.kept))
-                report.steps += steps[0]
-                print(f"episode {report.attempts}: kept, {steps[0]} steps ({steps[0] * dt:.1f} s)", flush=True)
+                report.steps += steps
+                print(f"episode {report.attempts}: kept, {steps} steps ({steps * dt:.1f} s)", flush=True)
             else:
                 writer.discard()
                 report.discarded += 1
-                print(f"episode {report.attempts}: discarded ({steps[0]} steps)", flush=True)
+                print(f"episode {report.attempts}: discarded ({steps} steps)", flush=True)
             if decision == QUIT:
                 break
     finally:

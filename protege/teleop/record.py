@@ -16,6 +16,11 @@ from .live import record_live
 from .session import record
 
 
+def _summary(report, cfg: DictConfig, committed: list[int]) -> None:
+    print(f"kept {len(report.kept)} of {report.attempts} attempts ({report.discarded} discarded), {report.steps} steps, "
+          f"{report.episodes_per_minute:.1f} episodes/min -> {cfg.out} ({len(committed)} episodes written)")
+
+
 def _record_sim(cfg: DictConfig) -> int:
     """Lockstep (or paced) recording in the simulator's environment, with its success check."""
     env = hydra.utils.instantiate(cfg.robot.env, **({"clock": "realtime"} if cfg.teleop.realtime else {}))
@@ -29,8 +34,7 @@ def _record_sim(cfg: DictConfig) -> int:
         committed = writer.close()
         getattr(device, "close", lambda: None)()
         env.close()
-    print(f"kept {len(report.kept)} of {report.attempts} attempts ({report.discarded} discarded), {report.steps} steps, "
-          f"{report.episodes_per_minute:.1f} episodes/min -> {cfg.out} ({len(committed)} episodes written)")
+    _summary(report, cfg, committed)
     if len(report.kept) < cfg.episodes:
         print(f"warning: asked for {cfg.episodes} episodes, kept {len(report.kept)}")
     return 0
@@ -71,8 +75,7 @@ def _record_live(cfg: DictConfig) -> int:
             stop_key.close()
         getattr(device, "close", lambda: None)()
         backend.close()
-    print(f"kept {len(report.kept)} of {report.attempts} attempts ({report.discarded} discarded), {report.steps} steps, "
-          f"{report.episodes_per_minute:.1f} episodes/min -> {cfg.out} ({len(committed)} episodes written)")
+    _summary(report, cfg, committed)
     return int(report.stop)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import numpy as np
@@ -45,10 +46,17 @@ class SessionReport:
     attempts: int = 0
     steps: int = 0
     seconds: float = 0.0
+    stop: int = 0      # a live robot: the watchdog's StopReason that ended the session (0: none)
+    message: str = ""
 
     @property
     def episodes_per_minute(self) -> float:
         return 60.0 * len(self.kept) / self.seconds if self.seconds else 0.0
+
+
+def camera_info(cameras: Mapping[str, Any]) -> dict[str, dict]:
+    """{name: camera.info()} (driver, serial, size, fps, intrinsics), stored with each episode."""
+    return {name: cam.info() for name, cam in cameras.items()}
 
 
 def record(env, device: TeleopDevice, writer: BackgroundWriter, episodes: int, seed: int = 0, task: str = "",
@@ -73,7 +81,7 @@ def record(env, device: TeleopDevice, writer: BackgroundWriter, episodes: int, s
     """
     report = SessionReport()
     backend = getattr(env, "backend", None)
-    cameras = {n: c.info() for n, c in backend.cameras.items()} if backend is not None else {}
+    cameras = camera_info(backend.cameras) if backend is not None else {}
     max_attempts = max_attempts or 3 * episodes
     dt = 1.0 / fps
     t_session = time.monotonic()
