@@ -115,3 +115,23 @@ def test_act_trains_and_evaluates_with_temporal_ensembling(tmp_path, pusht_path)
     report = json.loads((out / "eval.json").read_text())
     assert report["scheduler"] == "temporal_ensembling" and report["n_episodes"] == 2
     assert all(1 <= e["steps"] <= 300 for e in report["episodes"])
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path, pusht_path):
+    """Ctrl-C during training finishes the step, saves latest.pt and exits 0 (no traceback)."""
+    import signal
+    import time
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([str(BIN / "protege-train"), "task=pusht_state", f"dataset={pusht_path}", f"run_dir={run_dir}",
+                             "train.steps=100000", *TINY], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.monotonic() + 120
+    while not (run_dir / "tb").exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(3.0)  # some steps
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in err, err[-2000:]
+    assert "resume=true" in out
+    step = read_checkpoint(run_dir / "checkpoints/latest.pt")["train_state"]["step"]
+    assert 0 < step < 100000

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -38,6 +39,29 @@ from .tensors import select_device, to_torch
 from .checkpoint import build_policy, read_checkpoint, save_checkpoint
 
 log = logging.getLogger("protege.train")
+
+
+class StopRequest:
+    """Ctrl-C (SIGINT) as a request: the training loop finishes its step, saves and returns,
+    so an interrupted run loses nothing and resumes; a second Ctrl-C raises KeyboardInterrupt."""
+
+    def __init__(self):
+        self.requested = False
+        try:
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: Ctrl-C keeps its default
+            self._old = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("Ctrl-C: saving a checkpoint after this step (Ctrl-C again to abort)")
+
+    def restore(self) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
 
 
 def policy_kwargs(policy_cfg: DictConfig) -> dict[str, Any]:
@@ -198,7 +222,8 @@ class Trainer:
         bar = tqdm(total=t.steps, initial=self.step, desc="train", dynamic_ncols=True, disable=not t.progress)
         window_start, window_samples = time.perf_counter(), 0
         last = None
-        while self.step < t.steps and self.train_seconds < budget:
+        stop = StopRequest()  # Ctrl-C: finish this step, save, exit; a second Ctrl-C interrupts at once
+        while self.step < t.steps and self.train_seconds < budget and not stop.requested:
             t0 = time.perf_counter()
             batch = self.batch(next(batches))
             with autocast:
@@ -240,12 +265,14 @@ class Trainer:
                 with open(self.run_dir / "eval_log.jsonl", "a") as f:
                     f.write(json.dumps({"step": self.step, "train_minutes": self.train_seconds / 60, **metrics}) + "\n")
                 window_start, window_samples = time.perf_counter(), 0
+        stop.restore()
         bar.close()
         last = self.save("latest.pt")
         tb.close()
-        why = "time budget" if self.step < t.steps else "all steps"
+        why = "interrupted" if stop.requested else "time budget" if self.step < t.steps else "all steps"
         log.info("stopped after %d steps (%s, %.1f train minutes); checkpoint %s", self.step, why, self.train_seconds / 60, last)
-        print(f"checkpoint: {last}")
+        print(f"checkpoint: {last}" + (f" (go on with: protege-train ... run_dir={self.run_dir} resume=true)"
+                                       if stop.requested else ""))
         return last
 
 
