@@ -145,10 +145,13 @@ class URRobot(Robot):
         deadline = time.monotonic() + self.settings.connect_timeout_s + 5.0  # + the child's start-up
         while self._status.value == STARTING and time.monotonic() < deadline and self._proc.is_alive():
             time.sleep(0.01)
-        if self._status.value != RUNNING:
+        # a constructed robot has a state: wait for the servo process's first sample too
+        while self._status.value == RUNNING and self._count.value == 0 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        if self._status.value != RUNNING or self._count.value == 0:
             reason = self._take_error() or (f"no answer within {self.settings.connect_timeout_s:g} s"
                                             if self._proc.is_alive() else "the servo process died")
-            self._kill()
+            self.close()  # servoStop and stopScript if the script runs
             raise DeviceError(f"cannot drive the UR at {self.settings.host}: {reason}")
 
     # -- process plumbing ------------------------------------------------------------------------
