@@ -38,7 +38,7 @@ def test_records_keeps_discards_and_quits(tmp_path):
     assert report.attempts == 5 and report.discarded == 2  # the discarded one and the quit one
     store = EpisodeStore(tmp_path / "demo.zarr")
     assert list(store.episode_lengths) == [6, 3, 6]
-    meta = store.attrs["episodes"]
+    meta = store.episode_meta
     assert [m["seed"] for m in meta] == [7, 9, 10] and all(m["task"] == "pusht" for m in meta)
     ep = store.episode(1)
     assert ep["img"].shape == (3, 96, 96, 3) and ep["img"].dtype == np.uint8

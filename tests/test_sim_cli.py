@@ -35,7 +35,7 @@ def test_record_train_evaluate_lift(lift_run, tmp_path):
     assert s.n_episodes == 2 and s.zarr_format == 3 and s.fps == 10
     assert s.spec("scene_rgb").shape == (96, 96, 3) and s.spec("action").shape == (10,)
     assert s.spec("tcp_pose").frame == "robot base"
-    meta = s.attrs["episodes"]
+    meta = s.episode_meta
     assert [m["seed"] for m in meta] == [5, 6] and all(m["success"] and m["task"] == "sim_lift" for m in meta)
     scene = meta[0]["cameras"]["scene"]  # the MuJoCo camera's pinhole intrinsics (fovy 42 deg, 96 px)
     assert scene["width"] == 96 and scene["intrinsics"]["fy"] == pytest.approx(48 / np.tan(np.radians(21)))
@@ -75,7 +75,7 @@ def test_deploy_in_realtime_simulation_records_and_reports(lift_run, tmp_path):
     assert len(cycles) < 2 or summary["period_jitter_ms"]["p50"] < 50
     s = EpisodeStore(rollouts)
     assert s.n_steps == len(cycles)
-    assert all(m["source"] == "policy_rollout" for m in s.attrs["episodes"])
+    assert all(m["source"] == "policy_rollout" for m in s.episode_meta)
     assert s.spec("scene_rgb").shape == (96, 96, 3) and s.spec("action").shape == (10,)
     rep = run("protege-deploy", "report", str(run_dir))
     assert "cycle period jitter" in rep.stdout and (run_dir / "report.png").stat().st_size > 10_000
@@ -148,7 +148,7 @@ def test_record_on_ur5e_with_the_keyboard_through_the_stand_in(tmp_path):
     assert "kept 1 of 3 attempts (2 discarded)" in out, out
     s = EpisodeStore(store)
     assert s.n_episodes == 1 and s.fps == 10
-    meta = s.attrs["episodes"][0]
+    meta = s.episode_meta[0]
     assert meta["source"] == "teleop" and meta["operator"] == "tester" and meta["success"] is True
     assert meta["task"] == "push_x"
     assert meta["cameras"]["scene"]["driver"] == "opencv" and meta["cameras"]["scene"]["width"] == 96

@@ -121,7 +121,39 @@ def test_streamed_episodes_commit_discard_and_metadata(tmp_path):
     store = EpisodeStore(tmp_path / "s.zarr")
     assert list(store.episode_lengths) == [300, 6]
     np.testing.assert_array_equal(store.episode(1)["img"], c["img"])
-    assert [e["success"] for e in store.attrs["episodes"]] == [True, False]
+    assert [e["success"] for e in store.episode_meta] == [True, False]
     assert store._array("state").shape[0] > store.n_steps  # uncommitted rows and capacity remain
     w.close()
     assert EpisodeStore(tmp_path / "s.zarr")._array("state").shape[0] == 306
+
+
+def test_episode_metadata_lives_in_meta_arrays_and_old_stores_still_read(tmp_path):
+    rng = np.random.default_rng(2)
+    w = EpisodeWriter(tmp_path / "s.zarr", fps=10)
+    w.add_episode(_random_episode(rng, 3), task="lift", success=True)
+    w.add_episode(_random_episode(rng, 4), operator="ana", camera={"fx": 60.5})
+    store = EpisodeStore(tmp_path / "s.zarr")
+    assert "episodes" not in store.attrs and store.schema_version == 2
+    assert store.episode_meta == [{"task": "lift", "success": True}, {"operator": "ana", "camera": {"fx": 60.5}}]
+    with pytest.raises(StoreError, match="JSON"):
+        w.add_steps(_random_episode(rng, 2))
+        w.commit(when=object())
+
+    # a schema-1 store: metadata in one growing attribute
+    old = tmp_path / "old.zarr"
+    w = EpisodeWriter(old)
+    w.add_episode(_random_episode(rng, 3))
+    g = zarr.open_group(str(old), mode="r+")
+    del g["meta/episode_info"]
+    g.attrs.update({"schema_version": 1, "episodes": [{"index": 0, "task": "old", "success": False}]})
+    assert EpisodeStore(old).episode_meta == [{"task": "old", "success": False}]
+    w = EpisodeWriter(old)  # appending moves the metadata into meta/
+    w.add_episode(_random_episode(rng, 2), task="new")
+    store = EpisodeStore(old)
+    assert "episodes" not in store.attrs and "episode_info" in store.root["meta"]
+    assert store.episode_meta == [{"task": "old", "success": False}, {"task": "new"}]
+
+
+def test_diffusion_policy_store_has_empty_metadata(pusht_path):
+    meta = EpisodeStore(pusht_path).episode_meta
+    assert len(meta) == 206 and meta[0] == {}

@@ -4,9 +4,14 @@ Layout (DESIGN.md, "Episode store")::
 
     <root>/data/<key>          (N, ...) all episodes concatenated on axis 0
     <root>/meta/episode_ends   (E,) int64, exclusive end index of each episode
+    <root>/meta/episode_info   (>= E,) variable-length UTF-8, one JSON object per episode
+                               (task, operator, start_time, success, source, ...)
 
-``meta/episode_ends`` is the commit record: rows of ``data/*`` past its last entry do not exist
-for readers. Stores written by Diffusion Policy (zarr format 2) open as they are; new stores are
+``meta/episode_ends`` is the commit record: rows of ``data/*`` and entries of
+``meta/episode_info`` past its last entry do not exist for readers. Stores of schema version 1
+kept the episode metadata in one group attribute, ``episodes`` (a list rewritten whole at each
+commit); they are still read, and a writer moves their metadata to ``meta/episode_info`` on its
+first commit. Stores written by Diffusion Policy (zarr format 2) open as they are; new stores are
 written in zarr format 3 by :class:`EpisodeWriter`.
 
 Images are compressed by the codecs of :mod:`protege.data.codecs` (``EpisodeWriter(image_codec=...)``).
@@ -14,6 +19,7 @@ Images are compressed by the codecs of :mod:`protege.data.codecs` (``EpisodeWrit
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -23,7 +29,11 @@ import zarr
 
 from .codecs import ImageCodec, JpegCodec  # noqa: F401 (JpegCodec: re-exported, and registered on import)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+INFO = "episode_info"  # meta/<INFO>: per-episode metadata, one JSON object per episode
+# zarr 3 skips writing a chunk that equals the fill value; we write every chunk, so that a missing
+# chunk file always means damage (validate) and never a legitimately all-zero block.
+ARRAY_CONFIG = {"write_empty_chunks": True}
 
 
 class StoreError(ValueError):
@@ -119,6 +129,33 @@ class EpisodeStore:
         return dict(self.root.attrs)
 
     @property
+    def schema_version(self) -> int | None:
+        """1 or 2 for stores written by protege; None for stores from elsewhere (Diffusion Policy)."""
+        return self.attrs.get("schema_version")
+
+    @property
+    def episode_meta(self) -> list[dict[str, Any]]:
+        """Per-episode metadata, one dict per committed episode ({} where none was recorded).
+
+        Read from ``meta/episode_info`` (schema 2) or the ``episodes`` attribute (schema 1).
+
+        Raises:
+            StoreError: the metadata cannot be read or decoded.
+        """
+        n = self.n_episodes
+        try:
+            if INFO in self.root["meta"]:
+                raw = self.root["meta"][INFO][:n] if n else []
+                out = [json.loads(str(x)) if str(x) else {} for x in raw]
+            else:
+                out = [{k: v for k, v in e.items() if k != "index"} for e in self.attrs.get("episodes", [])[:n]]
+        except Exception as e:
+            raise StoreError(f"{self.path}: meta/{INFO}: cannot read the episode metadata ({type(e).__name__}: {e})") from e
+        if len(out) < n:
+            out += [{} for _ in range(n - len(out))]
+        return out
+
+    @property
     def fps(self) -> float | None:
         return self.attrs.get("fps")
 
@@ -205,8 +242,9 @@ class EpisodeWriter:
             self.root = zarr.open_group(str(self.path), mode="w", zarr_format=3)
             self.root.create_group("data")
             meta = self.root.create_group("meta")
-            meta.create_array("episode_ends", shape=(0,), chunks=(4096,), dtype="int64")
-            self.root.attrs.update({"schema_version": SCHEMA_VERSION, "fps": fps, "keys": {}, "episodes": []})
+            meta.create_array("episode_ends", shape=(0,), chunks=(4096,), dtype="int64", config=ARRAY_CONFIG)
+            meta.create_array(INFO, shape=(0,), chunks=(1024,), dtype=str, config=ARRAY_CONFIG)
+            self.root.attrs.update({"schema_version": SCHEMA_VERSION, "fps": fps, "keys": {}})
         for key, m in (key_meta or {}).items():
             self._set_key_attrs(key, dict(m))
         self._cursor = self.n_steps  # next row to write
@@ -247,7 +285,7 @@ class EpisodeWriter:
                 rows = 1 if image else max(1, 2**20 // max(1, value[0].nbytes))
                 codec = self.image_codec if image else ImageCodec("lossless")
                 data.create_array(key, shape=(0, *value.shape[1:]), chunks=(rows, *value.shape[1:]), dtype=value.dtype,
-                                  **(codec.array_kwargs(self.root.metadata.zarr_format) if image else {}))
+                                  config=ARRAY_CONFIG, **(codec.array_kwargs(self.root.metadata.zarr_format) if image else {}))
                 self._set_key_attrs(key, {"shape": list(value.shape[1:]), "dtype": str(value.dtype), "codec": str(codec)})
             arr = data[key]
             if arr.shape[0] < end:
@@ -257,21 +295,43 @@ class EpisodeWriter:
 
     def commit(self, **metadata: Any) -> int:
         """Close the open episode; returns its index. ``metadata`` (JSON-able: task, operator,
-        start_time, success, ...) is stored in the ``episodes`` attribute of the store.
+        start_time, success, ...) is written to ``meta/episode_info`` before the episode's end
+        goes into ``meta/episode_ends`` (the commit).
 
         Raises:
-            StoreError: the open episode has no step.
+            StoreError: the open episode has no step, or the metadata is not JSON-able.
         """
         if self._cursor == self.n_steps:
             raise StoreError("an episode must have at least one step")
-        episodes = list(self.root.attrs.get("episodes", []))
+        try:
+            text = json.dumps(metadata)
+        except TypeError as e:
+            raise StoreError(f"episode metadata must be JSON-able: {e}") from e
         index = self.n_episodes
-        episodes.append({"index": index, **metadata})
-        self.root.attrs["episodes"] = episodes
+        info = self._info_array()
+        if info.shape[0] < index + 1:
+            info.resize((index + 1,))
+        info[index] = text
         ends = self.root["meta/episode_ends"]
         ends.resize((index + 1,))
         ends[index] = self._cursor  # the commit
         return index
+
+    def _info_array(self) -> zarr.Array:
+        """``meta/episode_info``, created (with the metadata of a schema-1 or foreign store) if missing."""
+        meta = self.root["meta"]
+        if INFO not in meta:
+            n = self.n_episodes
+            old = EpisodeStore(self.path).episode_meta if n else []
+            info = meta.create_array(INFO, shape=(n,), chunks=(1024,), dtype=str, config=ARRAY_CONFIG)
+            if n:
+                info[:] = np.array([json.dumps(m) for m in old], dtype=object)
+            if "episodes" in self.root.attrs:  # the array holds them now (the schema version stays:
+                attrs = dict(self.root.attrs)  # older arrays may still lack all-zero chunks)
+                del attrs["episodes"]
+                self.root.attrs.put(attrs)
+            return info
+        return meta[INFO]
 
     def discard(self) -> None:
         """Drop the open episode's rows (they are overwritten by the next episode)."""
