@@ -95,7 +95,7 @@ def test_data_info_and_validate(tmp_path, pusht_path):
     w = EpisodeWriter(tmp_path / "bad.zarr")
     w.add_episode({"action": np.array([[0.0, 1.0], [np.nan, 2.0]], np.float32)})
     p = run("protege-data", "validate", str(tmp_path / "bad.zarr"), check=False)
-    assert p.returncode == 1 and "non-finite value at row 1" in p.stdout
+    assert p.returncode == 1 and "data/action: non-finite value: NaN or inf at episode 0 step 1" in p.stdout
     p = run("protege-data", "info", str(tmp_path / "nothing"), check=False)
     assert p.returncode == 2 and "no such episode store" in p.stderr
 

@@ -69,7 +69,7 @@ def test_lossless_round_trips_exactly_with_a_core_zarr_codec(tmp_path, frames):
             np.testing.assert_array_equal(got[k], ep[k])
     assert store.attrs["keys"]["scene_rgb"]["codec"] == "lossless"
     assert store.attrs["keys"]["state"]["codec"] == "lossless"
-    assert [c["name"] for c in _codecs_json(path, "scene_rgb")] == ["bytes", "zstd"]  # zarr 3 core codecs
+    assert [c["name"] for c in _codecs_json(path, "scene_rgb")] == ["bytes", "zstd", "crc32c"]  # zarr 3 core codecs
     assert _chunk_bytes(path, "scene_rgb") < 2 * frames[0].nbytes / 2  # two episodes, compressed at least 2x
 
 
@@ -89,7 +89,8 @@ def test_jpeg_is_close_on_rendered_frames(tmp_path, frames, quality):
         assert store.attrs["keys"][key]["codec"] == f"jpeg:{quality}"
     np.testing.assert_array_equal(got["state"], ep["state"])  # low-dim data stays lossless
     assert _codecs_json(path, "scene_rgb") == [
-        {"name": "imagecodecs_jpeg", "configuration": {"level": quality, "subsampling": "444"}}]
+        {"name": "imagecodecs_jpeg", "configuration": {"level": quality, "subsampling": "444"}},
+        {"name": "crc32c"}]
     assert store._array("scene_rgb").chunks == (1, 96, 96, 3)
 
 

@@ -86,7 +86,7 @@ def test_the_cli_reports_offline_and_a_missing_dataset_as_one_line(tmp_path):
     cli = [str(BIN / "protege-data")]
     p = subprocess.run(cli + ["fetch", "pusht", "--url", "http://127.0.0.1:1/pusht.zip"], capture_output=True, text=True,
                        env=env, timeout=120)
-    assert p.returncode == 1 and p.stderr.startswith("error: cannot download") and "--from" in p.stderr
+    assert p.returncode == 2 and p.stderr.startswith("protege-data fetch: error: cannot download") and "--from" in p.stderr
     assert "Traceback" not in p.stderr
     p = subprocess.run(cli + ["info", "pusht"], capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 2 and "protege-data fetch pusht" in p.stderr and "Traceback" not in p.stderr

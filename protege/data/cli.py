@@ -1,12 +1,22 @@
-"""``protege-data``: fetch and inspect episode stores.
+"""``protege-data``: get demonstrations in, out and seen.
 
-    protege-data fetch pusht       download Diffusion Policy's PushT demonstrations, check, unpack
-    protege-data info STORE        episodes, steps, lengths and key specs (add --json for JSON)
-    protege-data validate STORE    check the layout and every committed value; exit 1 on a problem
-    protege-data repair STORE      trim rows past the last committed episode (left by a crash)
+    protege-data fetch pusht                 download Diffusion Policy's PushT demonstrations
+    protege-data info STORE                  episodes, steps, lengths and key specs (--json)
+    protege-data validate STORE              decode every chunk; name each problem's key, episode and
+                                             step; exit 1 when the store is damaged
+    protege-data repair STORE                trim rows left by a crash; offer to drop damaged episodes
+    protege-data delete STORE EPISODES       remove episodes (EPISODES: 3 or 3,5 or 10-12)
+    protege-data keep STORE EPISODES         keep only these episodes
+    protege-data trim STORE EPISODE --start S --end E   keep steps [S, E) of one episode
+    protege-data merge STORE OTHER [--out DST]          append OTHER's episodes (same schema)
+    protege-data relabel STORE EPISODES --success yes|no
 
-STORE is a store's path, or a fetched dataset's name (pusht). Fetched datasets live in the data
-folder: $PROTEGE_DATA, else ~/.cache/protege/data.
+Every edit is atomic: the store is rebuilt beside the old one, validated and swapped in one
+step, so a killed edit leaves the old store as it was. STORE is a store's path, or a fetched
+dataset's name (pusht); fetched datasets live in $PROTEGE_DATA, else ~/.cache/protege/data.
+
+Expected errors (a missing or damaged store, a bad episode list) are one line and exit 2;
+--traceback shows the Python trace.
 """
 
 from __future__ import annotations
@@ -14,93 +24,215 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
-import numpy as np
-from tqdm import tqdm
-
+from . import edit
 from .fetch import DATASETS, FetchError, fetch, resolve_store
 from .store import EpisodeStore, EpisodeWriter, StoreError, describe
+from .validate import Report, validate
 
 
-def validate(store: EpisodeStore, chunk: int = 4096) -> list[str]:
-    """Problems found in a store: non-finite low-dim values, uncommitted trailing rows, empty episodes."""
-    problems = []
-    lengths = store.episode_lengths
-    if (lengths == 0).any():
-        problems.append(f"{int((lengths == 0).sum())} empty episodes: {np.flatnonzero(lengths == 0)[:10].tolist()}")
-    for key in tqdm(store.keys, desc="validate", leave=False):
-        arr = store._array(key)
-        if arr.shape[0] > store.n_steps:
-            problems.append(f"data/{key}: {arr.shape[0] - store.n_steps} rows past the last episode end (uncommitted)")
-        if arr.dtype.kind != "f":
-            continue
-        for i in range(0, store.n_steps, chunk):
-            x = np.asarray(arr[i : min(i + chunk, store.n_steps)])
-            bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
-            if bad.any():
-                problems.append(f"data/{key}: non-finite value at row {i + int(np.flatnonzero(bad)[0])}")
-                break
-    return problems
+def _print_report(store: EpisodeStore, report: Report) -> None:
+    for n in report.notes:
+        print(f"note: {n}")
+    for p in report.problems:
+        print(f"problem: {p}")
+    if report.ok:
+        print(f"{store.path}: OK ({store.n_episodes} episodes, {store.n_steps} steps)")
+    else:
+        dmg = report.damaged_episodes
+        print(f"{store.path}: {len(report.problems)} problem(s); damaged episodes: {_ranges(dmg) or 'none'}")
+        if dmg:
+            print(f"  drop them with: protege-data repair {store.path}")
+
+
+def _ranges(episodes: list[int]) -> str:
+    """[1, 2, 3, 7] -> '1-3,7' (the syntax EPISODES arguments take)."""
+    out, i = [], 0
+    while i < len(episodes):
+        j = i
+        while j + 1 < len(episodes) and episodes[j + 1] == episodes[j] + 1:
+            j += 1
+        out.append(str(episodes[i]) if i == j else f"{episodes[i]}-{episodes[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+def _info(args) -> int:
+    d = describe(EpisodeStore(resolve_store(args.store)))
+    if args.json:
+        print(json.dumps(d, indent=2))
+        return 0
+    el = d["episode_length"]
+    print(f"{d['path']}  (zarr format {d['zarr_format']})")
+    print(f"episodes {d['episodes']}, steps {d['steps']}, length min/mean/max {el['min']}/{el['mean']:.1f}/{el['max']}, fps {d['fps']}")
+    for k, s in d["keys"].items():
+        extra = "  ".join(x for x in (s["unit"], s["frame"]) if x)
+        print(f"  {k:<16} {str(tuple(s['shape'])):<16} {s['dtype']:<8} {extra}")
+    return 0
+
+
+def _validate(args) -> int:
+    store = EpisodeStore(resolve_store(args.store), check_rows=False)
+    report = validate(store)
+    _print_report(store, report)
+    return 0 if report.ok else 1
+
+
+def _confirm(question: str, yes: bool) -> bool:
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        print(f"{question} [not asked: stdin is not a terminal; pass --yes]")
+        return False
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+
+def _repair(args) -> int:
+    path = Path(resolve_store(args.store))
+    store = EpisodeStore(path, check_rows=False)
+    lengths = {k: store._array(k).shape[0] for k in store.keys}
+    if any(n > store.n_steps for n in lengths.values()):
+        EpisodeWriter(path).close()  # resizes each array down to the commit record; safe at any point
+        print(f"{path}: trimmed rows past the last committed episode "
+              f"({ {k: n - store.n_steps for k, n in lengths.items() if n > store.n_steps} })")
+        store = EpisodeStore(path, check_rows=False)
+    report = validate(store)
+    damaged = report.damaged_episodes
+    if report.ok:
+        print(f"{path}: OK, nothing else to repair ({store.n_episodes} episodes, {store.n_steps} steps)")
+        return 0
+    for p in report.problems:
+        print(f"problem: {p}")
+    if not damaged:
+        print(f"{path}: these problems are not confined to episodes; repair cannot fix them")
+        return 1
+    if len(damaged) == store.n_episodes:
+        print(f"{path}: every episode is damaged; nothing would be left")
+        return 1
+    if not _confirm(f"drop {len(damaged)} damaged episode(s) ({_ranges(damaged)}) of {store.n_episodes}?", args.yes):
+        print("nothing dropped")
+        return 1
+    new = edit.delete(path, damaged)
+    print(f"{path}: dropped episodes {_ranges(damaged)}; {new.n_episodes} episodes, {new.n_steps} steps kept")
+    return 0
+
+
+def _edited(before: EpisodeStore, after: EpisodeStore, what: str) -> int:
+    print(f"{after.path}: {what}; {before.n_episodes} -> {after.n_episodes} episodes, {before.n_steps} -> {after.n_steps} steps")
+    return 0
+
+
+def _delete(args) -> int:
+    store = EpisodeStore(resolve_store(args.store))
+    eps = edit.parse_episodes(args.episodes, store.n_episodes)
+    return _edited(store, edit.delete(store.path, eps), f"deleted {_ranges(eps)}")
+
+
+def _keep(args) -> int:
+    store = EpisodeStore(resolve_store(args.store))
+    eps = edit.parse_episodes(args.episodes, store.n_episodes)
+    return _edited(store, edit.keep(store.path, eps), f"kept {_ranges(eps)}")
+
+
+def _trim(args) -> int:
+    store = EpisodeStore(resolve_store(args.store))
+    (e,) = edit.parse_episodes(str(args.episode), store.n_episodes)
+    return _edited(store, edit.trim(store.path, e, args.start, args.end), f"episode {e} trimmed to steps [{args.start}, {args.end})")
+
+
+def _merge(args) -> int:
+    store = EpisodeStore(resolve_store(args.store))
+    new = edit.merge(store.path, resolve_store(args.other), dest=args.out)
+    return _edited(store, new, f"merged {args.other}")
+
+
+def _relabel(args) -> int:
+    store = EpisodeStore(resolve_store(args.store))
+    eps = edit.parse_episodes(args.episodes, store.n_episodes)
+    return _edited(store, edit.relabel(store.path, eps, {"success": args.success == "yes"}),
+                   f"episodes {_ranges(eps)} labelled success={args.success}")
+
+
+def _fetch(args) -> int:
+    path = fetch(args.name, dest=args.dest, source=args.source, url=args.url, force=args.force)
+    store = EpisodeStore(path)
+    print(f"{args.name}: {store.n_episodes} episodes, {store.n_steps} steps at {path}")
+    if args.name == "pusht":
+        print(f"train on it: protege-train task={args.name}_state dataset={args.name}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="protege-data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--traceback", action="store_true", help="show the Python trace of an error")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def cmd(name, fn, help, **kw):
+        p = sub.add_parser(name, help=help, description=kw.pop("description", help))
+        p.set_defaults(fn=fn)
+        return p
+
+    p = cmd("info", _info, "describe a store")
+    p.add_argument("store")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = cmd("validate", _validate, "find every damaged chunk, non-finite value and layout problem (exit 1 if any)",
+            description="Decode every committed chunk of every array; report missing, truncated or undecodable "
+                        "chunks, non-finite values, empty episodes and arrays that disagree with meta/episode_ends, "
+                        "each with its key, episode and step. Exit 0 when the store is sound, 1 when not.")
+    p.add_argument("store")
+    p = cmd("repair", _repair, "trim uncommitted rows; drop damaged episodes (asks first)")
+    p.add_argument("store")
+    p.add_argument("--yes", "-y", action="store_true", help="drop damaged episodes without asking")
+    p = cmd("delete", _delete, "remove episodes (atomic)")
+    p.add_argument("store")
+    p.add_argument("episodes", help="episode indices: 3, 3,5 or 10-12")
+    p = cmd("keep", _keep, "keep only these episodes (atomic)")
+    p.add_argument("store")
+    p.add_argument("episodes", help="episode indices: 3, 3,5 or 10-12")
+    p = cmd("trim", _trim, "keep steps [start, end) of one episode (atomic)")
+    p.add_argument("store")
+    p.add_argument("episode", type=int)
+    p.add_argument("--start", type=int, default=0, help="first step kept (default 0)")
+    p.add_argument("--end", type=int, default=None, help="step after the last kept; negative counts from the end")
+    p = cmd("merge", _merge, "append another store's episodes (same keys, shapes, dtypes and fps; atomic)")
+    p.add_argument("store")
+    p.add_argument("other")
+    p.add_argument("--out", help="write the merged store here instead of replacing STORE")
+    p = cmd("relabel", _relabel, "set the success label of episodes (atomic; the data is not copied)")
+    p.add_argument("store")
+    p.add_argument("episodes", help="episode indices: 3, 3,5 or 10-12")
+    p.add_argument("--success", choices=["yes", "no"], required=True)
+    p = cmd("fetch", _fetch, "download a published dataset into the data folder",
+            description="Download a published dataset, check its SHA-256, unpack it into the data folder "
+                        "($PROTEGE_DATA, else ~/.cache/protege/data) and open it. Offline, give a copy with --from.")
+    p.add_argument("name", choices=sorted(DATASETS), help="; ".join(f"{d.name}: {d.about}" for d in DATASETS.values()))
+    p.add_argument("--from", dest="source", metavar="PATH", help="a local copy: the archive, or an unpacked store")
+    p.add_argument("--dest", metavar="DIR", help="the data folder (default: $PROTEGE_DATA or ~/.cache/protege/data)")
+    p.add_argument("--url", help="download from this mirror instead (the checksum still applies)")
+    p.add_argument("--force", action="store_true", help="replace a store already there")
+    return ap
+
+
+EXPECTED = (StoreError, FetchError, FileNotFoundError, FileExistsError, ValueError, KeyError, IndexError)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="protege-data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="command", required=True)
-    info = sub.add_parser("info", help="describe a store")
-    info.add_argument("store")
-    info.add_argument("--json", action="store_true", help="print JSON")
-    val = sub.add_parser("validate", help="check a store")
-    val.add_argument("store")
-    rep = sub.add_parser("repair", help="trim uncommitted rows")
-    rep.add_argument("store")
-    fe = sub.add_parser("fetch", help="download a published dataset into the data folder",
-                        description="Download a published dataset, check its SHA-256, unpack it into the data folder "
-                                    "($PROTEGE_DATA, else ~/.cache/protege/data) and open it. Offline, give a copy with --from.")
-    fe.add_argument("name", choices=sorted(DATASETS), help="; ".join(f"{d.name}: {d.about}" for d in DATASETS.values()))
-    fe.add_argument("--from", dest="source", metavar="PATH", help="a local copy: the archive, or an unpacked store")
-    fe.add_argument("--dest", metavar="DIR", help="the data folder (default: $PROTEGE_DATA or ~/.cache/protege/data)")
-    fe.add_argument("--url", help="download from this mirror instead (the checksum still applies)")
-    fe.add_argument("--force", action="store_true", help="replace a store already there")
-    args = ap.parse_args(argv)
-    if args.command == "fetch":
-        try:
-            path = fetch(args.name, dest=args.dest, source=args.source, url=args.url, force=args.force)
-        except (FetchError, StoreError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        store = EpisodeStore(path)
-        print(f"{args.name}: {store.n_episodes} episodes, {store.n_steps} steps at {path}")
-        print(f"train on it: protege-train task={args.name}_state dataset={args.name}" if args.name == "pusht" else "")
-        return 0
+    argv = list(sys.argv[1:] if argv is None else argv)
+    traceback = "--traceback" in argv  # accepted anywhere on the line
+    args = parser().parse_args([a for a in argv if a != "--traceback"])
+    args.traceback = traceback
     try:
-        store = EpisodeStore(resolve_store(args.store))
-    except (StoreError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        return args.fn(args)
+    except EXPECTED as e:
+        if args.traceback:
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"protege-data {args.command}: error: {msg} (--traceback for details)", file=sys.stderr)
         return 2
-    if args.command == "info":
-        d = describe(store)
-        if args.json:
-            print(json.dumps(d, indent=2))
-        else:
-            el = d["episode_length"]
-            print(f"{d['path']}  (zarr format {d['zarr_format']})")
-            print(f"episodes {d['episodes']}, steps {d['steps']}, length min/mean/max {el['min']}/{el['mean']:.1f}/{el['max']}, fps {d['fps']}")
-            for k, s in d["keys"].items():
-                extra = "  ".join(x for x in (s["unit"], s["frame"]) if x)
-                print(f"  {k:<16} {str(tuple(s['shape'])):<16} {s['dtype']:<8} {extra}")
-        return 0
-    if args.command == "repair":
-        before = {k: store._array(k).shape[0] for k in store.keys}
-        EpisodeWriter(store.path).close()
-        trimmed = {k: n - store.n_steps for k, n in before.items() if n > store.n_steps}
-        print(f"{store.path}: trimmed {trimmed} uncommitted rows" if trimmed else f"{store.path}: nothing to repair")
-        print(f"{store.n_episodes} episodes, {store.n_steps} steps kept")
-        return 0
-    problems = validate(store)
-    for p in problems:
-        print(f"problem: {p}")
-    print(f"{store.path}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
-    return 1 if problems else 0
+    except KeyboardInterrupt:
+        print(f"protege-data {args.command}: interrupted; an edit in progress left the store as it was", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

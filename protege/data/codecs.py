@@ -172,7 +172,10 @@ class ImageCodec:
         return f"jpeg:{self.quality}" + ("" if self.subsampling == "444" else f":{self.subsampling}")
 
     def array_kwargs(self, zarr_format: int) -> dict[str, Any]:
-        """Keyword arguments of ``create_array`` for an image array in a store of ``zarr_format``."""
+        """Keyword arguments of ``create_array`` for an array in a store of ``zarr_format``.
+
+        In format 3 every chunk also carries a CRC-32C checksum (zarr's ``crc32c`` codec), so a
+        flipped byte is an error when read, not a wrong pixel; format 2 has no place for one."""
         if zarr_format == 2:
             if self.kind == "lossless":
                 from numcodecs import Zstd
@@ -182,5 +185,6 @@ class ImageCodec:
 
             return {"compressors": Jpeg(level=self.quality, subsampling=self.subsampling)}
         if self.kind == "lossless":
-            return {"compressors": zarr.codecs.ZstdCodec(level=LOSSLESS_ZSTD_LEVEL)}
-        return {"serializer": JpegCodec(level=self.quality, subsampling=self.subsampling), "compressors": None}
+            return {"compressors": (zarr.codecs.ZstdCodec(level=LOSSLESS_ZSTD_LEVEL), zarr.codecs.Crc32cCodec())}
+        return {"serializer": JpegCodec(level=self.quality, subsampling=self.subsampling),
+                "compressors": (zarr.codecs.Crc32cCodec(),)}

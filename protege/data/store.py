@@ -65,13 +65,16 @@ class EpisodeStore:
 
     Args:
         path: directory of a zarr store (format 2 or 3) in the replay-buffer layout.
+        check_rows: refuse a store whose arrays hold fewer rows than ``meta/episode_ends`` says
+            (default). ``False`` opens it anyway, for :func:`protege.data.validate.validate`
+            and repair to report and drop the cut episodes.
 
     Raises:
         StoreError: the path does not exist, is not a zarr group, lacks ``data/`` or
             ``meta/episode_ends``, or its episode ends are not non-decreasing and within the data.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, check_rows: bool = True):
         self.path = Path(path)
         if not self.path.exists():
             raise StoreError(f"{self.path}: no such episode store")
@@ -86,15 +89,15 @@ class EpisodeStore:
             )
         self.episode_ends = np.asarray(self.root["meta/episode_ends"][:], dtype=np.int64)
         self._data = self.root["data"]
-        self._check()
+        self._check(check_rows)
 
-    def _check(self) -> None:
+    def _check(self, check_rows: bool) -> None:
         ends = self.episode_ends
         if ends.ndim != 1:
             raise StoreError(f"{self.path}: meta/episode_ends must be 1-D, got shape {ends.shape}")
         if len(ends) and (ends[0] < 0 or np.any(np.diff(ends) < 0)):
             raise StoreError(f"{self.path}: meta/episode_ends must be non-decreasing and >= 0")
-        for key in self.keys:
+        for key in self.keys if check_rows else ():
             n = self._data[key].shape[0]
             if n < self.n_steps:
                 raise StoreError(
@@ -285,7 +288,7 @@ class EpisodeWriter:
                 rows = 1 if image else max(1, 2**20 // max(1, value[0].nbytes))
                 codec = self.image_codec if image else ImageCodec("lossless")
                 data.create_array(key, shape=(0, *value.shape[1:]), chunks=(rows, *value.shape[1:]), dtype=value.dtype,
-                                  config=ARRAY_CONFIG, **(codec.array_kwargs(self.root.metadata.zarr_format) if image else {}))
+                                  config=ARRAY_CONFIG, **codec.array_kwargs(self.root.metadata.zarr_format))
                 self._set_key_attrs(key, {"shape": list(value.shape[1:]), "dtype": str(value.dtype), "codec": str(codec)})
             arr = data[key]
             if arr.shape[0] < end:
