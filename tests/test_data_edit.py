@@ -191,3 +191,43 @@ def test_the_cli_edits_and_reports_bad_input_as_one_line(tmp_path):
         assert len(p.stderr.strip().splitlines()) == 1
     p = subprocess.run(cli + ["delete", str(path), "7", "--traceback"], capture_output=True, text=True, timeout=120)
     assert p.returncode != 0 and "Traceback" in p.stderr
+
+
+def _damaged_pusht(pusht_path, tmp_path):
+    """Six PushT episodes; episode 2 has a NaN action, episode 0 lost an image chunk."""
+    path = tmp_path / "pusht6.zarr"
+    store = edit.keep(pusht_path, list(range(6)), dest=path, progress=False)
+    g = zarr.open_group(str(path), mode="r+")
+    g["data/action"][int(store.episode_starts[2]) + 3] = np.nan
+    victim = _chunk(path, "img", 0, 0, 0, 0)
+    victim.unlink()
+    return path
+
+
+def test_training_data_refuses_damage_in_the_tasks_keys_or_skips_it(tmp_path, pusht_path):
+    from protege.data.dataset import load_task_data
+
+    path = _damaged_pusht(pusht_path, tmp_path)
+    state = {"obs": {"s": {"source": "state"}}, "action": {"source": "action"}}
+    with pytest.raises(StoreError, match=r"(?s)damaged episode.*data/action: non-finite value.*episode 2 step 3.*skip_damaged"):
+        load_task_data(path, state["obs"], state["action"])
+    data = load_task_data(path, state["obs"], state["action"], skip_damaged=True)
+    assert data.skipped == [2] and len(data.episode_ends) == 5  # the image damage is not in this task's keys
+    store = EpisodeStore(path)
+    np.testing.assert_array_equal(data.arrays["s"][: data.episode_ends[0]], store.episode(0)["state"])
+    np.testing.assert_array_equal(data.arrays["action"][data.episode_ends[1]: data.episode_ends[2]], store.episode(3)["action"])
+    image = {"img": {"source": "img", "type": "rgb"}}
+    data = load_task_data(path, image, state["action"], skip_damaged=True)
+    assert data.skipped == [0, 2] and np.isfinite(data.arrays["action"]).all()
+
+
+@pytest.mark.slow
+def test_protege_train_names_the_damage_and_trains_when_told_to_skip(tmp_path, pusht_path):
+    path = _damaged_pusht(pusht_path, tmp_path)
+    cmd = [str(BIN / "protege-train"), "task=pusht_state", f"dataset={path}", f"run_dir={tmp_path / 'run'}", "train.steps=2",
+           "policy.unet.down_dims=[32,64,128]", "train.batch_size=8", "train.progress=false", "train.val_every=0"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 2 and "episode 2 step 3" in p.stderr and "Traceback" not in p.stderr
+    p = subprocess.run(cmd + ["data.skip_damaged=true"], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "skipping 1 damaged episode(s) [2]" in p.stderr and (tmp_path / "run/checkpoints/latest.pt").exists()

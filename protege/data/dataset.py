@@ -12,7 +12,7 @@ An observation spec maps each policy key to a store key::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
@@ -20,6 +20,7 @@ import numpy as np
 from .sampler import SequenceSampler, split_episodes
 from .stats import compute_stats
 from .store import EpisodeStore, StoreError
+from .validate import Problem, damaged_episodes, scan
 
 OBS_TYPES = ("low_dim", "rgb")
 
@@ -76,6 +77,8 @@ class TaskData:
     episode_ends: np.ndarray
     shape_meta: dict[str, Any]
     stats: dict[str, dict[str, np.ndarray]]
+    skipped: list[int] = field(default_factory=list)  # damaged episodes left out (skip_damaged)
+    problems: list[Problem] = field(default_factory=list)  # what damaged them
 
     @property
     def image_keys(self) -> list[str]:
@@ -99,21 +102,25 @@ def load_task_data(
     obs_spec: Mapping[str, Mapping],
     action_spec: Mapping[str, Any],
     max_episodes: int | None = None,
-    chunk: int = 4096,
+    skip_damaged: bool = False,
 ) -> TaskData:
-    """Read a task's keys from a store into memory, chunk by chunk, and compute their statistics.
+    """Read a task's keys from a store into memory, checking every chunk as it is read
+    (:func:`protege.data.validate.scan`), and compute their statistics.
 
     Args:
         store: an :class:`EpisodeStore` or its path.
         obs_spec: {policy key: spec}, see the module docstring.
         action_spec: {"source": store key, optional "slice"}.
         max_episodes: only the first N episodes (for small tests and quick runs).
+        skip_damaged: leave out the episodes with a missing or undecodable chunk or a non-finite
+            value in the task's keys (and say which) instead of refusing the store.
 
     Raises:
-        StoreError: a source key is missing from the store, or the store holds no episode.
-        ValueError: a bad spec, or non-finite actions / low-dim observations.
+        StoreError: a source key is missing from the store, the store holds no episode, or the
+            task's keys are damaged (each problem named) and ``skip_damaged`` is off.
+        ValueError: a bad spec.
     """
-    store = store if isinstance(store, EpisodeStore) else EpisodeStore(store)
+    store = store if isinstance(store, EpisodeStore) else EpisodeStore(store, check_rows=False)
     for name, spec in obs_spec.items():
         _check_spec(name, spec)
     specs = {**obs_spec, "action": {**action_spec, "type": "low_dim"}}
@@ -124,11 +131,31 @@ def load_task_data(
     if len(ends) == 0:
         raise StoreError(f"{store.path}: the store holds no committed episode")
     n = int(ends[-1])
-    arrays: dict[str, np.ndarray] = {}
-    for name, spec in specs.items():
-        src = store._array(spec["source"])
-        parts = [select(src[i : min(i + chunk, n)], spec, batch_dims=1) for i in range(0, n, chunk)]
-        arrays[name] = np.concatenate(parts)
+    problems: list[Problem] = []
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in specs}
+    for source in sorted({s["source"] for s in specs.values()}):
+        users = {name: spec for name, spec in specs.items() if spec["source"] == source}
+        for _, block in scan(store, source, problems, n_rows=n):  # block by block: images become uint8 at once
+            if block.dtype.kind == "f":
+                block = np.nan_to_num(block, nan=0.0, posinf=0.0, neginf=0.0)  # a non-finite value is reported (problems) and its episode dropped
+            for name, spec in users.items():
+                parts[name].append(select(block, spec, batch_dims=1))
+    arrays = {name: np.concatenate(p) for name, p in parts.items()}
+    damaged = damaged_episodes(problems)
+    if damaged and not skip_damaged:
+        shown = "\n  ".join(str(p) for p in problems[:10]) + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
+        raise StoreError(f"{store.path}: {len(damaged)} damaged episode(s) in the task's keys, training refused:\n  {shown}\n"
+                         f"Drop them from the store with `protege-data repair {store.path}`, or train without them "
+                         f"with data.skip_damaged=true")
+    if damaged:
+        lengths = np.diff(np.concatenate([[0], ends]))
+        starts = ends - lengths
+        keep = [e for e in range(len(ends)) if e not in set(damaged)]
+        if not keep:
+            raise StoreError(f"{store.path}: every episode is damaged")
+        rows = np.concatenate([np.arange(starts[e], ends[e]) for e in keep])
+        arrays = {k: v[rows] for k, v in arrays.items()}
+        ends = np.cumsum(lengths[keep])
     stats = {}
     for name, spec in specs.items():
         if spec.get("type", "low_dim") == "low_dim":
@@ -136,4 +163,4 @@ def load_task_data(
                 stats[name] = compute_stats(arrays[name])
             except ValueError as e:
                 raise ValueError(f"{store.path}: data/{spec['source']} ({name}): {e}") from e
-    return TaskData(arrays, ends.copy(), shape_meta(arrays, obs_spec), stats)
+    return TaskData(arrays, np.asarray(ends, dtype=np.int64).copy(), shape_meta(arrays, obs_spec), stats, damaged, problems)

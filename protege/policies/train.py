@@ -107,8 +107,14 @@ class Trainer:
 
         t = cfg.train
         self.data: TaskData = load_task_data(
-            resolve_store(cfg.dataset), OmegaConf.to_container(cfg.task.obs), OmegaConf.to_container(cfg.task.action), cfg.max_episodes
+            resolve_store(cfg.dataset), OmegaConf.to_container(cfg.task.obs), OmegaConf.to_container(cfg.task.action), cfg.max_episodes,
+            skip_damaged=cfg.data.skip_damaged,
         )
+        if self.data.skipped:
+            print(f"protege-train: skipping {len(self.data.skipped)} damaged episode(s) {self.data.skipped} "
+                  f"(data.skip_damaged=true); training on {len(self.data.episode_ends)}:", file=sys.stderr)
+            for p in self.data.problems[:10]:
+                print(f"  {p}", file=sys.stderr)
         self.target = cfg.policy._target_
         self.kwargs = policy_kwargs(cfg.policy)
         normalizer = Normalizer(self.data.stats, self.data.image_keys)
