@@ -10,6 +10,10 @@
     protege-data trim STORE EPISODE --start S --end E   keep steps [S, E) of one episode
     protege-data merge STORE OTHER [--out DST]          append OTHER's episodes (same schema)
     protege-data relabel STORE EPISODES --success yes|no
+    protege-data stats STORE [--png FILE]    per-key statistics, histograms, lengths, labels, operators
+    protege-data view STORE [--episode N] [--out FILE.html|.mp4|.rrd]
+                                             one episode's cameras, states and actions over time
+                                             (the rerun viewer without --out)
 
 Every edit is atomic: the store is rebuilt beside the old one, validated and swapped in one
 step, so a killed edit leaves the old store as it was. STORE is a store's path, or a fetched
@@ -30,6 +34,7 @@ from . import edit
 from .fetch import DATASETS, FetchError, fetch, resolve_store
 from .store import EpisodeStore, EpisodeWriter, StoreError, describe
 from .validate import Report, validate
+from .view import ViewerError
 
 
 def _print_report(store: EpisodeStore, report: Report) -> None:
@@ -154,6 +159,30 @@ def _relabel(args) -> int:
                    f"episodes {_ranges(eps)} labelled success={args.success}")
 
 
+def _stats(args) -> int:
+    from .inspect import format_stats, plot_stats, store_stats
+
+    s = store_stats(EpisodeStore(resolve_store(args.store)))
+    if args.json:
+        print(json.dumps(s, indent=1))
+    else:
+        print(format_stats(s))
+    png = Path(args.png) if args.png else Path(f"{Path(s['path']).name.removesuffix('.zarr')}-stats.png")
+    print(f"histograms: {plot_stats(s, png)}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def _view(args) -> int:
+    from .view import view
+
+    store = EpisodeStore(resolve_store(args.store))
+    if not -store.n_episodes <= args.episode < store.n_episodes:
+        raise IndexError(f"episode {args.episode} out of range: the store has {store.n_episodes} episodes")
+    out = view(store, args.episode, args.out)
+    print(f"episode {args.episode % store.n_episodes} of {store.path} -> {out}" if out else "sent to the rerun viewer")
+    return 0
+
+
 def _fetch(args) -> int:
     path = fetch(args.name, dest=args.dest, source=args.source, url=args.url, force=args.force)
     store = EpisodeStore(path)
@@ -203,6 +232,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("store")
     p.add_argument("episodes", help="episode indices: 3, 3,5 or 10-12")
     p.add_argument("--success", choices=["yes", "no"], required=True)
+    p = cmd("stats", _stats, "per-key statistics and histograms (PNG), episode lengths, success labels, operators")
+    p.add_argument("store")
+    p.add_argument("--png", help="where to write the histograms (default: <store name>-stats.png here)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = cmd("view", _view, "show one episode: the rerun viewer, or a self-contained .html, an .mp4 or a .rrd file",
+            description="Show one episode's cameras, states and actions over time, with its metadata. Without --out "
+                        "it opens the rerun viewer (pip install 'protege[viewer]'); --out episode.html writes a page "
+                        "that any browser opens offline, --out episode.mp4 a video, --out episode.rrd a rerun recording.")
+    p.add_argument("store")
+    p.add_argument("--episode", "-e", type=int, default=0, help="episode index (negative counts from the end)")
+    p.add_argument("--out", "-o", help="a .html, .mp4 or .rrd file to write instead of opening the viewer")
     p = cmd("fetch", _fetch, "download a published dataset into the data folder",
             description="Download a published dataset, check its SHA-256, unpack it into the data folder "
                         "($PROTEGE_DATA, else ~/.cache/protege/data) and open it. Offline, give a copy with --from.")
@@ -214,7 +254,7 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-EXPECTED = (StoreError, FetchError, FileNotFoundError, FileExistsError, ValueError, KeyError, IndexError)
+EXPECTED = (StoreError, FetchError, ViewerError, FileNotFoundError, FileExistsError, ValueError, KeyError, IndexError)
 
 
 def main(argv: list[str] | None = None) -> int:
