@@ -29,9 +29,13 @@ LIMITS = dict(workspace_min=(-0.35, -0.8, 0.005), workspace_max=(0.35, -0.2, 0.4
               max_tcp_accel=1.0, max_tcp_angular_speed=2.0, start_max_distance=0.05)
 
 
+# the controller's own limits, as configs/robot/sim.yaml sets them: the safety filter's
+ROBOT = dict(max_tcp_speed=LIMITS["max_tcp_speed"], max_tcp_angular_speed=LIMITS["max_tcp_angular_speed"], max_joint_speed=2.5)
+
+
 @pytest.fixture(scope="module")
 def backend():
-    b = SimBackend("lift", cameras=("scene",), image_size=48, clock="realtime", camera_fps=30.0)
+    b = SimBackend("lift", cameras=("scene",), image_size=48, clock="realtime", camera_fps=30.0, robot_kwargs=ROBOT)
     yield b
     b.close()
 
