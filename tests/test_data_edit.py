@@ -180,16 +180,20 @@ def test_the_cli_edits_and_reports_bad_input_as_one_line(tmp_path):
     _store(path)
     cli = [str(BIN / "protege-data")]
     p = subprocess.run(cli + ["delete", str(path), "1-2"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "--in-place" in p.stderr and EpisodeStore(path).n_episodes == 4  # says where, drops nothing
+    p = subprocess.run(cli + ["keep", str(path), "0,3", "--out", str(tmp_path / "two.zarr")], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and EpisodeStore(path).n_episodes == 4 and EpisodeStore(tmp_path / "two.zarr").n_episodes == 2
+    p = subprocess.run(cli + ["delete", str(path), "1-2", "--in-place"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and "4 -> 2 episodes" in p.stdout
     p = subprocess.run(cli + ["relabel", str(path), "0", "--success", "no"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and EpisodeStore(path).episode_meta[0]["success"] is False
-    for args, msg in ((["delete", str(path), "7"], "out of range"), (["keep", str(path), "x"], "bad episode list"),
+    for args, msg in ((["delete", str(path), "7", "--in-place"], "out of range"), (["keep", str(path), "x", "--in-place"], "bad episode list"),
                       (["info", str(tmp_path / "none.zarr")], "no such episode store"),
-                      (["trim", str(path), "0", "--start", "5", "--end", "2"], "empty")):
+                      (["trim", str(path), "0", "--start", "5", "--end", "2", "--in-place"], "empty")):
         p = subprocess.run(cli + args, capture_output=True, text=True, timeout=120)
         assert p.returncode == 2 and msg in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
         assert len(p.stderr.strip().splitlines()) == 1
-    p = subprocess.run(cli + ["delete", str(path), "7", "--traceback"], capture_output=True, text=True, timeout=120)
+    p = subprocess.run(cli + ["delete", str(path), "7", "--in-place", "--traceback"], capture_output=True, text=True, timeout=120)
     assert p.returncode != 0 and "Traceback" in p.stderr
 
 

@@ -5,18 +5,24 @@
     protege-data validate STORE              decode every chunk; name each problem's key, episode and
                                              step; exit 1 when the store is damaged
     protege-data repair STORE                trim rows left by a crash; offer to drop damaged episodes
-    protege-data delete STORE EPISODES       remove episodes (EPISODES: 3 or 3,5 or 10-12)
-    protege-data keep STORE EPISODES         keep only these episodes
-    protege-data trim STORE EPISODE --start S --end E   keep steps [S, E) of one episode
+    protege-data delete STORE EPISODES --out NEW | --in-place
+                                             remove episodes (EPISODES: 3 or 3,5 or 10-12)
+    protege-data keep STORE EPISODES --out NEW | --in-place
+                                             keep only these episodes
+    protege-data trim STORE EPISODE --start S --end E --out NEW | --in-place
+                                             keep steps [S, E) of one episode
     protege-data merge STORE OTHER [--out DST]          append OTHER's episodes (same schema)
     protege-data relabel STORE EPISODES --success yes|no
+    protege-data convert SRC DST [--to lerobot]
+                                             a store <-> robomimic HDF5 (.hdf5) or a LeRobot v3.0 folder
     protege-data stats STORE [--png FILE]    per-key statistics, histograms, lengths, labels, operators
     protege-data view STORE [--episode N] [--out FILE.html|.mp4|.rrd]
                                              one episode's cameras, states and actions over time
                                              (the rerun viewer without --out)
 
 Every edit is atomic: the store is rebuilt beside the old one, validated and swapped in one
-step, so a killed edit leaves the old store as it was. STORE is a store's path, or a fetched
+step, so a killed edit leaves the old store as it was. Edits that drop recorded data (delete,
+keep, trim) say where the result goes: --out NEW.zarr, or --in-place. STORE is a store's path, or a fetched
 dataset's name (pusht); fetched datasets live in $PROTEGE_DATA, else ~/.cache/protege/data.
 
 Expected errors (a missing or damaged store, a bad episode list) are one line and exit 2;
@@ -34,6 +40,7 @@ from . import edit
 from .fetch import DATASETS, FetchError, fetch, resolve_store
 from .store import EpisodeStore, EpisodeWriter, StoreError, describe
 from .validate import Report, validate
+from .convert import ConvertError
 from .view import ViewerError
 
 
@@ -128,22 +135,33 @@ def _edited(before: EpisodeStore, after: EpisodeStore, what: str) -> int:
     return 0
 
 
+def _dropping_target(args, store: EpisodeStore) -> str | None:
+    """Edits that drop recorded data name where the result goes: --out NEW, or --in-place."""
+    if args.out and args.in_place:
+        raise ValueError("give --out or --in-place, not both")
+    if not args.out and not args.in_place:
+        raise ValueError(f"this edit drops recorded data from {store.path}: add --in-place to edit the store itself, "
+                         f"or --out NEW.zarr to write the result as a new store")
+    return args.out
+
+
 def _delete(args) -> int:
     store = EpisodeStore(resolve_store(args.store))
     eps = edit.parse_episodes(args.episodes, store.n_episodes)
-    return _edited(store, edit.delete(store.path, eps), f"deleted {_ranges(eps)}")
+    return _edited(store, edit.delete(store.path, eps, dest=_dropping_target(args, store)), f"deleted {_ranges(eps)}")
 
 
 def _keep(args) -> int:
     store = EpisodeStore(resolve_store(args.store))
     eps = edit.parse_episodes(args.episodes, store.n_episodes)
-    return _edited(store, edit.keep(store.path, eps), f"kept {_ranges(eps)}")
+    return _edited(store, edit.keep(store.path, eps, dest=_dropping_target(args, store)), f"kept {_ranges(eps)}")
 
 
 def _trim(args) -> int:
     store = EpisodeStore(resolve_store(args.store))
     (e,) = edit.parse_episodes(str(args.episode), store.n_episodes)
-    return _edited(store, edit.trim(store.path, e, args.start, args.end), f"episode {e} trimmed to steps [{args.start}, {args.end})")
+    return _edited(store, edit.trim(store.path, e, args.start, args.end, dest=_dropping_target(args, store)),
+                   f"episode {e} trimmed to steps [{args.start}, {args.end})")
 
 
 def _merge(args) -> int:
@@ -157,6 +175,17 @@ def _relabel(args) -> int:
     eps = edit.parse_episodes(args.episodes, store.n_episodes)
     return _edited(store, edit.relabel(store.path, eps, {"success": args.success == "yes"}),
                    f"episodes {_ranges(eps)} labelled success={args.success}")
+
+
+def _convert(args) -> int:
+    from .convert import convert
+
+    src = resolve_store(args.src) if not Path(args.src).exists() else args.src
+    a, b, report = convert(src, args.dst, to=args.to, image_codec=args.image_codec, crf=args.crf, fps=args.fps)
+    for line in report.lines():
+        print(line)
+    print(f"{a} {src} -> {b} {args.dst}")
+    return 0
 
 
 def _stats(args) -> int:
@@ -216,14 +245,20 @@ def parser() -> argparse.ArgumentParser:
     p = cmd("delete", _delete, "remove episodes (atomic)")
     p.add_argument("store")
     p.add_argument("episodes", help="episode indices: 3, 3,5 or 10-12")
+    p.add_argument("--out", help="write the result as this new store (the source is left as it is)")
+    p.add_argument("--in-place", action="store_true", help="replace the store itself (atomically)")
     p = cmd("keep", _keep, "keep only these episodes (atomic)")
     p.add_argument("store")
     p.add_argument("episodes", help="episode indices: 3, 3,5 or 10-12")
+    p.add_argument("--out", help="write the result as this new store (the source is left as it is)")
+    p.add_argument("--in-place", action="store_true", help="replace the store itself (atomically)")
     p = cmd("trim", _trim, "keep steps [start, end) of one episode (atomic)")
     p.add_argument("store")
     p.add_argument("episode", type=int)
     p.add_argument("--start", type=int, default=0, help="first step kept (default 0)")
     p.add_argument("--end", type=int, default=None, help="step after the last kept; negative counts from the end")
+    p.add_argument("--out", help="write the result as this new store (the source is left as it is)")
+    p.add_argument("--in-place", action="store_true", help="replace the store itself (atomically)")
     p = cmd("merge", _merge, "append another store's episodes (same keys, shapes, dtypes and fps; atomic)")
     p.add_argument("store")
     p.add_argument("other")
@@ -232,6 +267,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("store")
     p.add_argument("episodes", help="episode indices: 3, 3,5 or 10-12")
     p.add_argument("--success", choices=["yes", "no"], required=True)
+    p = cmd("convert", _convert, "convert between a store and robomimic HDF5 or a LeRobot v3.0 dataset",
+            description="Convert an episode store to robomimic HDF5 (DST ending .hdf5) or a LeRobot v3.0 dataset "
+                        "(--to lerobot), or either of those into a new store (DST ending .zarr). Keys, units, fps and "
+                        "per-episode metadata are carried over; what cannot be is listed as 'dropped' or 'added'. "
+                        "A malformed source is one error line and leaves no destination behind.")
+    p.add_argument("src", help="a store, a robomimic .hdf5 file, or a LeRobot dataset folder (meta/info.json)")
+    p.add_argument("dst", help="a new path: .zarr (store), .hdf5 (robomimic), or a folder with --to lerobot")
+    p.add_argument("--to", choices=["store", "robomimic", "lerobot"], help="the destination's format (default: from its name)")
+    p.add_argument("--image-codec", default="lossless", help="images in a new store: lossless (default) or jpeg:QUALITY")
+    p.add_argument("--fps", type=float, help="LeRobot export of a store that records no fps (Diffusion Policy's PushT: 10)")
+    p.add_argument("--crf", type=int, default=18, help="LeRobot export: H.264 quality, 0 lossless .. 51 worst (default 18)")
     p = cmd("stats", _stats, "per-key statistics and histograms (PNG), episode lengths, success labels, operators")
     p.add_argument("store")
     p.add_argument("--png", help="where to write the histograms (default: <store name>-stats.png here)")
@@ -254,7 +300,7 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-EXPECTED = (StoreError, FetchError, ViewerError, FileNotFoundError, FileExistsError, ValueError, KeyError, IndexError)
+EXPECTED = (StoreError, FetchError, ViewerError, ConvertError, FileNotFoundError, FileExistsError, ValueError, KeyError, IndexError)
 
 
 def main(argv: list[str] | None = None) -> int:
