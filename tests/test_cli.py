@@ -135,3 +135,23 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path, pusht_path):
     assert "resume=true" in out
     step = read_checkpoint(run_dir / "checkpoints/latest.pt")["train_state"]["step"]
     assert 0 < step < 100000
+
+
+def test_every_tool_reports_expected_errors_in_one_line_with_the_trace_a_flag_away(tmp_path):
+    not_ckpt = tmp_path / "notes.pt"
+    not_ckpt.write_text("not a checkpoint")
+    cases = [
+        (["protege-train", "dataset=x", "train.stepz=3"], "Key 'stepz' is not in struct"),
+        (["protege-train"], "Missing mandatory value: dataset"),
+        (["protege-train", f"dataset={tmp_path / 'none.zarr'}"], "no such episode store"),
+        (["protege-eval", f"checkpoint={not_ckpt}"], "not a protege checkpoint"),
+        (["protege-deploy", f"checkpoint={not_ckpt}"], "not a protege checkpoint"),
+        (["protege-record", "task=no_such_task"], "Could not find 'task/no_such_task'"),
+        (["protege-data", "info", str(not_ckpt)], "not a zarr group"),
+    ]
+    for args, msg in cases:
+        p = run(*args, check=False)
+        err = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(err) == 1 and msg in err[0] and err[0].startswith(args[0]) and ": error: " in err[0], (args, p.stderr)
+    p = run("protege-eval", f"checkpoint={not_ckpt}", "--traceback", check=False)
+    assert p.returncode != 0 and "Traceback" in p.stderr and "CheckpointError" in p.stderr

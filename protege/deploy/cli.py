@@ -14,8 +14,9 @@ import torch
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
+from ..errors import job, run as run_cli
 from ..data.writer import BackgroundWriter
-from ..policies.checkpoint import CheckpointError, load_policy
+from ..policies.checkpoint import load_policy
 from ..policies.tensors import select_device
 from ..robot.observation import ObservationAssembler
 from ..teleop.session import camera_info
@@ -133,20 +134,16 @@ def deploy(cfg: DictConfig) -> int:
 
 
 @hydra.main(config_path="../configs", config_name="deploy", version_base=None)
+@job
 def _hydra_main(cfg: DictConfig) -> None:
-    try:
-        code = deploy(cfg)
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"protege-deploy: {e}", file=sys.stderr)
-        code = 2
-    sys.exit(code)
+    sys.exit(deploy(cfg))
 
 
 def main() -> None:
     """Entry point: ``protege-deploy report <run_dir>`` or a deployment (hydra overrides)."""
     if len(sys.argv) > 1 and sys.argv[1] == "report":
         sys.exit(report_main(sys.argv[2:]))
-    _hydra_main()
+    run_cli("protege-deploy", _hydra_main)  # expected errors (ConfigError, CheckpointError, ...): one line, exit 2
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from ..errors import job
 from ..data.dataset import obs_from_step
 from ..policies.base import Policy
 from ..policies.checkpoint import load_policy
@@ -219,9 +220,17 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     return report, path
 
 
+def main() -> None:
+    """Evaluate a checkpoint in simulation; see ``protege-eval --help`` and ``configs/eval.yaml``.
+    Expected errors (not a checkpoint, a bad override) are one line and exit 2."""
+    from ..errors import run
+
+    run("protege-eval", _hydra_main)
+
+
 @hydra.main(config_path="../configs", config_name="eval", version_base=None)
-def main(cfg: DictConfig) -> None:
-    """Evaluate a checkpoint in simulation; see ``protege-eval --help`` and ``configs/eval.yaml``."""
+@job
+def _hydra_main(cfg: DictConfig) -> None:
     report, path = evaluate_checkpoint(cfg)
     lo, hi = report["success_rate_ci95"]
     coverage = f"mean max coverage {report['mean_max_coverage']:.3f}, " if report["mean_max_coverage"] is not None else ""

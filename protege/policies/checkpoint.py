@@ -74,7 +74,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
+        raise CheckpointError(f"{path}: not a protege checkpoint (torch.load failed: {type(e).__name__} {reason})") from e
     if not isinstance(ckpt, dict) or "format_version" not in ckpt:
         raise CheckpointError(f"{path}: not a protege checkpoint")
     if ckpt["format_version"] != CHECKPOINT_FORMAT:

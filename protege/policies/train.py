@@ -30,10 +30,9 @@ from tqdm import tqdm
 from .. import configs  # noqa: F401 - registers the configs' resolvers
 from ..data.dataset import TaskData, load_task_data
 from ..data.fetch import resolve_store
-from ..data.store import StoreError
+from ..errors import job, run as run_cli
 from ..data.sampler import SequenceSampler
 from .base import Policy
-from .encoders import PretrainedWeightsError
 from .normalizer import Normalizer
 from .tensors import select_device, to_torch
 from .checkpoint import build_policy, read_checkpoint, save_checkpoint
@@ -283,14 +282,15 @@ class Trainer:
 
 
 @hydra.main(config_path="../configs", config_name="train", version_base=None)
-def main(cfg: DictConfig) -> None:
-    """Train a policy; see ``protege-train --help`` and ``configs/train.yaml``."""
-    try:
-        trainer = Trainer(cfg)
-    except (StoreError, FileNotFoundError, PretrainedWeightsError) as e:  # one line, not a traceback
-        print(f"protege-train: {e}", file=sys.stderr)
-        sys.exit(2)
-    trainer.run()
+@job
+def _hydra_main(cfg: DictConfig) -> None:
+    Trainer(cfg).run()
+
+
+def main() -> None:
+    """Train a policy; see ``protege-train --help`` and ``configs/train.yaml``. Expected errors
+    (a missing or damaged store, a bad override) are one line and exit 2 (:mod:`protege.errors`)."""
+    run_cli("protege-train", _hydra_main)
 
 
 if __name__ == "__main__":

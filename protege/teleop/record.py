@@ -8,6 +8,7 @@ import hydra
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
+from ..errors import job
 from ..data.writer import BackgroundWriter
 from ..deploy.operator import StopKey
 from ..robot.interfaces import DeviceError
@@ -80,9 +81,17 @@ def _record_live(cfg: DictConfig) -> int:
 
 
 @hydra.main(config_path="../configs", config_name="record", version_base=None)
-def main(cfg: DictConfig) -> None:
-    """Record ``episodes`` demonstrations of ``task`` with the ``teleop`` device into ``out``."""
+@job
+def _hydra_main(cfg: DictConfig) -> None:
     sys.exit(_record_sim(cfg) if cfg.robot.get("env") is not None else _record_live(cfg))
+
+
+def main() -> None:
+    """Record ``episodes`` demonstrations of ``task`` with the ``teleop`` device into ``out``.
+    Expected errors (a bad override, a store of another schema) are one line and exit 2."""
+    from ..errors import run
+
+    run("protege-record", _hydra_main)
 
 
 if __name__ == "__main__":
