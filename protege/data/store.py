@@ -36,6 +36,13 @@ INFO = "episode_info"  # meta/<INFO>: per-episode metadata, one JSON object per 
 ARRAY_CONFIG = {"write_empty_chunks": True}
 
 
+def _json_default(x: Any) -> Any:
+    """numpy scalars and arrays in episode metadata (a success flag from a comparison, a seed)."""
+    if isinstance(x, (np.generic, np.ndarray)):
+        return x.tolist()
+    raise TypeError(f"{type(x).__name__} is not JSON-able")
+
+
 class StoreError(ValueError):
     """The path is not a readable episode store, or data does not match its schema."""
 
@@ -307,7 +314,7 @@ class EpisodeWriter:
         if self._cursor == self.n_steps:
             raise StoreError("an episode must have at least one step")
         try:
-            text = json.dumps(metadata)
+            text = json.dumps(metadata, default=_json_default)
         except TypeError as e:
             raise StoreError(f"episode metadata must be JSON-able: {e}") from e
         index = self.n_episodes
