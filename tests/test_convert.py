@@ -57,6 +57,8 @@ def test_robomimic_round_trip_keeps_keys_values_masks_and_fps(tmp_path):
         assert b["done"][-1] == 1 and not b["reward"].any()
     masks = [m["masks"] for m in back.episode_meta]
     assert sorted(sum(masks, [])) == ["train", "train", "valid"]
+    assert [(m["task"], m["operator"], m["success"]) for m in back.episode_meta] == [(m["task"], m["operator"], m["success"]) for m in src.episode_meta]
+    assert back.spec("state").unit == "m" and back.spec("state").frame == "base"
     # and a second export keeps the split it was given, not a new one
     convert(back.path, tmp_path / "again.hdf5", progress=False)
     with h5py.File(tmp_path / "again.hdf5") as f:
@@ -110,10 +112,11 @@ def test_lerobot_round_trip_restores_keys_shapes_tasks_and_frames(tmp_path):
     assert info["codebase_version"] == "v3.0" and info["fps"] == 20 and info["total_frames"] == 22
     assert set(info["features"]) >= {"observation.images.wrist", "observation.state", "observation.keypoint", "action"}
     assert info["features"]["observation.keypoint"]["shape"] == [6] and any("keypoint" in n for n in report.notes)
-    assert any("operator" in d and "success" in d for d in report.dropped)  # LeRobot keeps tasks only: said
+    assert any("operator" in n and "success" in n for n in report.notes)  # LeRobot keeps tasks only; ours in info.json
     back = EpisodeStore(convert(tmp_path / "lr", tmp_path / "back.zarr", progress=False) and tmp_path / "back.zarr")
     assert back.fps == 20 and list(back.episode_lengths) == [6, 9, 7] and sorted(back.keys) == sorted(src.keys)
     assert [m["task"] for m in back.episode_meta] == ["task 0", "task 1", "task 0"]
+    assert [m["success"] for m in back.episode_meta] == [False, True, False] and back.spec("state").unit == "m"
     assert back.spec("keypoint").shape == (3, 2)
     for e in range(3):
         a, b = src.episode(e), back.episode(e)

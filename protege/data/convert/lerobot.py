@@ -169,7 +169,10 @@ def import_lerobot(src: Path, dst: Path, progress: bool = True, image_codec: str
     index = np.asarray(data.column("index").to_numpy())
     row_of = np.argsort(index)
     cursors: dict[Path, _VideoCursor] = {}
-    key_meta = {names[k]: {"lerobot_key": k, **({"names": f["names"]} if f.get("names") else {})} for k, f in keep.items()}
+    ours = info.get("protege", {})  # written by our export: units, frames, the episodes' metadata
+    key_meta = {names[k]: {"lerobot_key": k, **({"names": f["names"]} if f.get("names") else {}), **ours.get("keys", {}).get(k, {})}
+                for k, f in keep.items()}
+    episode_meta = ours.get("episode_meta")
     writer = EpisodeWriter(dst, fps=fps, key_meta=key_meta, image_codec=image_codec)
     writer.root.attrs["lerobot"] = {"robot_type": info.get("robot_type"), "codebase_version": info["codebase_version"],
                                     "features": {names[k]: k for k in keep}}
@@ -199,8 +202,11 @@ def import_lerobot(src: Path, dst: Path, progress: bool = True, image_codec: str
                     raise ConvertError(f"{path}: episode {e} has {len(frames)} frames in its time range, its length is {T}")
                 steps[names[k]] = np.stack(frames)
             tasks = eps.get("tasks", [[]] * len(order))[i] or []
+            meta = {"task": tasks[0]} if len(tasks) == 1 else {"tasks": list(tasks)}
+            if episode_meta is not None and e < len(episode_meta):
+                meta = {**episode_meta[e], **meta}
             writer.add_steps(steps)
-            writer.commit(**({"task": tasks[0]} if len(tasks) == 1 else {"tasks": list(tasks)}), lerobot_episode_index=e)
+            writer.commit(**meta, lerobot_episode_index=e)
     finally:
         for c in cursors.values():
             c.close()
@@ -357,9 +363,14 @@ def export_lerobot(store: EpisodeStore, dst: Path, progress: bool = True, crf: i
             "data_files_size_in_mb": 100, "video_files_size_in_mb": 200, "fps": fps, "splits": {"train": f"0:{E}"},
             "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
             "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4" if images else None,
-            "features": features, "protege": {"shapes": {lr[k]: s for k, s in shapes.items()}, "source": str(store.path)}}
+            "features": features,
+            "protege": {"shapes": {lr[k]: s for k, s in shapes.items()}, "source": str(store.path),
+                        "keys": {lr[k]: {f: v for f, v in store.attrs.get("keys", {}).get(k, {}).items() if f in ("unit", "frame")}
+                                 for k in store.keys},
+                        "episode_meta": meta}}
     (dst / "meta" / "info.json").write_text(json.dumps(info, indent=2))
-    dropped = sorted({k for m in meta for k in m} - {"task"})
-    if dropped:
-        report.dropped.append(f"episode metadata fields {dropped} (LeRobot keeps only each episode's tasks)")
+    extra = sorted({k for m in meta for k in m} - {"task"})
+    if extra:
+        report.notes.append(f"episode metadata {extra} and key units kept in info.json's 'protege' block "
+                            f"(LeRobot itself keeps only each episode's tasks)")
     return report

@@ -83,7 +83,12 @@ def import_robomimic(src: Path, dst: Path, progress: bool = True, image_codec: s
             report.dropped.append("data.attrs['env_args'] (not valid JSON)")
         if fps is None:
             report.notes.append("no control rate in env_args (env_kwargs.control_freq): the store's fps is unset")
-        writer = EpisodeWriter(dst, fps=fps, image_codec=image_codec)
+        try:  # units and frames of an export of ours
+            ours = json.loads(f["data"].attrs.get("protege_keys", "{}"))
+        except ValueError:
+            ours = {}
+        key_meta = {RENAME_IN.get(k, k.removeprefix("obs/")): m for k, m in ours.items() if m}
+        writer = EpisodeWriter(dst, fps=fps, image_codec=image_codec, key_meta=key_meta)
         if env_args:
             writer.root.attrs["robomimic_env_args"] = env if env else env_args
         skipped_next = False
@@ -112,6 +117,11 @@ def import_robomimic(src: Path, dst: Path, progress: bool = True, image_codec: s
             meta: dict[str, Any] = {"robomimic_demo": name, "masks": sorted(m for m, s in masks.items() if name in s)}
             if "model_file" in g.attrs:
                 meta["model_file"] = str(g.attrs["model_file"])
+            if "protege_meta" in g.attrs:
+                try:
+                    meta = {**json.loads(g.attrs["protege_meta"]), **meta}
+                except ValueError:
+                    report.dropped.append(f"data/{name}.attrs['protege_meta'] (not valid JSON)")
             writer.add_steps(arrays)
             writer.commit(**meta)
         writer.close()
@@ -153,6 +163,8 @@ def export_robomimic(store: EpisodeStore, dst: Path, progress: bool = True, val_
     with h5py.File(dst, "w") as f:
         data = f.create_group("data")
         data.attrs["env_args"] = json.dumps(env_args)
+        data.attrs["protege_keys"] = json.dumps({RENAME_OUT.get(k, f"obs/{k}"): {f: v for f, v in m.items() if f in ("unit", "frame")}
+                                                 for k, m in store.attrs.get("keys", {}).items()})
         names = []
         for e in tqdm(range(store.n_episodes), desc="demos", disable=not progress, leave=False):
             ep = store.episode(e)
@@ -163,6 +175,9 @@ def export_robomimic(store: EpisodeStore, dst: Path, progress: bool = True, val_
             g.attrs["num_samples"] = T
             if "model_file" in meta[e]:
                 g.attrs["model_file"] = meta[e]["model_file"]
+            rest = {k: v for k, v in meta[e].items() if k not in ("model_file", "robomimic_demo", "masks")}
+            if rest:
+                g.attrs["protege_meta"] = json.dumps(rest)  # task, operator, success, ... back on import
             for k, out in RENAME_OUT.items():
                 if k in ep:
                     g.create_dataset(out, data=ep[k])
