@@ -213,7 +213,7 @@ def test_training_data_refuses_damage_in_the_tasks_keys_or_skips_it(tmp_path, pu
 
     path = _damaged_pusht(pusht_path, tmp_path)
     state = {"obs": {"s": {"source": "state"}}, "action": {"source": "action"}}
-    with pytest.raises(StoreError, match=r"(?s)damaged episode.*data/action: non-finite value.*episode 2 step 3.*skip_damaged"):
+    with pytest.raises(StoreError, match=r"damaged episode.*data/action: non-finite value.*episode 2 step 3.*skip_damaged"):
         load_task_data(path, state["obs"], state["action"])
     data = load_task_data(path, state["obs"], state["action"], skip_damaged=True)
     assert data.skipped == [2] and len(data.episode_ends) == 5  # the image damage is not in this task's keys
@@ -235,3 +235,29 @@ def test_protege_train_names_the_damage_and_trains_when_told_to_skip(tmp_path, p
     p = subprocess.run(cmd + ["data.skip_damaged=true"], capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "skipping 1 damaged episode(s) [2]" in p.stderr and (tmp_path / "run/checkpoints/latest.pt").exists()
+
+
+def test_all_zero_data_is_written_and_validates_and_a_cut_array_is_repaired(tmp_path):
+    path = tmp_path / "z.zarr"
+    w = EpisodeWriter(path, fps=10)
+    for i in range(4):  # reopened arrays too must write chunks that are all fill value
+        w.add_episode({"a": np.full((5, 2), i, np.float32), "grip": np.zeros((5, 1), np.float32),
+                       "img": np.zeros((5, 4, 4, 3), np.uint8)})
+    w.close()
+    assert validate(EpisodeStore(path), progress=False).ok
+    zarr.open_group(str(path), mode="r+")["data/a"].resize((17, 2))  # the last 3 rows gone
+    report = validate(EpisodeStore(path, check_rows=False), progress=False)
+    assert [(p.kind, p.episodes) for p in report.problems] == [("layout", (3,))]
+    assert data_cli(["repair", str(path), "--yes"]) == 0
+    store = EpisodeStore(path)
+    assert store.n_episodes == 3 and validate(store, progress=False).ok
+
+    # a zarr 3 store that does not promise every chunk (schema 1): a missing low-dim chunk may be
+    # all zeros legitimately (a note); a missing image is still damage
+    g = zarr.open_group(str(path), mode="r+")
+    g.attrs["schema_version"] = 1
+    (path / "data" / "grip" / "c" / "0" / "0").unlink()
+    _chunk(path, "img", 2, 0, 0, 0).unlink()
+    report = validate(EpisodeStore(path), progress=False)
+    assert [(p.kind, p.key) for p in report.problems] == [("missing chunk", "img")]
+    assert any("data/grip" in n and "skips chunks" in n for n in report.notes)

@@ -36,9 +36,11 @@ import json
 import sys
 from pathlib import Path
 
+import zarr
+
 from . import edit
 from .fetch import DATASETS, FetchError, fetch, resolve_store
-from .store import EpisodeStore, EpisodeWriter, StoreError, describe
+from .store import EpisodeStore, StoreError, describe
 from .validate import Report, validate
 from .convert import ConvertError
 from .view import ViewerError
@@ -105,7 +107,10 @@ def _repair(args) -> int:
     store = EpisodeStore(path, check_rows=False)
     lengths = {k: store._array(k).shape[0] for k in store.keys}
     if any(n > store.n_steps for n in lengths.values()):
-        EpisodeWriter(path).close()  # resizes each array down to the commit record; safe at any point
+        data = zarr.open_group(str(path), mode="r+")["data"]
+        for k, n in lengths.items():  # each array down to the commit record: safe to stop at any point
+            if n > store.n_steps:
+                data[k].resize((store.n_steps, *data[k].shape[1:]))
         print(f"{path}: trimmed rows past the last committed episode "
               f"({ {k: n - store.n_steps for k, n in lengths.items() if n > store.n_steps} })")
         store = EpisodeStore(path, check_rows=False)

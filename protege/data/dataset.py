@@ -143,10 +143,10 @@ def load_task_data(
     arrays = {name: np.concatenate(p) for name, p in parts.items()}
     damaged = damaged_episodes(problems)
     if damaged and not skip_damaged:
-        shown = "\n  ".join(str(p) for p in problems[:10]) + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
-        raise StoreError(f"{store.path}: {len(damaged)} damaged episode(s) in the task's keys, training refused:\n  {shown}\n"
-                         f"Drop them from the store with `protege-data repair {store.path}`, or train without them "
-                         f"with data.skip_damaged=true")
+        shown = "; ".join(str(p) for p in problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        raise StoreError(f"{store.path}: {len(damaged)} damaged episode(s) in the task's keys, training refused ({shown}). "
+                         f"`protege-data validate {store.path}` lists every problem, `protege-data repair {store.path}` "
+                         f"drops them from the store, data.skip_damaged=true trains without them")
     if damaged:
         lengths = np.diff(np.concatenate([[0], ends]))
         starts = ends - lengths

@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from tqdm import tqdm
 
-from .store import INFO, EpisodeStore, EpisodeWriter, StoreError
+from .store import INFO, EpisodeStore, EpisodeWriter, StoreError, _writing
 from .validate import validate
 
 _RANGE = re.compile(r"^(-?\d+)(?:-(-?\d+))?$")
@@ -254,9 +254,10 @@ def relabel(path: str | Path, episodes: list[int], values: Mapping[str, Any]) ->
     def build(tmp: Path) -> None:
         _link_data(path, tmp)
         w = EpisodeWriter(tmp)
-        info = w._info_array()
-        for e in episodes:
-            info[e] = json.dumps({**meta[e], **values})
+        with _writing():
+            info = w._info_array()
+            for e in episodes:
+                info[e] = json.dumps({**meta[e], **values})
 
     return replace_atomically(path, build, check_data=False)
 

@@ -31,9 +31,16 @@ from .codecs import ImageCodec, JpegCodec  # noqa: F401 (JpegCodec: re-exported,
 
 SCHEMA_VERSION = 2
 INFO = "episode_info"  # meta/<INFO>: per-episode metadata, one JSON object per episode
-# zarr 3 skips writing a chunk that equals the fill value; we write every chunk, so that a missing
-# chunk file always means damage (validate) and never a legitimately all-zero block.
+# zarr 3 skips writing a chunk that equals the fill value (and deletes one that becomes so). We
+# write every chunk, so that in a store of schema >= 2 a missing chunk file always means damage
+# (validate), never a legitimately all-zero block. The setting is not stored with an array: it
+# must be in force at every write.
 ARRAY_CONFIG = {"write_empty_chunks": True}
+ALL_CHUNKS_SCHEMA = 2  # stores of this schema version or later have every chunk written
+
+
+def _writing():
+    return zarr.config.set({"array.write_empty_chunks": True})
 
 
 def _json_default(x: Any) -> Any:
@@ -275,6 +282,10 @@ class EpisodeWriter:
 
     def add_steps(self, steps: Mapping[str, np.ndarray]) -> None:
         """Append rows {key: (n, ...) array} to the open episode (every key, the same n)."""
+        with _writing():  # arrays opened (and written) under it write every chunk
+            self._add_steps(steps)
+
+    def _add_steps(self, steps: Mapping[str, np.ndarray]) -> None:
         lengths = {k: len(v) for k, v in steps.items()}
         if len(set(lengths.values())) != 1:
             raise StoreError(f"step arrays differ in length: {lengths}")
@@ -318,17 +329,19 @@ class EpisodeWriter:
         except TypeError as e:
             raise StoreError(f"episode metadata must be JSON-able: {e}") from e
         index = self.n_episodes
-        info = self._info_array()
-        if info.shape[0] < index + 1:
-            info.resize((index + 1,))
-        info[index] = text
-        ends = self.root["meta/episode_ends"]
-        ends.resize((index + 1,))
-        ends[index] = self._cursor  # the commit
+        with _writing():
+            info = self._info_array()
+            if info.shape[0] < index + 1:
+                info.resize((index + 1,))
+            info[index] = text
+            ends = self.root["meta/episode_ends"]
+            ends.resize((index + 1,))
+            ends[index] = self._cursor  # the commit
         return index
 
     def _info_array(self) -> zarr.Array:
-        """``meta/episode_info``, created (with the metadata of a schema-1 or foreign store) if missing."""
+        """``meta/episode_info``, created (with the metadata of a schema-1 or foreign store) if missing.
+        Call under ``_writing()``."""
         meta = self.root["meta"]
         if INFO not in meta:
             n = self.n_episodes

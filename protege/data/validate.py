@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 from zarr.core.sync import sync
 
-from .store import INFO, EpisodeStore, StoreError
+from .store import ALL_CHUNKS_SCHEMA, INFO, EpisodeStore, StoreError
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ def _missing_chunks(arr, n_rows: int) -> list[int]:
 
 
 def scan(store: EpisodeStore, key: str, problems: list[Problem], n_rows: int | None = None,
-         block_bytes: int = 64 << 20) -> Iterator[tuple[int, np.ndarray]]:
+         block_bytes: int = 64 << 20, notes: list[str] | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Read ``data/<key>`` block by block, appending every problem found to ``problems``.
 
     Yields (first row, block) for rows [0, n_rows) (default: every committed row). Rows of a
@@ -128,11 +128,19 @@ def scan(store: EpisodeStore, key: str, problems: list[Problem], n_rows: int | N
     c0 = arr.chunks[0]
     fill = arr.fill_value
     missing = set(_missing_chunks(arr, have_rows))
+    # zarr 2 and protege's schema >= 2 write every chunk: a missing one is damage. Other zarr 3
+    # stores may leave out a chunk that is all fill value: damage for images (a black frame is
+    # not data), a note for low-dim arrays.
+    promised = store.zarr_format == 2 or (store.schema_version or 0) >= ALL_CHUNKS_SCHEMA
     for i in sorted(missing):
         a, b = i * c0, min((i + 1) * c0, have_rows)
         where, eps = _span(store, a, b)
-        problems.append(Problem("missing chunk", key, f"chunk {arr.metadata.encode_chunk_key((i,) + (0,) * (arr.ndim - 1))} "
-                                f"is gone ({where}); zarr would read it as {fill!r}", (a, b), eps))
+        name = arr.metadata.encode_chunk_key((i,) + (0,) * (arr.ndim - 1))
+        if promised or store.spec(key).is_image:
+            problems.append(Problem("missing chunk", key, f"chunk {name} is gone ({where}); zarr would read it as {fill!r}", (a, b), eps))
+        elif notes is not None:
+            notes.append(f"data/{key}: chunk {name} ({where}) is not on disk: this store's zarr skips chunks that are all "
+                         f"{fill!r}, so it reads as {fill!r}; if that data was not all {fill!r}, it is lost")
     row_bytes = max(1, int(np.prod(arr.shape[1:], dtype=np.int64)) * arr.dtype.itemsize)
     block = max(c0, (block_bytes // row_bytes) // c0 * c0)
     unreadable = set(missing)  # chunk indices along axis 0
@@ -195,6 +203,6 @@ def validate(store: EpisodeStore, keys: list[str] | None = None, progress: bool 
         if arr.shape[0] > store.n_steps:
             notes.append(f"data/{key}: {arr.shape[0] - store.n_steps} rows past the last episode end (left by a crash "
                          f"or an open writer; readers ignore them, `protege-data repair` trims them)")
-        for _ in scan(store, key, problems):
+        for _ in scan(store, key, problems, notes=notes):
             pass
     return Report(problems, notes)
