@@ -20,10 +20,13 @@ from .store import EpisodeStore
 MAX_DIMS = 12  # dimensions per key drawn in the PNG
 
 
-def _rows(store: EpisodeStore, key: str, block: int = 1 << 16):
+def _blocks(store: EpisodeStore, key: str, block_bytes: int = 64 << 20):
+    """(first row, rows) of ``data/<key>`` in chunk-aligned blocks of about ``block_bytes``."""
     arr = store._array(key)
+    row = max(1, int(np.prod(arr.shape[1:], dtype=np.int64)) * arr.dtype.itemsize)
+    block = max(arr.chunks[0], (block_bytes // row) // arr.chunks[0] * arr.chunks[0])
     for i in range(0, store.n_steps, block):
-        yield np.asarray(arr[i : min(i + block, store.n_steps)])
+        yield i, np.asarray(arr[i : min(i + block, store.n_steps)])
 
 
 def store_stats(store: EpisodeStore, max_frames: int = 2000, progress: bool = True) -> dict[str, Any]:
@@ -51,13 +54,14 @@ def store_stats(store: EpisodeStore, max_frames: int = 2000, progress: bool = Tr
     for key in tqdm(store.keys, desc="stats", disable=not progress, leave=False):
         spec = store.spec(key)
         if spec.is_image:
-            idx = np.unique(np.linspace(0, store.n_steps - 1, min(max_frames, store.n_steps)).astype(np.int64)) if store.n_steps else []
-            x = np.asarray(store._array(key).get_orthogonal_selection((idx,))).reshape(-1, 3).astype(np.float64) if len(idx) else np.zeros((0, 3))
+            step = max(1, -(-store.n_steps // max_frames))  # every step-th frame, read block by block
+            parts = [b[(-i) % step :: step].reshape(-1, 3) for i, b in _blocks(store, key)]
+            x = np.concatenate(parts).astype(np.float64) if parts else np.zeros((0, 3))
             kind, values = "image", x
             edges = np.linspace(0, 255 if x.max(initial=0) > 1 else 1, 33)  # uint8 or float 0..255; float 0..1
         else:
             kind = "low_dim"
-            values = np.concatenate([b.reshape(len(b), -1).astype(np.float64) for b in _rows(store, key)]) if store.n_steps else np.zeros((0, 1))
+            values = np.concatenate([b.reshape(len(b), -1).astype(np.float64) for _, b in _blocks(store, key)]) if store.n_steps else np.zeros((0, 1))
             edges = None
         finite = np.where(np.isfinite(values), values, np.nan)
         with np.errstate(all="ignore"):
