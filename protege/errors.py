@@ -17,16 +17,17 @@ from typing import Callable
 EXIT_USAGE = 2
 
 
-def expected_errors() -> tuple[type[BaseException], ...]:
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
+# Matched by name, not imported: importing torch while a tool exits (after MuJoCo's EGL context)
+# can crash the interpreter, and a tool that never needed torch should not load it to report.
+_EXPECTED_NAMES = {"HydraException", "OmegaConfBaseException", "StoreError", "CheckpointError",
+                   "PretrainedWeightsError", "FileNotFoundError", "ValueError"}
 
-    from .data.store import StoreError
-    from .policies.checkpoint import CheckpointError
-    from .policies.encoders import PretrainedWeightsError
 
-    return (HydraException, OmegaConfBaseException, StoreError, CheckpointError, PretrainedWeightsError,
-            FileNotFoundError, ValueError)
+def is_expected(e: BaseException) -> bool:
+    """An error for the user to fix (see the module docstring), not a bug."""
+    return isinstance(e, Exception) and any(
+        c.__name__ in _EXPECTED_NAMES and c.__module__.split(".")[0] in ("builtins", "protege", "hydra", "omegaconf")
+        for c in type(e).__mro__)
 
 
 def one_line(e: BaseException) -> str:
@@ -61,7 +62,9 @@ def job(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except expected_errors() as e:
+        except Exception as e:
+            if not is_expected(e):
+                raise
             _report(e)
     return wrapper
 
@@ -74,5 +77,7 @@ def run(tool: str, main: Callable[[], object]) -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # hydra re-raises instead of printing its own report
     try:
         main()
-    except expected_errors() as e:
+    except Exception as e:
+        if not is_expected(e):
+            raise
         _report(e)
