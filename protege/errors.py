@@ -30,11 +30,16 @@ def is_expected(e: BaseException) -> bool:
         for c in type(e).__mro__)
 
 
+def root_cause(e: BaseException) -> BaseException:
+    """The error under hydra's InstantiationException wrappers (one per nested instantiate)."""
+    while type(e).__name__ == "InstantiationException" and e.__cause__ is not None:
+        e = e.__cause__
+    return e
+
+
 def one_line(e: BaseException) -> str:
     """The error's first line, with omegaconf's full key (``train.stepz``) when it has one."""
-    cause = e
-    while getattr(cause, "__cause__", None) is not None and type(cause).__name__ in ("InstantiationException",):
-        cause = cause.__cause__
+    cause = root_cause(e)
     text = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
     inner = cause.__cause__
     if type(cause).__module__.startswith("hydra") and inner is not None and str(inner).strip():

@@ -14,7 +14,7 @@ import torch
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
-from ..errors import job, run as run_cli
+from ..errors import job, root_cause, run as run_cli
 from ..data.writer import BackgroundWriter
 from ..policies.checkpoint import load_policy
 from ..policies.tensors import select_device
@@ -69,7 +69,7 @@ def deploy(cfg: DictConfig) -> int:
     try:
         backend = hydra.utils.instantiate(cfg.robot.backend)
     except InstantiationException as e:
-        raise ConfigError(f"robot={cfg.robot.get('name')}: {e.__cause__ or e}") from e
+        raise ConfigError(f"robot={cfg.robot.get('name')}: {root_cause(e)}") from e
     writer = loop = stop_key = None
     results: list[EpisodeResult] = []
     run_dir = Path(cfg.run_dir)

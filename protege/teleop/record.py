@@ -8,7 +8,7 @@ import hydra
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
-from ..errors import job
+from ..errors import job, root_cause
 from ..data.writer import BackgroundWriter
 from ..deploy.operator import StopKey
 from ..robot.interfaces import DeviceError
@@ -54,7 +54,7 @@ def _record_live(cfg: DictConfig) -> int:
     try:
         backend = hydra.utils.instantiate(cfg.robot.backend)
     except (InstantiationException, DeviceError) as e:
-        print(f"protege-record: robot={cfg.robot.name}: {getattr(e, '__cause__', None) or e}", file=sys.stderr)
+        print(f"protege-record: robot={cfg.robot.name}: {root_cause(e)}", file=sys.stderr)
         return 13
     writer = stop_key = None
     try:
