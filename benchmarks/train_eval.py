@@ -3,6 +3,12 @@ writes the learning curve as JSON and PNG (benchmarks/results/<task>-<policy>.js
 
     python benchmarks/train_eval.py --task pusht_state --policy diffusion --minutes 60 --steps 26000
     python benchmarks/train_eval.py --task pusht_state --policy act --scheduler temporal_ensembling
+    python benchmarks/train_eval.py --task pusht_state --protocol paper --minutes 60 --steps 100000
+
+--protocol paper follows the Diffusion Policy paper's PushT evaluation as far as the model
+size allows on a CPU: training on 90 of the episodes (their max_train_episodes), DDPM with 100
+steps at inference, and the reported checkpoint chosen by its score on the test seeds (every kept
+checkpoint is evaluated; "best" in the JSON). Our protocol reports the last checkpoint, DDIM 10.
 
 Runs the real CLIs (protege-train, protege-eval). The curve is mean max reward (the paper's PushT
 score), mean max coverage and success rate against training wall-clock minutes.
@@ -12,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -23,6 +30,7 @@ import torch
 
 from protege.policies.checkpoint import load_policy, read_checkpoint
 
+from deploy_rt import commit  # benchmarks/deploy_rt.py
 from machine import machine, pusht_store  # benchmarks/machine.py
 
 HERE = Path(__file__).resolve().parent
@@ -63,6 +71,8 @@ def main() -> None:
     ap.add_argument("--eval-episodes", type=int, default=50, help="episodes for the final checkpoint")
     ap.add_argument("--curve-episodes", type=int, default=None, help="episodes per earlier checkpoint (default: --eval-episodes)")
     ap.add_argument("--scheduler", default="receding_horizon", choices=["receding_horizon", "temporal_ensembling"])
+    ap.add_argument("--protocol", default="ours", choices=["ours", "paper"],
+                    help="paper: 90 training episodes, DDPM-100 inference, best checkpoint by test score (see above)")
     ap.add_argument("--run-dir", default=None)
     ap.add_argument("--skip-train", action="store_true", help="only evaluate the checkpoints of --run-dir")
     ap.add_argument("--extra", nargs="*", default=[], help="more hydra overrides for protege-train")
@@ -74,8 +84,11 @@ def main() -> None:
                     help="only (re)measure parameters and chunk latency of --run-dir's latest checkpoint into --out")
     args = ap.parse_args()
 
-    run_dir = Path(args.run_dir or f"runs/bench-{args.task}-{args.policy}")
-    out = Path(args.out or HERE / "results" / f"{args.task}-{args.policy}.json")
+    suffix = "" if args.protocol == "ours" else f"-{args.protocol}"
+    run_dir = Path(args.run_dir or f"runs/bench-{args.task}-{args.policy}{suffix}")
+    out = Path(args.out or HERE / "results" / f"{args.task}-{args.policy}{suffix}.json")
+    protocol_overrides = {"ours": [], "paper": ["max_episodes=90", "policy.inference_scheduler=ddpm",
+                                                "policy.num_inference_steps=100"]}[args.protocol]
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.measure_only:
         result = json.loads(out.read_text())
@@ -94,7 +107,7 @@ def main() -> None:
             f"run_dir={run_dir}", f"train.steps={args.steps}", f"train.max_minutes={args.minutes}",
             f"train.batch_size={args.batch_size}", f"train.checkpoint_every={args.checkpoint_every}",
             "train.keep_checkpoints=true", "train.progress=false", *(["resume=true"] if args.resume_from else []),
-            *args.extra,
+            *protocol_overrides, *args.extra,
         ], check=True)
     train_wall = time.time() - t0
     if args.skip_train and out.exists():  # re-evaluation: keep the training run's own record
@@ -120,10 +133,13 @@ def main() -> None:
               f"score {r['mean_max_reward']:.3f}  {cov}success {r['success_rate']:.2f}  ({r['n_episodes']} episodes)")
     final = curve[-1]
     result = {
-        "benchmark": "train_eval", "task": args.task, "policy": args.policy, "scheduler": args.scheduler, "machine": machine(),
+        "benchmark": "train_eval", "command": shlex.join(["python", *sys.argv]), "commit": commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(t0)), "protocol": args.protocol,
+        "protocol_overrides": protocol_overrides, "extra_overrides": args.extra,
+        "task": args.task, "policy": args.policy, "scheduler": args.scheduler, "machine": machine(),
         "dataset": args.dataset, "resumed_from": args.resume_from, "budget_minutes": args.minutes, "steps": args.steps, "batch_size": args.batch_size,
         "eval_episodes": args.eval_episodes, "train_wall_minutes": train_wall / 60, "run_dir": str(run_dir),
-        "final": final, "curve": curve, **chunk_latency(run_dir / "checkpoints/latest.pt"),
+        "final": final, "best": max(curve, key=lambda c: c["mean_max_reward"]), "curve": curve, **chunk_latency(run_dir / "checkpoints/latest.pt"),
     }
     out.write_text(json.dumps(result, indent=2))
     try:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -324,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"protege-data {args.command}: interrupted; an edit in progress left the store as it was", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `protege-data info pusht | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush cannot raise again
+        return 141
 
 
 if __name__ == "__main__":
