@@ -18,8 +18,8 @@ TINY = ["policy.unet.down_dims=[32,64,128]", "policy.unet.diffusion_step_embed_d
         "train.log_every=10", "train.progress=false", "max_episodes=4", "train.val_every=20"]
 
 
-def run(*args, check=True):
-    p = subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, env=ENV, timeout=600)
+def run(*args, check=True, cwd=None):
+    p = subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, env=ENV, timeout=600, cwd=cwd)
     if check and p.returncode != 0:
         raise AssertionError(f"{args[0]} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     return p
@@ -80,9 +80,18 @@ def test_resume_without_a_run_is_a_clear_error(tmp_path, pusht_path):
     assert p.returncode != 0 and "does not exist" in p.stderr + p.stdout
 
 
-def test_missing_dataset_is_a_clear_error():
-    p = run("protege-train", "train.steps=1", check=False)
+def test_missing_dataset_is_a_clear_error(tmp_path):
+    p = run("protege-train", "train.steps=1", check=False, cwd=tmp_path)  # (a failed start still makes runs/ there)
     assert p.returncode != 0 and "dataset" in p.stderr + p.stdout
+
+
+def test_a_closed_pipe_ends_protege_data_quietly(pusht_path):
+    # `protege-data info <store> | head -1`: the reader is gone before the tool writes
+    p = subprocess.Popen([str(BIN / "protege-data"), "info", str(pusht_path)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=ENV)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141 and "Traceback" not in err, err
 
 
 def test_data_info_and_validate(tmp_path, pusht_path):
@@ -150,7 +159,7 @@ def test_every_tool_reports_expected_errors_in_one_line_with_the_trace_a_flag_aw
         (["protege-data", "info", str(not_ckpt)], "not a zarr group"),
     ]
     for args, msg in cases:
-        p = run(*args, check=False)
+        p = run(*args, check=False, cwd=tmp_path)
         err = p.stderr.strip().splitlines()
         assert p.returncode == 2 and len(err) == 1 and msg in err[0] and err[0].startswith(args[0]) and ": error: " in err[0], (args, p.stderr)
     p = run("protege-eval", f"checkpoint={not_ckpt}", "--traceback", check=False)
