@@ -5,19 +5,24 @@
         # first reruns everything: records 100 scripted demos per sim task (if missing), then
         # train_eval.py for every task x policy with the same budget, then prints the table
 
-Reads benchmarks/results/<task>-<policy>.json (written by train_eval.py, with the parameters and
-the batch-1 latency per action chunk of the evaluated checkpoint); results written before
-train_eval.py measured those fall back to benchmarks/results/throughput.json (throughput.py).
+Reads benchmarks/results/<task>-<policy>[-<protocol>].json (written by train_eval.py, with the
+parameters and the batch-1 latency per action chunk of the evaluated checkpoint). Results without
+the command and commit that wrote them are left out, and so is a row whose training budget
+differs from the other rows of its task: one table compares policies on one budget.
+Writes results/compare.json with the command, commit and date.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+from deploy_rt import commit  # benchmarks/deploy_rt.py
 from machine import pusht_store  # benchmarks/machine.py
 
 HERE = Path(__file__).resolve().parent / "results"
@@ -52,36 +57,45 @@ def main() -> None:
     args = ap.parse_args()
     if args.run:
         run_all(args.tasks, args.policies, args.minutes, args.pusht, args.demos)
-    latency = {}
-    tp = HERE / "throughput.json"
-    if tp.exists():
-        for r in json.loads(tp.read_text())["rows"]:
-            latency[(r["task"], r["policy"])] = r
-    rows = []
+    rows, left_out = [], []
     for path in sorted(HERE.glob("*-*.json")):
         r = json.loads(path.read_text())
-        if r.get("benchmark") != "train_eval":
+        if not isinstance(r, dict) or r.get("benchmark") != "train_eval":
             continue
-        f = r["final"]
-        t = latency.get((r["task"], r["policy"]), {})
-        lat = r.get("latency_ms", t.get("ddim10_ms", t.get("chunk_ms")))
+        if "commit" not in r:
+            left_out.append(f"{path.name}: no command and commit recorded (written by older code)")
+            continue
+        f = r["best"] if r.get("protocol") == "paper" else r["final"]  # the paper reports the best checkpoint
         rows.append({
-            "task": r["task"], "policy": r["policy"], "scheduler": r.get("scheduler", "receding_horizon"),
+            "file": path.name, "task": r["task"], "policy": r["policy"], "protocol": r.get("protocol", "ours"),
+            "scheduler": r["scheduler"], "budget_minutes": r["budget_minutes"],
             "score": f["mean_max_reward"], "coverage": f["mean_max_coverage"], "success": f["success_rate"],
             "ci95": f["success_rate_ci95"], "train_minutes": f["train_minutes"], "steps": f["train_step"],
-            "episodes": r["eval_episodes"], "params_M": r.get("params_M", t.get("params_M")), "latency_ms": lat, "machine": r["machine"],
+            "episodes": f["n_episodes"], "params_M": r["params_M"], "latency_ms": r["latency_ms"],
+            "machine": r["machine"], "commit": r["commit"],
         })
-    print("| task | policy | action scheduler | score (mean max reward) | mean max coverage | success (95% CI) "
+    budgets = {}
+    for r in rows:
+        budgets.setdefault(r["task"], r["budget_minutes"])
+    for r in [r for r in rows if r["budget_minutes"] != budgets[r["task"]]]:
+        left_out.append(f"{r['file']}: a {r['budget_minutes']:g}-minute budget where {r['task']}'s first row had "
+                        f"{budgets[r['task']]:g}")
+        rows.remove(r)
+    print("| task | policy | protocol | action scheduler | score (mean max reward) | mean max coverage | success (95% CI) "
           "| training minutes (steps) | parameters | latency per chunk |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     def fmt(x, spec, unit=""):
         return "-" if x is None else format(x, spec) + unit
 
     for r in rows:
-        print(f"| {r['task']} | {r['policy']} | {r['scheduler']} | {fmt(r['score'], '.3f')} | {fmt(r['coverage'], '.3f')} | "
+        print(f"| {r['task']} | {r['policy']} | {r['protocol']} | {r['scheduler']} | {fmt(r['score'], '.3f')} | {fmt(r['coverage'], '.3f')} | "
               f"{r['success']:.2f} ({r['ci95'][0]:.2f}-{r['ci95'][1]:.2f}) | {r['train_minutes']:.0f} ({r['steps']}) | "
               f"{fmt(r['params_M'], '.1f', ' M')} | {fmt(r['latency_ms'], '.0f', ' ms')} |")
-    (HERE / "compare.json").write_text(json.dumps(rows, indent=2))
+    for why in left_out:
+        print(f"left out: {why}")
+    (HERE / "compare.json").write_text(json.dumps({
+        "benchmark": "compare", "command": shlex.join(["python", *sys.argv]), "commit": commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M"), "rows": rows, "left_out": left_out}, indent=2))
 
 
 if __name__ == "__main__":

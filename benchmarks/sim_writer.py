@@ -24,9 +24,6 @@ frame size, then read back:
   of the image arrays, read-back frames/s (``EpisodeStore.read``), the error of the decoded frames
   (mean absolute, gray levels), and a check that no step was dropped (steps in == steps in store).
 
-``--write-empty-chunks`` measures zarr's ``array.write_empty_chunks`` (off by default in zarr 3: it
-then compares every chunk with the fill value before encoding it).
-
 Prints tables and writes JSON (``benchmarks/results/sim_writer.json``). The default run takes
 about 2 min on 2 shared cores; ``--quick`` about 45 s.
 """
@@ -36,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import statistics
 import sys
@@ -46,6 +44,7 @@ from pathlib import Path
 import mujoco
 import numpy as np
 
+from deploy_rt import commit  # benchmarks/deploy_rt.py
 from machine import machine  # benchmarks/machine.py
 from protege.data.store import EpisodeStore
 from protege.data.writer import BackgroundWriter
@@ -227,8 +226,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer steps and shorter timings")
     ap.add_argument("--demos", type=int, default=None, help="demos to record (default 3, --quick 2)")
-    ap.add_argument("--write-empty-chunks", action="store_true",
-                    help="set zarr's array.write_empty_chunks (skips its per-chunk fill-value scan)")
     ap.add_argument("--out", default=str(HERE / "results" / "sim_writer.json"))
     args = ap.parse_args()
     seconds = 0.75 if args.quick else 1.5
@@ -240,9 +237,6 @@ def main() -> None:
     import numcodecs
     import torch
     import zarr
-
-    if args.write_empty_chunks:
-        zarr.config.set({"array.write_empty_chunks": True})
 
     t_start, load_start = time.perf_counter(), os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="protege_sim_writer_"))
@@ -278,8 +272,9 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
     result = {
-        "benchmark": "sim_writer", "machine": machine(), "quick": args.quick,
-        "zarr_write_empty_chunks": bool(zarr.config.get("array.write_empty_chunks")),
+        "benchmark": "sim_writer", "command": shlex.join(["python", *sys.argv]), "commit": commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "quick": args.quick,
+        "repeats": {"demos": demos, "timed_seconds_per_measure": seconds, "writer_steps": steps},
         "versions": {"mujoco": mujoco.__version__, "zarr": zarr.__version__, "numcodecs": numcodecs.__version__,
                      "imagecodecs": imagecodecs.__version__, "numpy": np.__version__, "torch": torch.__version__,
                      "python": sys.version.split()[0]},

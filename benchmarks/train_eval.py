@@ -96,7 +96,7 @@ def main() -> None:
         out.write_text(json.dumps(result, indent=2))
         print(f"{out}: {result['params_M']:.1f} M params, {result['latency_ms']:.1f} ms per chunk")
         return
-    t0 = time.time()
+    t0, code = time.time(), commit()  # the code that trains and evaluates (the tree may move on meanwhile)
     if not args.skip_train:
         if args.resume_from:
             ckpt = run_dir / "checkpoints/latest.pt"
@@ -133,7 +133,7 @@ def main() -> None:
               f"score {r['mean_max_reward']:.3f}  {cov}success {r['success_rate']:.2f}  ({r['n_episodes']} episodes)")
     final = curve[-1]
     result = {
-        "benchmark": "train_eval", "command": shlex.join(["python", *sys.argv]), "commit": commit(),
+        "benchmark": "train_eval", "command": shlex.join(["python", *sys.argv]), "commit": code,
         "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(t0)), "protocol": args.protocol,
         "protocol_overrides": protocol_overrides, "extra_overrides": args.extra,
         "task": args.task, "policy": args.policy, "scheduler": args.scheduler, "machine": machine(),
