@@ -107,6 +107,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results" / "throughput.json"))
     args = ap.parse_args()
     device = select_device("auto")
+    code = commit()  # at the start: the tree may move on while this runs
     steps, reps = (3, 3) if args.quick else (10, 10)
     state = load_task_data(args.dataset, dict(config("diffusion", "pusht_state").task.obs), {"source": "action"})
     image = load_task_data(args.dataset, dict(config("diffusion", "pusht_image").task.obs), {"source": "action"})
@@ -120,7 +121,7 @@ def main() -> None:
             print(f"{r['task']:<12} {r['policy']:<16} {r['params_M']:6.1f}M  {r['batch_size']:>5}  "
                   f"{r['train_samples_per_s']:8.1f}  {r['loader_samples_per_s']:9.0f}  {lat}", flush=True)
     out = Path(args.out)
-    result = {"benchmark": "throughput", "command": shlex.join(["python", *sys.argv]), "commit": commit(),
+    result = {"benchmark": "throughput", "command": shlex.join(["python", *sys.argv]), "commit": code,
               "machine": machine(), "device": str(device), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
               "quick": args.quick, "rows": rows}
     out.parent.mkdir(parents=True, exist_ok=True)
