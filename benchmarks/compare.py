@@ -22,8 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from deploy_rt import commit  # benchmarks/deploy_rt.py
-from machine import pusht_store  # benchmarks/machine.py
+from machine import commit, pusht_store  # benchmarks/machine.py
 
 HERE = Path(__file__).resolve().parent / "results"
 BIN = Path(sys.executable).parent

@@ -26,8 +26,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import numpy as np  # noqa: E402
-from deploy_rt import commit  # noqa: E402
-from machine import machine, pusht_store  # noqa: E402
+from machine import commit, machine, pusht_store  # noqa: E402
 
 from protege.data.convert import convert  # noqa: E402
 from protege.data.inspect import plot_stats, store_stats  # noqa: E402

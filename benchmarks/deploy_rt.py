@@ -21,23 +21,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from machine import machine
+from machine import commit, machine
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(HERE.parent))
 from protege.deploy.eval import wilson_interval  # noqa: E402
-
-
-def commit() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True, check=True).stdout.strip()
-        # the code's state: README edits and results written meanwhile do not make it dirty
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "../protege", ".",
-                                "../pyproject.toml", ":!results"], cwd=HERE, capture_output=True, text=True).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> None:

@@ -32,8 +32,7 @@ HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-from deploy_rt import commit  # noqa: E402
-from machine import machine  # noqa: E402
+from machine import commit, machine  # noqa: E402
 
 
 def pct(x) -> dict:

@@ -1,11 +1,27 @@
-"""The machine a benchmark ran on, in words (CPU model, threads, GPU, torch version), and where
-the shared PushT store lies on it."""
+"""What a benchmark result records of where it ran: the machine in words (CPU model, threads,
+GPU, torch version) and the code's commit; and where the shared PushT store lies on it."""
 
 import os
 import platform
+import subprocess
 from pathlib import Path
 
 import torch
+
+HERE = Path(__file__).resolve().parent
+
+
+def commit() -> str:
+    """HEAD's SHA, with ``-dirty`` when the code (protege/, benchmarks/ but results/, pyproject.toml)
+    has uncommitted changes; "unknown" outside a git checkout."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True, check=True).stdout.strip()
+        # the code's state: README edits and results written meanwhile do not make it dirty
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "../protege", ".",
+                                "../pyproject.toml", ":!results"], cwd=HERE, capture_output=True, text=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def machine() -> str:

@@ -44,8 +44,7 @@ from pathlib import Path
 import mujoco
 import numpy as np
 
-from deploy_rt import commit  # benchmarks/deploy_rt.py
-from machine import machine  # benchmarks/machine.py
+from machine import commit, machine  # benchmarks/machine.py
 from protege.data.store import EpisodeStore
 from protege.data.writer import BackgroundWriter
 from protege.sim.env import SimEnv

@@ -26,8 +26,7 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_module
 
-from deploy_rt import commit  # benchmarks/deploy_rt.py
-from machine import machine, pusht_store  # benchmarks/machine.py
+from machine import commit, machine, pusht_store  # benchmarks/machine.py
 from protege.data.dataset import load_task_data
 from protege.policies.normalizer import Normalizer
 from protege.policies.checkpoint import build_policy

@@ -30,8 +30,7 @@ import torch
 
 from protege.policies.checkpoint import load_policy, read_checkpoint
 
-from deploy_rt import commit  # benchmarks/deploy_rt.py
-from machine import machine, pusht_store  # benchmarks/machine.py
+from machine import commit, machine, pusht_store  # benchmarks/machine.py
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent

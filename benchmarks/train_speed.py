@@ -32,8 +32,7 @@ from pathlib import Path
 
 import torch
 
-from deploy_rt import commit  # benchmarks/deploy_rt.py
-from machine import machine  # benchmarks/machine.py
+from machine import commit, machine  # benchmarks/machine.py
 
 HERE = Path(__file__).resolve().parent
 

@@ -32,9 +32,8 @@ from pathlib import Path
 
 import torch
 
-from deploy_rt import commit  # benchmarks/deploy_rt.py
 from lerobot_worker import timed  # benchmarks/lerobot_worker.py (it imports lerobot only inside main)
-from machine import machine  # benchmarks/machine.py
+from machine import commit, machine  # benchmarks/machine.py
 
 HERE = Path(__file__).resolve().parent
 COMMON = {"image_size": 96, "state_dim": 2, "action_dim": 2}
