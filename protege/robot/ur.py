@@ -355,6 +355,11 @@ def _servo_process(settings: dict, commands, errors, ring, count, lock, status, 
             else:
                 ok = rtde_c.servoJ(list(map(float, joint_traj(now))), 0.5, 0.5, dt, s.lookahead_time, s.gain)
             if not ok:
+                # a refusal can arrive before the state packet that says why (a protective stop): give
+                # the receive interface a few controller cycles to catch up before naming the reason
+                t_why = time.monotonic() + 0.1
+                while not (rtde_r.isProtectiveStopped() or rtde_r.isEmergencyStopped()) and time.monotonic() < t_why:
+                    time.sleep(0.002)
                 fail(_safety_reason(rtde_r) if (rtde_r.isProtectiveStopped() or rtde_r.isEmergencyStopped())
                      else "the controller refused a servo set-point")
                 break
