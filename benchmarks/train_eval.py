@@ -125,11 +125,13 @@ def main() -> None:
             f"n_videos={4 if final else 0}", f"out_dir={eval_dir}", f"scheduler={args.scheduler}",
         ], check=True)
         r = json.loads((eval_dir / "eval.json").read_text())
-        curve.append({k: r[k] for k in ("checkpoint", "n_episodes", "train_step", "train_minutes", "mean_max_reward",
-                                         "mean_max_coverage", "success_rate", "success_rate_ci95", "eval_seconds")})
+        curve.append({k: r.get(k) for k in ("checkpoint", "n_episodes", "train_step", "train_minutes", "mean_max_reward",
+                                             "mean_max_coverage", "success_rate", "success_rate_ci95", "eval_seconds",
+                                             "final_stages")})
         cov = f"coverage {r['mean_max_coverage']:.3f}  " if r["mean_max_coverage"] is not None else ""
         print(f"{ckpt.name:>20}  step {r['train_step']:>6}  {r['train_minutes']:6.1f} min  "
-              f"score {r['mean_max_reward']:.3f}  {cov}success {r['success_rate']:.2f}  ({r['n_episodes']} episodes)")
+              f"score {r['mean_max_reward']:.3f}  {cov}success {r['success_rate']:.2f}  ({r['n_episodes']} episodes)"
+              + (f"  final stages {r['final_stages']}" if r.get("final_stages") else ""))
     final = curve[-1]
     result = {
         "benchmark": "train_eval", "command": shlex.join(["python", *sys.argv]), "commit": code,

@@ -88,3 +88,32 @@ def test_evaluator_aggregates_max_reward_success_and_done_per_episode():
     # new chunk observed at step 2 (x = 2, its window [1, 2])
     assert LOG[2]["actions"] == pytest.approx([200.0, 200.1, 202.0, 202.1, 204.0, 204.1])
     assert [201.0, 202.0] in policy.windows
+
+
+# seed -> the stage each step reports (a lift-like task: seed 1 grasps, drops the cube and ends at "reached")
+STAGES = {0: ["start", "reached", "grasped", "lifted"], 1: ["reached", "grasped", "reached"],
+          2: ["start", "start", "reached", "reached", "reached", "reached"]}
+
+
+class StagedEnv(FakeEnv):
+    """FakeEnv whose info also names the stage (as protege.sim.env.SimEnv does); seed 0 succeeds."""
+
+    def step(self, action):
+        reward, done, info = super().step(action)
+        info["stage_name"] = STAGES[self.seed][self.k - 1]
+        info["success"] = self.seed == 0 and self.k == 4
+        return reward, done, info
+
+
+def test_evaluator_records_when_each_stage_was_reached_and_where_episodes_ended():
+    ev = SimEvaluator({"_target_": "test_eval.StagedEnv"}, {"x": {"source": "x", "type": "low_dim"}}, n_episodes=3,
+                      seed=0, batch_envs=3)
+    report = ev(EchoPolicy())
+    eps = {e["seed"]: e for e in report["episodes"]}
+    assert eps[0]["stage_first_step"] == {"start": 1, "reached": 2, "grasped": 3, "lifted": 4}
+    assert eps[1]["stage_first_step"] == {"reached": 1, "grasped": 2} and eps[1]["final_stage"] == "reached"
+    assert eps[2]["final_stage"] == "reached"
+    assert report["final_stages"] == {"success": 1, "reached": 2}
+    # tasks without stages (PushT) report none
+    assert SimEvaluator({"_target_": "test_eval.FakeEnv"}, {"x": {"source": "x", "type": "low_dim"}}, n_episodes=1,
+                        seed=0)(EchoPolicy())["final_stages"] is None

@@ -7,7 +7,8 @@ observation repeated at the start, as in training's edge padding) and actions ar
 same time-based schedulers as the real-time control loop (receding horizon or temporal
 ensembling), on the simulated clock: inference takes no simulated time. Reports per-seed and mean max reward (the PushT
 "score": min(coverage / 0.95, 1)), max coverage and success rate, as JSON, plus mp4s of the first
-rollouts.
+rollouts. For staged tasks (sim lift, ...) each episode also records the step at which it first
+reached each stage and the stage it ended in, to tell where failed episodes got stuck.
 """
 
 from __future__ import annotations
@@ -59,6 +60,18 @@ def write_mp4(path: Path, frames: list[np.ndarray], fps: float) -> Path:
         writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
     writer.release()
     return path
+
+
+def stage_counts(episodes: list[Mapping[str, Any]]) -> dict[str, int] | None:
+    """How many episodes ended in each stage (successes count as ``success``), for staged tasks
+    (sim lift, pick_place, stack); None for tasks without stages (PushT)."""
+    if not episodes or "final_stage" not in episodes[0]:
+        return None
+    counts: dict[str, int] = {}
+    for e in episodes:
+        key = "success" if e["success"] else e["final_stage"]
+        counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 class SimEvaluator:
@@ -117,6 +130,7 @@ class SimEvaluator:
             "success_rate": n_success / len(episodes),
             "success_rate_ci95": [lo, hi],
             "eval_seconds": time.perf_counter() - t0,
+            "final_stages": stage_counts(episodes),
             "episodes": episodes,
         }
 
@@ -158,6 +172,9 @@ class SimEvaluator:
                 if "coverage" in info:  # PushT's goal coverage; other tasks report success only
                     r["max_coverage"] = max(r.get("max_coverage", 0.0), info["coverage"])
                 r["success"] = r["success"] or info["success"]
+                if "stage_name" in info:  # staged tasks: where each episode got to, and when
+                    r.setdefault("stage_first_step", {}).setdefault(info["stage_name"], r["steps"])
+                    r["final_stage"] = info["stage_name"]
                 if j in frames:
                     frames[j].append(envs[j].render())
                 if done:
@@ -236,6 +253,8 @@ def _hydra_main(cfg: DictConfig) -> None:
     coverage = f"mean max coverage {report['mean_max_coverage']:.3f}, " if report["mean_max_coverage"] is not None else ""
     print(f"{report['task']}: {report['n_episodes']} episodes, mean max reward {report['mean_max_reward']:.3f}, "
           f"{coverage}success {report['success_rate']:.2f} (95% CI {lo:.2f}-{hi:.2f})")
+    if report["final_stages"]:
+        print("episodes by final stage: " + ", ".join(f"{k} {v}" for k, v in report["final_stages"].items()))
     print(f"report: {path}")
     videos = [e["video"] for e in report["episodes"] if "video" in e]
     if videos:
