@@ -12,6 +12,10 @@ change in the machine's speed hits them all alike. Variants:
   format (oneDNN's preferred layout for 2-D convolutions);
 - ``fused_adamw``: ``torch.optim.AdamW(fused=True)``;
 - ``channels_last+fused_adamw``: both;
+- ``bf16``: the step under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (the trainer's
+  ``train.bf16=true``), measured only on a CPU with native bf16 (AMX or AVX512-BF16); it changes
+  the arithmetic, so every variant also records how far its first step's gradient (same weights,
+  batch and noise) lies from the baseline's, ||g - g_base|| / ||g_base||;
 - ``compile`` (with ``--compile``): ``torch.compile`` (inductor, default mode) of the U-Net and the
   observation encoder; its compilation (minutes on a CPU) happens in the warm-up round and is
   reported apart.
@@ -76,6 +80,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     variants = {"baseline": build(False, False), "channels_last": build(True, False), "fused_adamw": build(False, True),
                 "channels_last+fused_adamw": build(True, True)}
+    bf16 = set()
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        variants["bf16"] = build(False, False)
+        variants["bf16+channels_last"] = build(True, False)
+        bf16 = {"bf16", "bf16+channels_last"}
+    else:
+        print("this CPU has no native bf16 (AMX / AVX512-BF16): the bf16 variants are left out")
     if args.compile:
         policy, opt = build(False, False)
         policy.model, policy.obs_encoder = torch.compile(policy.model), torch.compile(policy.obs_encoder)
@@ -86,13 +97,18 @@ def main() -> None:
     batch = {"obs": {"image": torch.rand(b, 2, 3, s, s, generator=g), "agent_pos": torch.randn(b, 2, 2, generator=g)},
              "action": torch.rand(b, 16, 2, generator=g) * 2 - 1, "mask": torch.ones(b, 16, dtype=torch.bool)}
     times: dict[str, list[float]] = {k: [] for k in variants}
+    first_grad: dict[str, torch.Tensor] = {}  # the first step's gradient, from identical weights and batch
     for rnd in range(args.rounds):
         for name, (policy, opt) in variants.items():
             for _ in range(args.steps):
                 t = time.perf_counter()
-                loss = policy.compute_loss(batch)
+                torch.manual_seed(rnd)  # the same noise and timesteps for every variant
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name in bf16):
+                    loss = policy.compute_loss(batch)
                 opt.zero_grad()
                 loss.backward()
+                if name not in first_grad:
+                    first_grad[name] = torch.cat([p.grad.flatten() for p in policy.parameters() if p.grad is not None])
                 opt.step()
                 if rnd:
                     times[name].append(time.perf_counter() - t)
@@ -100,12 +116,14 @@ def main() -> None:
                     first_step.setdefault(name, time.perf_counter() - t)
     base = statistics.median(times["baseline"])
     rows = [{"variant": k, "median_ms": 1000 * statistics.median(v), "min_ms": 1000 * min(v), "max_ms": 1000 * max(v),
-             "speedup": base / statistics.median(v), "steps": len(v), "first_step_s": first_step[k]} for k, v in times.items()]
-    print("| variant | step, ms (median, min-max) | speed-up vs baseline | first step, s |")
-    print("|---|---|---|---|")
+             "speedup": base / statistics.median(v), "steps": len(v), "first_step_s": first_step[k],
+             "first_grad_rel_diff": float((first_grad[k] - first_grad["baseline"]).norm() / first_grad["baseline"].norm())}
+            for k, v in times.items()]
+    print("| variant | step, ms (median, min-max) | speed-up vs baseline | first step, s | first gradient vs baseline |")
+    print("|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['variant']} | {r['median_ms']:.0f} ({r['min_ms']:.0f}-{r['max_ms']:.0f}) | {r['speedup']:.2f}x | "
-              f"{r['first_step_s']:.1f} |")
+              f"{r['first_step_s']:.1f} | {100 * r['first_grad_rel_diff']:.2f}% |")
     result = {"benchmark": "train_speed", "command": shlex.join(["python", *sys.argv]), "commit": commit(),
               "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "threads": args.threads,
               "batch_size": b, "rows": rows}

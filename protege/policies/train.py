@@ -1,7 +1,8 @@
 """The one training loop for every policy: ``protege-train policy=<name> task=<name> dataset=<store>``.
 
 A policy differs only in its model and loss (:meth:`Policy.compute_loss`); everything else is
-here: data, AdamW with a warmup + cosine schedule, EMA weights (diffusers), bf16 autocast on CUDA,
+here: data, AdamW with a warmup + cosine schedule, EMA weights (diffusers), bf16 autocast (on CUDA by
+default, on a CPU when asked: ``train.bf16``),
 TensorBoard scalars, periodic and atomic checkpoints, ``resume=true`` and an optional evaluation
 every N steps (the evaluator is chosen in config, e.g. a simulator rollout).
 """
@@ -92,6 +93,25 @@ def infinite_batches(sampler: SequenceSampler, batch_size: int, rng: np.random.G
         epoch[0] += 1
 
 
+def bf16_autocast(setting: Any, device: torch.device) -> torch.autocast:
+    """The autocast context of a training step for ``train.bf16``: ``auto`` = bf16 on CUDA only,
+    ``true`` = bf16 on CUDA or the CPU, ``false`` = never (fp32).
+
+    On a CPU, bf16 pays only where it has native bf16 instructions (AMX or AVX512-BF16, e.g. Intel
+    Sapphire Rapids; benchmarks/train_speed.py measures it): elsewhere oneDNN emulates them and a
+    step is slower, so ``true`` on such a CPU logs a warning.
+
+    Raises:
+        ValueError: ``setting`` is none of auto / true / false.
+    """
+    if setting not in ("auto", True, False):
+        raise ValueError(f"train.bf16 must be auto, true or false, got {setting!r}")
+    on = device.type == "cuda" if setting == "auto" else bool(setting)
+    if on and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        log.warning("train.bf16=true on a CPU without native bf16 instructions: steps will be slower, not faster")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
+
+
 class Trainer:
     """Runs one training job described by the full hydra config (see ``configs/train.yaml``)."""
 
@@ -100,6 +120,7 @@ class Trainer:
         self.run_dir = Path(cfg.run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.device = select_device(cfg.device)
+        self.autocast = bf16_autocast(cfg.train.bf16, self.device)  # a bad setting fails before data loads
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         self.np_rng = np.random.default_rng(cfg.seed)
@@ -218,7 +239,6 @@ class Trainer:
         if cfg.resume:
             self.resume()
         tb = SummaryWriter(str(self.run_dir / "tb"))
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else torch.autocast("cpu", enabled=False)
         batches = infinite_batches(self.train_sampler, t.batch_size, self.np_rng, self.epoch)
         budget = math.inf if t.max_minutes is None else 60.0 * t.max_minutes
         log.info("training %s on %s: %d train windows, %d params, device %s", self.target.rsplit(".", 1)[-1], cfg.dataset,
@@ -231,7 +251,7 @@ class Trainer:
         while self.step < t.steps and self.train_seconds < budget and not stop.requested:
             t0 = time.perf_counter()
             batch = self.batch(next(batches))
-            with autocast:
+            with self.autocast:
                 loss = self.policy.compute_loss(batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at step {self.step}; last checkpoint: {last}")
