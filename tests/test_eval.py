@@ -117,3 +117,17 @@ def test_evaluator_records_when_each_stage_was_reached_and_where_episodes_ended(
     # tasks without stages (PushT) report none
     assert SimEvaluator({"_target_": "test_eval.FakeEnv"}, {"x": {"source": "x", "type": "low_dim"}}, n_episodes=1,
                         seed=0)(EchoPolicy())["final_stages"] is None
+
+
+def test_failed_videos_film_only_the_failures(tmp_path):
+    ev = SimEvaluator({"_target_": "test_eval.StagedEnv"}, {"x": {"source": "x", "type": "low_dim"}}, n_episodes=3,
+                      seed=0, batch_envs=2, n_videos=5, video_dir=str(tmp_path), videos="failed")
+    report = ev(EchoPolicy())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["episode_001_seed1_reached.mp4", "episode_002_seed2_reached.mp4"]
+    assert [("video" in e) for e in report["episodes"]] == [False, True, True]
+    one = tmp_path / "one"  # at most n_videos of them, across batches
+    SimEvaluator({"_target_": "test_eval.StagedEnv"}, {"x": {"source": "x", "type": "low_dim"}}, n_episodes=3, seed=0,
+                 batch_envs=2, n_videos=1, video_dir=str(one), videos="failed")(EchoPolicy())
+    assert [p.name for p in one.iterdir()] == ["episode_001_seed1_reached.mp4"]
+    with pytest.raises(ValueError, match="videos"):
+        SimEvaluator({"_target_": "test_eval.StagedEnv"}, {}, videos="best")

@@ -88,7 +88,9 @@ class SimEvaluator:
         blend_steps: receding horizon's blend between chunks, steps (0: none, the paper's protocol).
         num_inference_steps: override the diffusion policy's DDIM steps (None: the policy's).
         batch_envs: episodes run in lockstep per policy call.
-        n_videos: record the first N episodes as mp4 into ``video_dir``.
+        n_videos: record N episodes as mp4 into ``video_dir``.
+        videos: which: ``first`` (the first N episodes) or ``failed`` (the first N that fail, named
+            with the stage they ended in: what went wrong, to watch).
         video_dir: where the mp4s go (required when n_videos > 0).
         fps: control rate, for the videos.
         progress: show a progress bar.
@@ -98,7 +100,7 @@ class SimEvaluator:
                  n_action_steps: int | None = None, num_inference_steps: int | None = None,
                  scheduler: str = "receding_horizon", temporal_ensembling_k: float = 0.01, batch_envs: int = 10,
                  n_videos: int = 0, video_dir: str | None = None, fps: float = 10.0, progress: bool = False,
-                 blend_steps: int = 0):
+                 blend_steps: int = 0, videos: str = "first"):
         self.env_cfg = OmegaConf.create(dict(env)) if not isinstance(env, DictConfig) else env
         self.obs_spec = {k: dict(v) for k, v in obs_spec.items()}
         self.n_episodes, self.seed, self.batch_envs = n_episodes, seed, max(1, batch_envs)
@@ -108,6 +110,9 @@ class SimEvaluator:
         self.n_videos, self.video_dir, self.fps, self.progress = n_videos, video_dir, fps, progress
         if n_videos and not video_dir:
             raise ValueError("n_videos > 0 needs a video_dir")
+        if videos not in ("first", "failed"):
+            raise ValueError(f"videos must be 'first' or 'failed', got {videos!r}")
+        self.videos, self._failed_videos = videos, 0
         self.keys = sorted({s["source"] for s in self.obs_spec.values()})
 
     def __call__(self, policy: Policy) -> dict[str, Any]:
@@ -115,6 +120,7 @@ class SimEvaluator:
         if self.num_inference_steps is not None and policy.num_inference_steps is not None:
             policy.set_num_inference_steps(self.num_inference_steps)
         seeds = [self.seed + i for i in range(self.n_episodes)]
+        self._failed_videos = 0
         episodes = []
         bar = tqdm(total=len(seeds), desc="eval", disable=not self.progress, dynamic_ncols=True)
         for i in range(0, len(seeds), self.batch_envs):
@@ -148,8 +154,8 @@ class SimEvaluator:
             history.append(deque([first] * to, maxlen=to))
             scheds.append(make_scheduler(self.scheduler, n_act, self.k, dt=dt, blend_steps=self.blend_steps))
             results.append({"seed": seed, "max_reward": 0.0, "success": False, "steps": 0})
-            if first_index + j < self.n_videos:
-                frames[j] = [env.render()]
+            if (first_index + j if self.videos == "first" else self._failed_videos) < self.n_videos:
+                frames[j] = [env.render()]  # "failed": every episode is filmed, the failed ones kept
         policy.reset()
         live = list(range(len(envs)))
         while live:
@@ -182,7 +188,13 @@ class SimEvaluator:
                 else:
                     history[j].append(obs_from_step(envs[j].observation(self.keys), self.obs_spec))
         for j, f in frames.items():
-            results[j]["video"] = str(write_mp4(Path(self.video_dir) / f"episode_{first_index + j:03d}_seed{seeds[j]}.mp4", f, self.fps))
+            name = f"episode_{first_index + j:03d}_seed{seeds[j]}"
+            if self.videos == "failed":
+                if results[j]["success"] or self._failed_videos >= self.n_videos:
+                    continue
+                self._failed_videos += 1
+                name += f"_{results[j].get('final_stage', 'failed')}"
+            results[j]["video"] = str(write_mp4(Path(self.video_dir) / f"{name}.mp4", f, self.fps))
         for env in envs:
             env.close()
         return results
@@ -220,6 +232,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
         n_action_steps=cfg.n_action_steps, num_inference_steps=cfg.num_inference_steps, scheduler=cfg.scheduler,
         temporal_ensembling_k=cfg.temporal_ensembling_k, batch_envs=cfg.batch_envs, blend_steps=cfg.blend_steps,
         n_videos=cfg.n_videos, video_dir=str(out_dir / "videos"), fps=task.get("fps", 10), progress=True,
+        videos=cfg.videos,
     )
     report = evaluator(policy)
     report = {
