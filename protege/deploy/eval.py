@@ -112,7 +112,7 @@ class SimEvaluator:
             raise ValueError("n_videos > 0 needs a video_dir")
         if videos not in ("first", "failed"):
             raise ValueError(f"videos must be 'first' or 'failed', got {videos!r}")
-        self.videos, self._failed_videos = videos, 0
+        self.videos = videos
         self.keys = sorted({s["source"] for s in self.obs_spec.values()})
 
     def __call__(self, policy: Policy) -> dict[str, Any]:
@@ -120,11 +120,11 @@ class SimEvaluator:
         if self.num_inference_steps is not None and policy.num_inference_steps is not None:
             policy.set_num_inference_steps(self.num_inference_steps)
         seeds = [self.seed + i for i in range(self.n_episodes)]
-        self._failed_videos = 0
         episodes = []
         bar = tqdm(total=len(seeds), desc="eval", disable=not self.progress, dynamic_ncols=True)
         for i in range(0, len(seeds), self.batch_envs):
-            episodes += self._rollout(policy, seeds[i : i + self.batch_envs], first_index=i)
+            filmed = sum("video" in e for e in episodes)
+            episodes += self._rollout(policy, seeds[i : i + self.batch_envs], first_index=i, videos_left=self.n_videos - filmed)
             bar.update(len(seeds[i : i + self.batch_envs]))
         bar.close()
         n_success = sum(e["success"] for e in episodes)
@@ -141,7 +141,7 @@ class SimEvaluator:
         }
 
     @torch.no_grad()
-    def _rollout(self, policy: Policy, seeds: list[int], first_index: int) -> list[dict[str, Any]]:
+    def _rollout(self, policy: Policy, seeds: list[int], first_index: int, videos_left: int) -> list[dict[str, Any]]:
         to = policy.n_obs_steps
         n_act = self.n_action_steps or policy.n_action_steps
         dt = 1.0 / self.fps
@@ -154,7 +154,7 @@ class SimEvaluator:
             history.append(deque([first] * to, maxlen=to))
             scheds.append(make_scheduler(self.scheduler, n_act, self.k, dt=dt, blend_steps=self.blend_steps))
             results.append({"seed": seed, "max_reward": 0.0, "success": False, "steps": 0})
-            if (first_index + j if self.videos == "first" else self._failed_videos) < self.n_videos:
+            if (j if self.videos == "first" else 0) < videos_left:
                 frames[j] = [env.render()]  # "failed": every episode is filmed, the failed ones kept
         policy.reset()
         live = list(range(len(envs)))
@@ -190,9 +190,9 @@ class SimEvaluator:
         for j, f in frames.items():
             name = f"episode_{first_index + j:03d}_seed{seeds[j]}"
             if self.videos == "failed":
-                if results[j]["success"] or self._failed_videos >= self.n_videos:
+                if results[j]["success"] or videos_left <= 0:
                     continue
-                self._failed_videos += 1
+                videos_left -= 1
                 name += f"_{results[j].get('final_stage', 'failed')}"
             results[j]["video"] = str(write_mp4(Path(self.video_dir) / f"{name}.mp4", f, self.fps))
         for env in envs:
