@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from machine import commit, machine  # benchmarks/machine.py
+from protege.policies.train import bf16_autocast, cpu_has_native_bf16
 
 HERE = Path(__file__).resolve().parent
 
@@ -81,7 +82,7 @@ def main() -> None:
     variants = {"baseline": build(False, False), "channels_last": build(True, False), "fused_adamw": build(False, True),
                 "channels_last+fused_adamw": build(True, True)}
     bf16 = set()
-    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if cpu_has_native_bf16():
         variants["bf16"] = build(False, False)
         variants["bf16+channels_last"] = build(True, False)
         bf16 = {"bf16", "bf16+channels_last"}
@@ -101,9 +102,9 @@ def main() -> None:
     for rnd in range(args.rounds):
         for name, (policy, opt) in variants.items():
             for _ in range(args.steps):
-                t = time.perf_counter()
                 torch.manual_seed(rnd)  # the same noise and timesteps for every variant
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name in bf16):
+                t = time.perf_counter()
+                with bf16_autocast(name in bf16, torch.device("cpu")):  # the trainer's train.bf16
                     loss = policy.compute_loss(batch)
                 opt.zero_grad()
                 loss.backward()

@@ -93,6 +93,11 @@ def infinite_batches(sampler: SequenceSampler, batch_size: int, rng: np.random.G
         epoch[0] += 1
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AMX or AVX512-BF16, as oneDNN sees it)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def bf16_autocast(setting: Any, device: torch.device) -> torch.autocast:
     """The autocast context of a training step for ``train.bf16``: ``auto`` = bf16 on CUDA only,
     ``true`` = bf16 on CUDA or the CPU, ``false`` = never (fp32).
@@ -107,7 +112,7 @@ def bf16_autocast(setting: Any, device: torch.device) -> torch.autocast:
     if setting not in ("auto", True, False):
         raise ValueError(f"train.bf16 must be auto, true or false, got {setting!r}")
     on = device.type == "cuda" if setting == "auto" else bool(setting)
-    if on and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if on and device.type == "cpu" and not cpu_has_native_bf16():
         log.warning("train.bf16=true on a CPU without native bf16 instructions: steps will be slower, not faster")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
 

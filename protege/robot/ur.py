@@ -358,10 +358,11 @@ def _servo_process(settings: dict, commands, errors, ring, count, lock, status, 
                 # a refusal can arrive before the state packet that says why (a protective stop): give
                 # the receive interface a few controller cycles to catch up before naming the reason
                 t_why = time.monotonic() + 0.1
-                while not (rtde_r.isProtectiveStopped() or rtde_r.isEmergencyStopped()) and time.monotonic() < t_why:
+                stopped = rtde_r.isProtectiveStopped() or rtde_r.isEmergencyStopped()
+                while not stopped and time.monotonic() < t_why:
                     time.sleep(0.002)
-                fail(_safety_reason(rtde_r) if (rtde_r.isProtectiveStopped() or rtde_r.isEmergencyStopped())
-                     else "the controller refused a servo set-point")
+                    stopped = rtde_r.isProtectiveStopped() or rtde_r.isEmergencyStopped()
+                fail(_safety_reason(rtde_r) if stopped else "the controller refused a servo set-point")
                 break
             rtde_c.waitPeriod(t_cycle)
     except Exception as e:  # noqa: BLE001 (the parent must hear of every failure)
