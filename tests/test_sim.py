@@ -220,6 +220,41 @@ def test_expert_succeeds(task):
     env.close()
 
 
+def _expert_with_fingers(widths, dt=0.1):
+    """Run the lift expert open loop on made-up observations: the TCP wherever it was told to be, the
+    finger gap ``widths(k)`` m at step k. Returns the (step, commanded z m, commanded width m) rows."""
+    from protege.sim.tasks import ObjectState
+
+    cube = ObjectState(np.array([0.5, 0.0, 0.02]), np.array([0.0, 0.0, 0.0, 1.0]), np.full(3, 0.02))
+    expert = ScriptedExpert("lift")
+    expert.reset(0, {"cube": cube})
+    pose = np.array([0.5, 0.0, 0.25, *Rotation.from_matrix(np.diag([1.0, -1.0, -1.0])).as_quat()])
+    rows = []
+    for k in range(120):
+        a = expert.act({"tcp_pose": pose, "gripper_width": np.array([widths(k)]), "timestamp": np.array([k * dt])},
+                       (k + 1) * dt)
+        pose = np.concatenate([a.position, a.quat])
+        rows.append((k, a.position[2], a.width))
+    return rows
+
+
+def test_expert_lifts_once_the_fingers_have_stopped():
+    rows = _expert_with_fingers(lambda k: 0.085)
+    close = next(k for k, _, w in rows if w < 0.085)  # the close command
+    grasp_z = rows[close][1]
+
+    def lift_step(widths):
+        return next(k for k, z, _ in _expert_with_fingers(widths) if k > close and z > grasp_z + 1e-4)
+
+    # fingers that reach the cube two steps after the command and stay: lift on the step after
+    # two equal observations (the plan goes on at the first call that sees them)
+    assert lift_step(lambda k: 0.085 if k <= close else (0.06 if k == close + 1 else 0.04)) == close + 3
+    # fingers still closing slowly until step close + 8: the plan holds until they stop
+    assert lift_step(lambda k: 0.085 if k <= close else max(0.04, 0.085 - 0.005 * (k - close))) == close + 10
+    # fingers that never move (blocked or broken): the plan goes on after SETTLE_MAX_S (2 s) at most
+    assert close + 20 <= lift_step(lambda k: 0.085) <= close + 22
+
+
 def test_idle_episode_fails_at_the_time_limit():
     env = SimEnv("lift", task_kwargs={"time_limit_s": 2.0})
     env.reset(0)

@@ -11,7 +11,13 @@ Each plan is the classic pick skeleton (as in ACT's scripted policies, Zhao et a
 varies segment durations (x0.8-1.25), approach heights, a lateral via point, and small grasp
 offsets (+-3 mm, +-3 deg), so demonstrations differ while staying well inside the gripper's
 tolerances. Plans are anchored at the first :meth:`ScriptedExpert.act` call (its observation's
-TCP pose and timestamp) and are open loop after that.
+TCP pose and timestamp) and are open loop after that, with one exception, the grasp: the gripper
+is commanded closed at once, and the plan waits there until the observed finger gap has stopped
+changing (at most :data:`SETTLE_MAX_S`), then lifts on the next step. A demonstration thus lifts
+when its last two observations show the fingers at rest on the object, a moment a policy with
+two observation frames can see; a fixed hold after the fingers stop could not be seen (the
+observation does not change while the expert waits), and an earlier session traced Diffusion
+Policy's failed sim lifts to guessing that hold's length.
 """
 
 from __future__ import annotations
@@ -30,16 +36,23 @@ CLOSED = 0.0  # m, squeeze: the fingers stop on the object
 # TCP pointing down (z = -z_base), fingers closing along the base x axis at yaw 0.
 DOWN = Rotation.from_matrix([[0.0, -1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
 SPEED = 0.25  # m/s, nominal TCP speed of free moves
+CLOSE_S = 0.1  # s, a grasp's close command: one control period at 10 Hz
+SETTLED = 0.0005  # m, finger gap change between two observations below which the fingers have stopped
+SETTLE_MAX_S = 2.0  # s, the longest a grasp waits for the fingers to stop
 
 
 @dataclass(frozen=True)
 class Waypoint:
-    """Reach ``position`` (3,) m with ``rotation`` and gripper ``width`` m, ``duration`` s after the previous one."""
+    """Reach ``position`` (3,) m with ``rotation`` and gripper ``width`` m, ``duration`` s after the previous one.
+
+    ``settle``: hold here until the fingers have stopped moving before going on (a grasp).
+    """
 
     duration: float
     position: np.ndarray
     rotation: Rotation
     width: float
+    settle: bool = False
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,11 @@ class _Planner:
     def wait(self, duration: float, width: float | None = None) -> None:
         self.move(self.last.position, width=width, duration=duration)
 
+    def close(self) -> None:
+        """Command the gripper closed at once (one control period), then hold until the fingers stop."""
+        last = self.last
+        self.waypoints.append(Waypoint(CLOSE_S, last.position, last.rotation, CLOSED, settle=True))
+
     def pick(self, center: np.ndarray, yaw: float) -> None:
         """Approach above the object at ``center`` (3,), descend, close, lift clear of the table."""
         rng = self.rng
@@ -90,8 +108,8 @@ class _Planner:
         self.move(via, rot, width=OPEN)
         self.move(above + [*rng.uniform(-0.01, 0.01, 2), 0.0])
         self.move(grasp, duration=max(0.6, (above[2] - grasp[2]) / 0.12))
-        self.wait(0.6, width=CLOSED)
-        self.wait(0.3)
+        self.wait(0.2)
+        self.close()
         self.move(grasp + [0.0, 0.0, rng.uniform(0.12, 0.16)], duration=1.0)
 
     def place(self, release: np.ndarray, yaw: float | None = None) -> None:
@@ -150,9 +168,10 @@ class ScriptedExpert:
     Raises:
         KeyError: no planner for ``task``.
 
-    Usage: ``expert.reset(seed, task.state(scene))``, then each control step
+    Usage: ``expert.reset(seed, task.state(scene))``, then once per control step
     ``expert.act(obs, t)`` for the target to reach at time ``t`` (``obs``: the store's keys
-    ``tcp_pose`` (7,), ``gripper_width`` (1,) and ``timestamp`` (1,) of the current step).
+    ``tcp_pose`` (7,), ``gripper_width`` (1,) and ``timestamp`` (1,) of the current step; a grasp
+    goes on once ``gripper_width`` is the same in two consecutive calls).
     """
 
     def __init__(self, task: str):
@@ -178,6 +197,23 @@ class ScriptedExpert:
         self._widths = np.array([w.width for w in wps])
         self._rotations = Rotation.concatenate([w.rotation for w in wps])
         self._slerps = [Slerp([0.0, 1.0], self._rotations[i : i + 2]) for i in range(len(wps) - 1)]
+        self._gates = [i for i, w in enumerate(wps) if w.settle]  # settle waypoints still ahead
+        self._last_width: float | None = None
+        self._waited: dict[int, float] = {}  # s each settle waypoint has held so far
+
+    def _hold_at_gate(self, width: float, t: float) -> None:
+        """Delay the rest of the plan while the next settle waypoint's time has come and the fingers
+        still move (or have not started to: the gap must be below the open width)."""
+        while self._gates and t >= self._times[self._gates[0]]:
+            k = self._gates[0]
+            waited = t - self._times[k]
+            moving = self._last_width is None or abs(width - self._last_width) >= SETTLED
+            if (not moving and width < OPEN - 0.005) or self._waited.get(k, 0.0) + waited > SETTLE_MAX_S:
+                self._gates.pop(0)  # settled: the plan goes on from here, on this step
+                continue
+            self._waited[k] = self._waited.get(k, 0.0) + waited
+            self._times[k:] += waited  # hold the settle waypoint's target until t
+            break
 
     @property
     def end_time(self) -> float:
@@ -194,6 +230,9 @@ class ScriptedExpert:
             raise RuntimeError("call reset(seed, task_state) before act()")
         if self._times is None:
             self._make_plan(obs)
+        width = float(np.ravel(obs["gripper_width"])[0])
+        self._hold_at_gate(width, t)
+        self._last_width = width
         times = self._times
         i = int(np.clip(np.searchsorted(times, t, side="right") - 1, 0, len(times) - 2))
         s = float(np.clip((t - times[i]) / max(times[i + 1] - times[i], 1e-9), 0.0, 1.0))
