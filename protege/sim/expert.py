@@ -16,8 +16,9 @@ is commanded closed at once, and the plan waits there until the observed finger 
 changing (at most :data:`SETTLE_MAX_S`), then lifts on the next step. A demonstration thus lifts
 when its last two observations show the fingers at rest on the object, a moment a policy with
 two observation frames can see; a fixed hold after the fingers stop could not be seen (the
-observation does not change while the expert waits), and an earlier session traced Diffusion
-Policy's failed sim lifts to guessing that hold's length.
+observation does not change while the expert waits). Measured in README's "Simulated lift": ACT
+learns it well (98/100), Diffusion Policy worse than the old 0.9 s close-and-hold, because a lift
+sampled one step early now meets fingers that are still closing (no slack).
 """
 
 from __future__ import annotations
