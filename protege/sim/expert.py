@@ -200,7 +200,7 @@ class ScriptedExpert:
         self._slerps = [Slerp([0.0, 1.0], self._rotations[i : i + 2]) for i in range(len(wps) - 1)]
         self._gates = [i for i, w in enumerate(wps) if w.settle]  # settle waypoints still ahead
         self._last_width: float | None = None
-        self._waited: dict[int, float] = {}  # s each settle waypoint has held so far
+        self._held = 0.0  # s the next settle waypoint has held so far
 
     def _hold_at_gate(self, width: float, t: float) -> None:
         """Delay the rest of the plan while the next settle waypoint's time has come and the fingers
@@ -209,10 +209,11 @@ class ScriptedExpert:
             k = self._gates[0]
             waited = t - self._times[k]
             moving = self._last_width is None or abs(width - self._last_width) >= SETTLED
-            if (not moving and width < OPEN - 0.005) or self._waited.get(k, 0.0) + waited > SETTLE_MAX_S:
+            if (not moving and width < OPEN - 0.005) or self._held + waited > SETTLE_MAX_S:
                 self._gates.pop(0)  # settled: the plan goes on from here, on this step
+                self._held = 0.0
                 continue
-            self._waited[k] = self._waited.get(k, 0.0) + waited
+            self._held += waited
             self._times[k:] += waited  # hold the settle waypoint's target until t
             break
 
