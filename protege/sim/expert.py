@@ -13,12 +13,14 @@ offsets (+-3 mm, +-3 deg), so demonstrations differ while staying well inside th
 tolerances. Plans are anchored at the first :meth:`ScriptedExpert.act` call (its observation's
 TCP pose and timestamp) and are open loop after that, with one exception, the grasp: the gripper
 is commanded closed at once, and the plan waits there until the observed finger gap has stopped
-changing (at most :data:`SETTLE_MAX_S`), then lifts on the next step. A demonstration thus lifts
-when its last two observations show the fingers at rest on the object, a moment a policy with
-two observation frames can see; a fixed hold after the fingers stop could not be seen (the
-observation does not change while the expert waits). Measured in README's "Simulated lift": ACT
-learns it well (98/100), Diffusion Policy worse than the old 0.9 s close-and-hold, because a lift
-sampled one step early now meets fingers that are still closing (no slack).
+changing (at most :data:`SETTLE_MAX_S`), then lifts on the next step, slowly at first
+(:data:`LIFT_START`: 1 cm in 0.4 s, then full speed). A demonstration thus lifts when its last
+two observations show the fingers at rest on the object, a moment a policy with two observation
+frames can see (a fixed hold after the fingers stop could not be seen: the observation does not
+change while the expert waits), and a policy that starts the lift a step or two early still has
+the fingers around the object's middle when they close. Without the slow start (README's
+"Simulated lift", v2 demos), Diffusion Policy's chunks lifted 1-2 steps early at 13-17 mm per
+step and closed the fingers on air.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ SPEED = 0.25  # m/s, nominal TCP speed of free moves
 CLOSE_S = 0.1  # s, a grasp's close command: one control period at 10 Hz
 SETTLED = 0.0005  # m, finger gap change between two observations below which the fingers have stopped
 SETTLE_MAX_S = 2.0  # s, the longest a grasp waits for the fingers to stop
+LIFT_START = (0.01, 0.4)  # m, s: a grasp's lift begins slowly (2.5 mm per 10 Hz step) before its full speed
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,8 @@ class _Planner:
         self.move(grasp, duration=max(0.6, (above[2] - grasp[2]) / 0.12))
         self.wait(0.2)
         self.close()
+        rise, rise_s = LIFT_START
+        self.move(grasp + [0.0, 0.0, rise], duration=rise_s)
         self.move(grasp + [0.0, 0.0, rng.uniform(0.12, 0.16)], duration=1.0)
 
     def place(self, release: np.ndarray, yaw: float | None = None) -> None:
