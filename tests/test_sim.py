@@ -255,6 +255,22 @@ def test_expert_lifts_once_the_fingers_have_stopped():
     assert close + 20 <= lift_step(lambda k: 0.085) <= close + 22
 
 
+def test_expert_lift_starts_slowly_then_reaches_full_speed():
+    """A lift begun a step or two early (a policy's timing error) must still find the fingers around
+    the object: the first steps rise a few mm each, and the lift still clears the table."""
+    def widths(k):
+        return 0.085 if k <= close else 0.04
+    rows = _expert_with_fingers(lambda k: 0.085)
+    close = next(k for k, _, w in rows if w < 0.085)
+    z = np.array([r[1] for r in _expert_with_fingers(widths)])
+    lift = next(k for k in range(close, len(z)) if z[k] > z[close] + 1e-4)
+    rise = np.diff(z[lift - 1:])
+    assert np.all(rise[:3] > 0) and np.all(rise[:3] < 0.004)  # 2.5 mm per step nominally (x0.8-1.25)
+    assert z[lift + 2] - z[close] < 0.01  # within 1 cm of the grasp height three steps in
+    assert rise.max() > 0.008  # then the full-speed lift (11-15 cm more in 0.8-1.25 s)
+    assert z.max() - z[close] > 0.12
+
+
 def test_idle_episode_fails_at_the_time_limit():
     env = SimEnv("lift", task_kwargs={"time_limit_s": 2.0})
     env.reset(0)
