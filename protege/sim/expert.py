@@ -18,9 +18,10 @@ changing (at most :data:`SETTLE_MAX_S`), then lifts on the next step, slowly at 
 two observations show the fingers at rest on the object, a moment a policy with two observation
 frames can see (a fixed hold after the fingers stop could not be seen: the observation does not
 change while the expert waits), and a policy that starts the lift a step or two early still has
-the fingers around the object's middle when they close. Without the slow start (README's
-"Simulated lift", v2 demos), Diffusion Policy's chunks lifted 1-2 steps early at 13-17 mm per
-step and closed the fingers on air.
+the fingers around the object's middle when they close. README's "Simulated lift" measures the
+three versions: without the slow start (v2), Diffusion Policy's chunks lifted 1-2 steps early at
+12-17 mm per step and lost the cube (15/100); with it (v3, this code), Diffusion Policy reaches
+99/100 (temporal ensembling) and ACT 95/100 (receding horizon).
 """
 
 from __future__ import annotations
