@@ -258,11 +258,9 @@ def test_expert_lifts_once_the_fingers_have_stopped():
 def test_expert_lift_starts_slowly_then_reaches_full_speed():
     """A lift begun a step or two early (a policy's timing error) must still find the fingers around
     the object: the first steps rise a few mm each, and the lift still clears the table."""
-    def widths(k):
-        return 0.085 if k <= close else 0.04
     rows = _expert_with_fingers(lambda k: 0.085)
-    close = next(k for k, _, w in rows if w < 0.085)
-    z = np.array([r[1] for r in _expert_with_fingers(widths)])
+    close = next(k for k, _, w in rows if w < 0.085)  # the close command
+    z = np.array([r[1] for r in _expert_with_fingers(lambda k: 0.085 if k <= close else 0.04)])
     lift = next(k for k in range(close, len(z)) if z[k] > z[close] + 1e-4)
     rise = np.diff(z[lift - 1:])
     assert np.all(rise[:3] > 0) and np.all(rise[:3] < 0.004)  # 2.5 mm per step nominally (x0.8-1.25)
