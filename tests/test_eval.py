@@ -90,6 +90,19 @@ def test_evaluator_aggregates_max_reward_success_and_done_per_episode():
     assert [201.0, 202.0] in policy.windows
 
 
+def test_on_step_sees_every_step_with_its_observation_action_and_chunk_boundary():
+    calls = []
+    ev = SimEvaluator({"_target_": "test_eval.FakeEnv"}, {"x": {"source": "x", "type": "low_dim"}}, n_episodes=3, seed=0,
+                      batch_envs=2, on_step=lambda **kw: calls.append(kw))
+    ev(EchoPolicy())
+    seed2 = [c for c in calls if c["seed"] == 2]
+    assert [c["step"] for c in seed2] == list(range(6))  # once per step, in order, none after done
+    assert [float(c["obs"]["x"][0]) for c in seed2] == [200.0, 201.0, 202.0, 203.0, 204.0, 205.0]  # before the step
+    assert [float(c["action"][0]) for c in seed2] == pytest.approx([200.0, 200.1, 202.0, 202.1, 204.0, 204.1])
+    assert [c["new_chunk"] for c in seed2] == [True, False] * 3  # receding horizon, 2 actions per chunk
+    assert len(calls) == 4 + 3 + 6 and all("success" in c["info"] for c in calls)
+
+
 # seed -> the stage each step reports (a lift-like task: seed 1 grasps, drops the cube and ends at "reached")
 STAGES = {0: ["start", "reached", "grasped", "lifted"], 1: ["reached", "grasped", "reached"],
           2: ["start", "start", "reached", "reached", "reached", "reached"]}

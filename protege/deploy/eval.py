@@ -19,7 +19,7 @@ import math
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import cv2
 import hydra
@@ -94,13 +94,17 @@ class SimEvaluator:
         video_dir: where the mp4s go (required when n_videos > 0).
         fps: control rate, for the videos.
         progress: show a progress bar.
+        on_step: called after every environment step as ``on_step(seed=, step=, obs=, action=,
+            new_chunk=, info=, env=)``: the policy's latest observation frame before the step (dict
+            of arrays), the action sent ((A,) float), whether a chunk was sampled for it, the step's
+            info and the env; for step-by-step diagnosis (``benchmarks/trace_episode.py``).
     """
 
     def __init__(self, env: Mapping[str, Any], obs_spec: Mapping[str, Mapping], n_episodes: int = 50, seed: int = 100000,
                  n_action_steps: int | None = None, num_inference_steps: int | None = None,
                  scheduler: str = "receding_horizon", temporal_ensembling_k: float = 0.01, batch_envs: int = 10,
                  n_videos: int = 0, video_dir: str | None = None, fps: float = 10.0, progress: bool = False,
-                 blend_steps: int = 0, videos: str = "first"):
+                 blend_steps: int = 0, videos: str = "first", on_step: Callable[..., None] | None = None):
         self.env_cfg = OmegaConf.create(dict(env)) if not isinstance(env, DictConfig) else env
         self.obs_spec = {k: dict(v) for k, v in obs_spec.items()}
         self.n_episodes, self.seed, self.batch_envs = n_episodes, seed, max(1, batch_envs)
@@ -112,7 +116,7 @@ class SimEvaluator:
             raise ValueError("n_videos > 0 needs a video_dir")
         if videos not in ("first", "failed"):
             raise ValueError(f"videos must be 'first' or 'failed', got {videos!r}")
-        self.videos = videos
+        self.videos, self.on_step = videos, on_step
         self.keys = sorted({s["source"] for s in self.obs_spec.values()})
 
     def __call__(self, policy: Policy) -> dict[str, Any]:
@@ -172,6 +176,9 @@ class SimEvaluator:
                 if action is None:
                     raise RuntimeError(f"no action scheduled at step {results[j]['steps']} (scheduler {self.scheduler})")
                 reward, done, info = envs[j].step(action)
+                if self.on_step is not None:
+                    self.on_step(seed=seeds[j], step=results[j]["steps"], obs=history[j][-1], action=action,
+                                 new_chunk=j in need, info=info, env=envs[j])
                 r = results[j]
                 r["steps"] += 1
                 r["max_reward"] = max(r["max_reward"], reward)
