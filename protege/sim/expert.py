@@ -20,7 +20,7 @@ frames can see (a fixed hold after the fingers stop could not be seen: the obser
 change while the expert waits), and a policy that starts the lift a step or two early still has
 the fingers around the object's middle when they close. README's "Simulated lift" measures the
 three versions: without the slow start (v2), Diffusion Policy's chunks lifted 1-2 steps early at
-12-17 mm per step and lost the cube (15/100); with it (v3, this code), Diffusion Policy reaches
+full speed and lost the cube (15/100); with it (v3, this code), Diffusion Policy reaches
 99/100 (temporal ensembling) and ACT 95/100 (receding horizon).
 """
 
