@@ -76,9 +76,10 @@ def test_servo_l_tracks_the_interpolated_path(standin):
         assert err.max() < 0.11 * (0.05 + 0.1) + 0.003, err.max()
         final = robot.state()
         np.testing.assert_allclose(final.tcp_position, path[-1], atol=1.5e-3)
-        # a 500 Hz state stream on the host clock
-        ts = np.array([s.timestamp for s in robot.states(200)])
-        assert np.all(np.diff(ts) > 0) and np.median(np.diff(ts)) < 0.005
+        # states stamped with the controller's 500 Hz clock (converted to the host's): increasing, on
+        # its 2 ms grid (a loaded machine delivers fewer of them, never stamps between ticks)
+        ts = np.diff([s.timestamp for s in robot.states(200)])
+        assert np.all(ts > 0) and np.allclose(ts / 0.002, np.round(ts / 0.002), atol=1e-3), ts
 
 
 def test_protective_stop_is_raised_and_the_arm_holds(standin):
