@@ -67,14 +67,14 @@ def lerobot_python(given: str | None) -> str:
     return str(py)
 
 
-def ours(case: dict, threads: int) -> dict:
-    """Our policy at the case's sizes, on random tensors of its shapes (see the module docstring)."""
+def build_ours(case: dict) -> tuple[torch.nn.Module, dict, dict]:
+    """Our policy at the case's sizes, a training batch and a batch-1 observation of random tensors
+    of its shapes (see the module docstring): (policy, batch, one)."""
     from protege.policies.act import ACTPolicy
     from protege.policies.diffusion import DiffusionPolicy
     from protege.policies.normalizer import Normalizer
 
     torch.manual_seed(0)
-    torch.set_num_threads(threads)
     s, b, da, ds = case["image_size"], case["batch_size"], case["action_dim"], case["state_dim"]
     meta = {"obs": {"image": {"shape": [s, s, 3], "type": "rgb"}, "agent_pos": {"shape": [ds], "type": "low_dim"}},
             "action": {"shape": [da]}}
@@ -99,6 +99,13 @@ def ours(case: dict, threads: int) -> dict:
     batch = {"obs": {"image": torch.rand(b, to, 3, s, s), "agent_pos": torch.randn(b, to, ds)},
              "action": torch.rand(b, h, da) * 2 - 1, "mask": torch.ones(b, h, dtype=torch.bool)}
     one = {"image": torch.rand(1, to, 3, s, s), "agent_pos": torch.randn(1, to, ds)}
+    return policy, batch, one
+
+
+def ours(case: dict, threads: int) -> dict:
+    """Our policy's training step and chunk times at the case's sizes."""
+    torch.set_num_threads(threads)
+    policy, batch, one = build_ours(case)
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
 
     def step():

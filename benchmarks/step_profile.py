@@ -1,0 +1,173 @@
+"""Where a training step's time goes: our policies at vs_lerobot.py's shapes, profiled on this CPU.
+
+    python benchmarks/step_profile.py [--steps 3] [--threads 2] [--cases NAME ...]
+
+For each case of ``vs_lerobot.py`` (the same shapes and random tensors; by default the two CPU
+defaults), a few training steps (forward, backward, AdamW step) after a warm-up step are timed
+phase by phase, then profiled with ``torch.profiler``; each operator's own CPU time is sorted
+into convolutions (forward and backward), matrix products (linear layers, attention),
+normalization, the optimizer's arithmetic and the rest. The convolutions' arithmetic is counted
+from their shapes (2 * multiply-adds; the backward pass's as twice the forward's: the input's and
+the weights' gradients) and set against a float32 matrix product's rate measured in the same run
+(1024^3, the best this CPU's BLAS does). Prints the tables, writes ``results/step_profile.json``
+with the command, commit and machine.
+
+Why: issue 10 asks for a training step at <= 0.8x of LeRobot's on identical shapes; this shows how
+much of a step is arithmetic that both implementations call the same library for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from machine import commit, machine  # benchmarks/machine.py
+from vs_lerobot import CASES, COMMON, build_ours  # benchmarks/vs_lerobot.py
+
+HERE = Path(__file__).resolve().parent
+OPTIMIZER_OPS = ("_foreach_", "addcdiv", "addcmul", "lerp", "sqrt", "Optimizer.")
+
+
+def category(name: str) -> str:
+    n = name.lower()
+    if "convolution_backward" in n or "conv2d_backward" in n or "conv_transpose2d_backward" in n:
+        return "convolution backward"
+    if "conv" in n and n not in ("aten::convolution", "aten::_convolution", "aten::conv1d", "aten::conv2d"):
+        return "convolution forward"
+    if n in ("aten::convolution", "aten::_convolution", "aten::conv1d", "aten::conv2d"):
+        return "convolution forward"
+    if any(k in n for k in ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear",
+                            "scaled_dot_product", "_flash_attention", "aten::_efficient_attention")):
+        return "matrix products (linear, attention)"
+    if any(k in n for k in ("group_norm", "layer_norm", "batch_norm")):
+        return "normalization"
+    if any(k in name for k in OPTIMIZER_OPS):
+        return "optimizer (AdamW)"
+    return "other (elementwise, copies, indexing)"
+
+
+def conv_flops(model: torch.nn.Module, run) -> float:
+    """Forward FLOPs (2 * multiply-adds) of every convolution in one call of ``run``."""
+    total = [0.0]
+
+    def hook(m, inp, out):
+        k = 1
+        for s in m.kernel_size:
+            k *= s
+        if isinstance(m, (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d)):
+            total[0] += 2 * inp[0].numel() * (m.out_channels // m.groups) * k
+        else:
+            total[0] += 2 * out.numel() * (m.in_channels // m.groups) * k
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d))]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0]
+
+
+def gemm_gflops(dtype=torch.float32, n: int = 1024, reps: int = 9) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        ts.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(ts) / 1e9
+
+
+def profile_case(case: dict, steps: int) -> dict:
+    policy, batch, _ = build_ours(case)
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
+    policy.train()
+    phases = {"forward": [], "backward": [], "optimizer": []}
+
+    def step(record: bool):
+        t0 = time.perf_counter()
+        loss = policy.compute_loss(batch)
+        t1 = time.perf_counter()
+        opt.zero_grad()
+        loss.backward()
+        t2 = time.perf_counter()
+        opt.step()
+        t3 = time.perf_counter()
+        if record:
+            for k, v in zip(phases, (t1 - t0, t2 - t1, t3 - t2)):
+                phases[k].append(v)
+
+    step(False)
+    for _ in range(steps):
+        step(True)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step(False)
+    by_cat: dict[str, float] = {}
+    for e in prof.key_averages():
+        by_cat[category(e.key)] = by_cat.get(category(e.key), 0.0) + e.self_cpu_time_total / 1e6 / steps
+    total = sum(by_cat.values())
+    torch.manual_seed(0)
+    flops = conv_flops(policy, lambda: policy.compute_loss(batch))
+    fwd, bwd = by_cat.get("convolution forward", 0.0), by_cat.get("convolution backward", 0.0)
+    return {
+        "phases_ms": {k: 1000 * statistics.median(v) for k, v in phases.items()},
+        "step_ms": 1000 * statistics.median([sum(x) for x in zip(*phases.values())]),
+        "profiled_ms_per_step": 1000 * total,
+        "categories": {k: {"ms": 1000 * v, "share": v / total} for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1])},
+        "conv_forward_gflop": flops / 1e9,
+        "conv_forward_gflops": flops / fwd / 1e9 if fwd else None,
+        "conv_backward_gflops": 2 * flops / bwd / 1e9 if bwd else None,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=3, help="timed steps, then as many profiled ones")
+    ap.add_argument("--threads", type=int, default=2)
+    default = [c["name"] for c in CASES if "CPU default" in c["name"]]
+    ap.add_argument("--cases", nargs="+", default=default, choices=[c["name"] for c in CASES])
+    ap.add_argument("--out", default=str(HERE / "results" / "step_profile.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    peak = {"float32": gemm_gflops(torch.float32)}
+    rows = []
+    for c in CASES:
+        if c["name"] not in args.cases:
+            continue
+        case = {**COMMON, **c, "threads": args.threads}
+        print(f"{case['name']} ...", flush=True)
+        rows.append({"case": case, **profile_case(case, args.steps)})
+    peak["float32_after"] = gemm_gflops(torch.float32)
+    fp32 = max(peak["float32"], peak["float32_after"])
+    cats = sorted({k for r in rows for k in r["categories"]})
+    print(f"\nfloat32 matrix product (1024^3): {peak['float32']:.0f} GFLOP/s before, {peak['float32_after']:.0f} after\n")
+    print("| case | step, ms | forward / backward / optimizer, ms | " + " | ".join(cats) + " | convolutions, GFLOP/s fwd / bwd (share of the matmul rate) |")
+    print("|---|---|---|" + "---|" * len(cats) + "---|")
+    for r in rows:
+        p = r["phases_ms"]
+        shares = " | ".join(f"{100 * r['categories'][k]['share']:.0f}%" if k in r["categories"] else "-" for k in cats)
+        f, b = r["conv_forward_gflops"] or 0, r["conv_backward_gflops"] or 0
+        print(f"| {r['case']['name']} | {r['step_ms']:.0f} | {p['forward']:.0f} / {p['backward']:.0f} / {p['optimizer']:.0f} | "
+              f"{shares} | {f:.0f} / {b:.0f} ({100 * f / fp32:.0f}% / {100 * b / fp32:.0f}%) |")
+    result = {"benchmark": "step_profile", "command": shlex.join(["python", *sys.argv]), "commit": commit(),
+              "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "threads": args.threads,
+              "steps": args.steps, "gemm_gflops": peak, "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
