@@ -24,6 +24,20 @@ def timed(fn, n: int, warmup: int) -> list[float]:
     return out
 
 
+def frozen_compile(fn):
+    """torch.compile(fn), compiled with inductor's freezing and C++ wrapper on (as protege's
+    Policy.compile_for_inference does: the config is patched around each call)."""
+    import torch._inductor.config as inductor
+
+    compiled = torch.compile(fn)
+
+    def call(*args, **kwargs):
+        with inductor.patch(freezing=True, cpp_wrapper=True, layout_optimization=False):
+            return compiled(*args, **kwargs)
+
+    return call
+
+
 def main() -> None:
     case = json.loads(sys.argv[1])
     torch.manual_seed(0)
@@ -87,8 +101,20 @@ def main() -> None:
     train = timed(step, case["steps"], 2)
     policy.eval()
     chunk = timed(infer, case["reps"], 1)
-    print(json.dumps({"params_M": sum(p.numel() for p in policy.parameters()) / 1e6, "train_step_s": train,
-                      "chunk_s": chunk, "torch": torch.__version__}))
+    out = {"params_M": sum(p.numel() for p in policy.parameters()) / 1e6, "train_step_s": train, "chunk_s": chunk,
+           "torch": torch.__version__}
+    if case.get("compile"):  # the per-chunk networks, as protege compiles its own
+        if case["policy"] == "diffusion":
+            d = policy.diffusion
+            d.unet.forward = frozen_compile(d.unet.forward)
+            d._prepare_global_conditioning = frozen_compile(d._prepare_global_conditioning)
+        else:
+            policy.model.forward = frozen_compile(policy.model.forward)
+        t = time.perf_counter()
+        infer()
+        out["compile_s"] = time.perf_counter() - t
+        out["chunk_compiled_s"] = timed(infer, case["reps"], 1)
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

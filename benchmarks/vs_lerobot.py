@@ -13,8 +13,12 @@ batch, horizon / chunk, U-Net or transformer dims, ResNet18 at full width, Group
 Diffusion Policy and frozen BatchNorm for ACT, as each reference has them) and random tensors, so
 data loading is left out. Measured: the median training step (forward, backward, AdamW step) and
 the median time of one action chunk at batch 1 (Diffusion Policy: DDIM 10 steps; ACT: one
-pass). Ours and theirs alternate case by case within the run. Goals (issue 10): our training step
-<= 0.8x and our inference <= 0.5x of LeRobot's. Prints a table, writes
+pass). Ours and theirs alternate case by case within the run. Unless ``--no-compile``, the chunk
+is then timed again with both sides' per-chunk networks compiled the same way (``torch.compile``,
+inductor, weights frozen, C++ wrapper; ours through ``Policy.compile_for_inference``, the
+``compile=true`` of protege-eval and protege-deploy; LeRobot's by wrapping its U-Net and
+observation encoder, or its ACT model, by hand: LeRobot 0.4.4 offers no such option). Goals
+(issue 10): our training step <= 0.8x and our inference <= 0.5x of LeRobot's. Prints a table, writes
 ``results/vs_lerobot.json`` with the command, commit, machine and both torch versions.
 """
 
@@ -118,8 +122,12 @@ def ours(case: dict, threads: int) -> dict:
     train = timed(step, case["steps"], 2)
     policy.eval()
     chunk = timed(lambda: policy.predict_action(one), case["reps"], 1)
-    return {"params_M": sum(p.numel() for p in policy.parameters()) / 1e6, "train_step_s": train, "chunk_s": chunk,
-            "torch": torch.__version__}
+    out = {"params_M": sum(p.numel() for p in policy.parameters()) / 1e6, "train_step_s": train, "chunk_s": chunk,
+           "torch": torch.__version__}
+    if case.get("compile"):  # the deploy/eval option compile=true
+        out["compile_s"] = policy.compile_for_inference()
+        out["chunk_compiled_s"] = timed(lambda: policy.predict_action(one), case["reps"], 1)
+    return out
 
 
 def theirs(case: dict, python: str) -> dict:
@@ -131,7 +139,10 @@ def theirs(case: dict, python: str) -> dict:
 
 
 def summary(r: dict) -> dict:
-    return {"params_M": r["params_M"], "train_step_ms": 1000 * statistics.median(r["train_step_s"]),
+    compiled = {} if "chunk_compiled_s" not in r else {
+        "compile_s": r["compile_s"], "chunk_compiled_ms": 1000 * statistics.median(r["chunk_compiled_s"]),
+        "chunk_compiled_ms_min": 1000 * min(r["chunk_compiled_s"]), "chunk_compiled_ms_max": 1000 * max(r["chunk_compiled_s"])}
+    return {**compiled, "params_M": r["params_M"], "train_step_ms": 1000 * statistics.median(r["train_step_s"]),
             "train_step_ms_min": 1000 * min(r["train_step_s"]), "train_step_ms_max": 1000 * max(r["train_step_s"]),
             "chunk_ms": 1000 * statistics.median(r["chunk_s"]), "chunk_ms_min": 1000 * min(r["chunk_s"]),
             "chunk_ms_max": 1000 * max(r["chunk_s"]), "repeats": [len(r["train_step_s"]), len(r["chunk_s"])],
@@ -144,6 +155,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads on both sides")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (a look, not a figure)")
     ap.add_argument("--cases", nargs="*", default=None, help="names of the cases to run (default: all)")
+    ap.add_argument("--no-compile", action="store_true",
+                    help="leave out the compiled inference (torch.compile of both sides' per-chunk networks, "
+                         "weights frozen; about a minute of compilation per case and side)")
     ap.add_argument("--out", default=str(HERE / "results" / "vs_lerobot.json"))
     args = ap.parse_args()
     python = lerobot_python(args.lerobot_python)
@@ -152,7 +166,7 @@ def main() -> None:
         if args.cases and case["name"] not in args.cases:
             continue
         paper = "paper" in case["name"]
-        case = {**COMMON, **case, "threads": args.threads,
+        case = {**COMMON, **case, "threads": args.threads, "compile": not args.no_compile,
                 "steps": (3 if args.quick else (5 if paper else 15)), "reps": (3 if args.quick else (5 if paper else 15))}
         print(f"{case['name']}: ours ...", flush=True)
         a = summary(ours(case, args.threads))
@@ -160,15 +174,21 @@ def main() -> None:
         b = summary(theirs(case, python))
         rows.append({"case": case, "ours": a, "lerobot": b,
                      "train_ratio": a["train_step_ms"] / b["train_step_ms"], "chunk_ratio": a["chunk_ms"] / b["chunk_ms"]})
+        if case["compile"]:
+            rows[-1]["chunk_compiled_ratio"] = a["chunk_compiled_ms"] / b["chunk_compiled_ms"]
+            rows[-1]["chunk_ours_compiled_vs_their_eager"] = a["chunk_compiled_ms"] / b["chunk_ms"]
     print()
     print("| model | batch | parameters (ours / LeRobot) | training step, ms (ours / LeRobot) | ratio | "
-          "chunk at batch 1, ms (ours / LeRobot) | ratio |")
-    print("|---|---|---|---|---|---|---|")
+          "chunk at batch 1, ms (ours / LeRobot) | ratio | compiled chunk, ms (ours / LeRobot) | ratio | "
+          "ours compiled / LeRobot as shipped |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         a, b = r["ours"], r["lerobot"]
+        compiled = (f"{a['chunk_compiled_ms']:.1f} / {b['chunk_compiled_ms']:.1f} | {r['chunk_compiled_ratio']:.2f} | "
+                    f"{r['chunk_ours_compiled_vs_their_eager']:.2f}") if "chunk_compiled_ratio" in r else "- | - | -"
         print(f"| {r['case']['name']} | {r['case']['batch_size']} | {a['params_M']:.1f} M / {b['params_M']:.1f} M | "
               f"{a['train_step_ms']:.0f} / {b['train_step_ms']:.0f} | {r['train_ratio']:.2f} | "
-              f"{a['chunk_ms']:.1f} / {b['chunk_ms']:.1f} | {r['chunk_ratio']:.2f} |")
+              f"{a['chunk_ms']:.1f} / {b['chunk_ms']:.1f} | {r['chunk_ratio']:.2f} | {compiled} |")
     result = {"benchmark": "vs_lerobot", "command": shlex.join(["python", *sys.argv]), "commit": commit(),
               "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "threads": args.threads,
               "quick": args.quick, "lerobot": "0.4.4", "rows": rows}

@@ -20,7 +20,7 @@ EXIT_USAGE = 2
 # Matched by name, not imported: importing torch while a tool exits (after MuJoCo's EGL context)
 # can crash the interpreter, and a tool that never needed torch should not load it to report.
 _EXPECTED_NAMES = {"HydraException", "OmegaConfBaseException", "StoreError", "CheckpointError",
-                   "PretrainedWeightsError", "FileNotFoundError", "ValueError"}
+                   "PretrainedWeightsError", "CompileError", "FileNotFoundError", "ValueError"}
 
 
 def is_expected(e: BaseException) -> bool:

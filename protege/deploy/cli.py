@@ -56,6 +56,9 @@ def deploy(cfg: DictConfig) -> int:
     cfg.task = task
     if cfg.num_inference_steps is not None:
         policy.set_num_inference_steps(cfg.num_inference_steps)
+    if cfg.compile:  # before the robot is even connected: the first chunk must not wait for it
+        print("protege-deploy: compiling the policy for inference ...", flush=True)
+        print(f"protege-deploy: compiled in {policy.compile_for_inference():.0f} s", flush=True)
     # everything that can be checked is checked before the arm moves
     limits = SafetyLimits.from_config(cfg.robot.safety)
     fps = float(task["fps"])

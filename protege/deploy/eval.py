@@ -233,6 +233,10 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     policy, ckpt = load_policy(ckpt_path, device=device, use_ema=cfg.use_ema)
     task = ckpt["config"]["task"]
     out_dir = Path(cfg.out_dir) if cfg.out_dir else ckpt_path.parent.parent / "eval" / ckpt_path.stem
+    if cfg.compile:  # each other batch size (the last episodes of a batch) compiles again, once
+        print("protege-eval: compiling the policy for inference ...", flush=True)
+        print(f"protege-eval: compiled in {policy.compile_for_inference(min(cfg.batch_envs, cfg.n_episodes)):.0f} s",
+              flush=True)
     torch.manual_seed(cfg.seed)
     evaluator = SimEvaluator(
         env=cfg.env if cfg.env else env_config(task, cfg), obs_spec=task["obs"], n_episodes=cfg.n_episodes, seed=cfg.seed,
@@ -245,7 +249,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     report = {
         "checkpoint": str(ckpt_path), "task": task["name"], "policy": ckpt["policy"]["target"],
         "train_step": ckpt["train_state"]["step"], "train_minutes": ckpt["train_state"]["train_seconds"] / 60,
-        "device": str(device), "use_ema": cfg.use_ema,
+        "device": str(device), "use_ema": cfg.use_ema, "compiled": bool(cfg.compile),
         "scheduler": cfg.scheduler,
         "n_action_steps": cfg.n_action_steps or policy.n_action_steps,
         "num_inference_steps": policy.num_inference_steps,

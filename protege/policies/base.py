@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
 from .normalizer import Normalizer
+
+
+class CompileError(RuntimeError):
+    """``torch.compile`` could not compile a policy (no C++ compiler, no Triton, an unsupported op)."""
 
 
 class Policy(nn.Module):
@@ -27,6 +32,7 @@ class Policy(nn.Module):
     horizon: int = 1  # action steps per training sample
     n_action_steps: int = 1  # actions executed per chunk under receding horizon
     num_inference_steps: int | None = None  # denoising steps per prediction (diffusion); None: one pass
+    inference_methods: tuple[str, ...] = ()  # the methods :meth:`compile_for_inference` compiles
 
     def __init__(self, shape_meta: Mapping[str, Any], normalizer: Normalizer):
         super().__init__()
@@ -60,6 +66,60 @@ class Policy(nn.Module):
             raise ValueError(f"num_inference_steps must be >= 1, got {n}")
         self.num_inference_steps = int(n)
 
+    def compile_for_inference(self, batch_size: int = 1) -> float:
+        """Compile the per-chunk computation (the methods named by ``inference_methods``) with
+        ``torch.compile`` (inductor; the weights frozen as constants, and on the CPU a C++ wrapper
+        around the kernels), then predict once from a zero observation of ``batch_size``, so that
+        the compilation happens now and not at the first chunk on the robot. The actions equal
+        the eager policy's up to float rounding. Afterwards the policy is for inference only: its
+        weights must not change, and ``train()`` raises. Another batch size compiles again at its
+        first call.
+
+        Returns the seconds the compilation took (about a minute for the image policies on two
+        CPU cores).
+
+        Raises:
+            CompileError: the policy has nothing to compile, or compilation failed (inductor
+                needs a C++ compiler on the CPU, a Triton build on CUDA); the policy is then left
+                as it was, uncompiled.
+        """
+        if not self.inference_methods:
+            raise CompileError(f"{type(self).__name__} names no inference methods to compile")
+        eager = {name: getattr(self, name) for name in self.inference_methods}
+        t = time.perf_counter()
+        try:
+            for name, fn in eager.items():
+                setattr(self, name, _frozen_compile(fn, cpp_wrapper=self.device.type == "cpu"))
+            self.eval()
+            with torch.no_grad():
+                self.predict_action(self.example_obs(batch_size))
+        except Exception as e:  # noqa: BLE001 - any failure means: run uncompiled
+            for name in eager:
+                self.__dict__.pop(name, None)
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            raise CompileError(f"compiling {type(self).__name__} for inference failed ({type(e).__name__}: {first}); "
+                               "torch.compile needs a C++ compiler (gcc or clang) on the CPU and Triton on CUDA. "
+                               "Run without compile=true to use the eager policy") from e
+        self._compiled_for_inference = True
+        return time.perf_counter() - t
+
+    def example_obs(self, batch_size: int = 1) -> dict[str, torch.Tensor]:
+        """A zero observation {key: (batch_size, To, ...)} of the policy's keys and shapes, on its
+        device (images (B, To, 3, H, W) float32)."""
+        out = {}
+        for key, meta in self.shape_meta["obs"].items():
+            shape = list(meta["shape"])
+            if meta["type"] == "rgb":
+                shape = [shape[2], shape[0], shape[1]]  # (H, W, 3) -> (3, H, W)
+            out[key] = torch.zeros(batch_size, self.n_obs_steps, *shape, device=self.device)
+        return out
+
+    def train(self, mode: bool = True) -> "Policy":
+        if mode and self.__dict__.get("_compiled_for_inference"):
+            raise RuntimeError("this policy is compiled for inference (its weights are frozen into the compiled "
+                               "code); load the checkpoint again to train it")
+        return super().train(mode)
+
     def init_pretrained(self) -> None:
         """Load pretrained weights the config asks for (a fresh training run only; a checkpoint
         already holds them). Nothing by default."""
@@ -70,3 +130,20 @@ class Policy(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+
+def _frozen_compile(fn, cpp_wrapper: bool):
+    """``torch.compile(fn)`` whose every (re)compilation runs with inductor's ``freezing`` (and
+    ``cpp_wrapper``) on: torch reads them from its global config when it compiles, which happens
+    at a call, so the patch is applied around each call (``torch.compile``'s ``options`` do not
+    reach ``freezing``). Freezing's layout optimization stays off: with it, torch 2.14 fails to
+    compile ACT's decoder at batch sizes above 1 (a view of a transposed tensor)."""
+    import torch._inductor.config as inductor
+
+    compiled = torch.compile(fn)
+
+    def call(*args, **kwargs):
+        with inductor.patch(freezing=True, cpp_wrapper=cpp_wrapper, layout_optimization=False):
+            return compiled(*args, **kwargs)
+
+    return call

@@ -46,6 +46,7 @@ class ACTPolicy(Policy):
     """
 
     n_obs_steps = 1
+    inference_methods = ("_decode",)
 
     def __init__(
         self,

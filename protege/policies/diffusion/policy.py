@@ -41,6 +41,8 @@ class DiffusionPolicy(Policy):
         image_encoder: keyword arguments of the ResNet image encoder (crop_shape, feature_dim, ...).
     """
 
+    inference_methods = ("_condition", "_epsilon")
+
     def __init__(
         self,
         shape_meta: Mapping[str, Any],
@@ -81,6 +83,10 @@ class DiffusionPolicy(Policy):
         nobs = {k: self.normalizer.normalize(k, obs[k][:, : self.n_obs_steps]) for k in self.shape_meta["obs"]}
         return self.obs_encoder(nobs).flatten(1)
 
+    def _epsilon(self, x: torch.Tensor, k: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The U-Net's prediction for noisy actions x (B, horizon, Da) at steps k (B,)."""
+        return self.model(x, k, cond)
+
     def compute_loss(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """MSE between the true and predicted noise over the whole horizon (padded steps included,
         as in the reference: edge padding teaches the policy to hold still at the end)."""
@@ -103,5 +109,5 @@ class DiffusionPolicy(Policy):
         sched = self.inference_scheduler
         sched.set_timesteps(self.num_inference_steps, device=cond.device)
         for k in sched.timesteps:
-            x = sched.step(self.model(x, k.expand(b), cond), k, x, generator=generator).prev_sample
+            x = sched.step(self._epsilon(x, k.expand(b), cond), k, x, generator=generator).prev_sample
         return self.normalizer.unnormalize("action", x)[:, self.n_obs_steps - 1 :]

@@ -1,0 +1,73 @@
+"""Policy.compile_for_inference (the compile=true of protege-eval and protege-deploy): the compiled
+policy predicts what the eager one does, is for inference only, and a failed compilation leaves
+the policy as it was with a clear error."""
+
+import numpy as np
+import pytest
+import torch
+
+from protege.policies.act import ACTPolicy
+from protege.policies.base import CompileError
+from protege.policies.diffusion import DiffusionPolicy
+from protege.policies.normalizer import Normalizer
+
+META = {"obs": {"image": {"shape": [32, 32, 3], "type": "rgb"}, "pos": {"shape": [2], "type": "low_dim"}},
+        "action": {"shape": [3]}}
+
+
+def _norm():
+    stats = {k: {"min": -np.ones(d, np.float32), "max": np.ones(d, np.float32), "mean": np.zeros(d, np.float32),
+                 "std": np.ones(d, np.float32)} for k, d in (("pos", 2), ("action", 3))}
+    return Normalizer(stats, ["image"])
+
+
+def _diffusion():
+    torch.manual_seed(0)
+    return DiffusionPolicy(META, _norm(), horizon=8, n_obs_steps=2, n_action_steps=4, num_inference_steps=3,
+                           unet={"down_dims": [16, 32], "diffusion_step_embed_dim": 16},
+                           image_encoder={"crop_shape": [28, 28], "feature_dim": 8, "num_kp": 4, "width": 8}).eval()
+
+
+def _act():
+    torch.manual_seed(0)
+    return ACTPolicy(META, _norm(), chunk_size=8, n_action_steps=4, hidden_dim=32, dim_feedforward=64, n_heads=4,
+                     enc_layers=1, dec_layers=2, vae_enc_layers=1, dropout=0.1, backbone_width=8).eval()
+
+
+def _obs(b, to):
+    g = torch.Generator().manual_seed(1)
+    return {"image": torch.rand(b, to, 3, 32, 32, generator=g), "pos": torch.rand(b, to, 2, generator=g) * 2 - 1}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("make", [_diffusion, _act], ids=["diffusion", "act"])
+def test_compiled_policy_predicts_what_the_eager_one_does_and_cannot_train(make):
+    policy = make()
+    obs = _obs(2, policy.n_obs_steps)
+    kw = (lambda: {"generator": torch.Generator().manual_seed(0)}) if isinstance(policy, DiffusionPolicy) else dict
+    eager = policy.predict_action(obs, **kw())
+    other = policy.predict_action({k: v.flip(0) for k, v in obs.items()}, **kw())
+    assert not torch.allclose(eager, other, atol=1e-3)  # the check below can tell observations apart
+
+    assert policy.compile_for_inference(batch_size=2) > 0
+    assert torch.allclose(policy.predict_action(obs, **kw()), eager, atol=1e-4)
+    assert torch.allclose(policy.predict_action({k: v.flip(0) for k, v in obs.items()}, **kw()), other, atol=1e-4)
+    with pytest.raises(RuntimeError, match="compiled for inference"):
+        policy.train()
+
+
+def test_a_failed_compilation_leaves_the_eager_policy_and_says_what_to_do(monkeypatch):
+    import torch._inductor.config as inductor
+
+    policy = _act()
+    obs = _obs(1, 1)
+    eager = policy.predict_action(obs)
+    # no C++ compiler: inductor's CPU backend cannot build its kernels (nor reuse cached ones)
+    monkeypatch.setattr(inductor.cpp, "cxx", (None, "/nonexistent/c++"))
+    monkeypatch.setattr(inductor, "fx_graph_cache", False)
+    with pytest.raises(CompileError, match="C\\+\\+ compiler"):
+        policy.compile_for_inference()
+    torch._dynamo.reset()
+    assert "_decode" not in policy.__dict__
+    assert torch.equal(policy.predict_action(obs), eager)
+    policy.train()  # still trainable
