@@ -5,11 +5,13 @@ the policy as it was with a clear error."""
 import numpy as np
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from protege.policies.act import ACTPolicy
 from protege.policies.base import CompileError
 from protege.policies.diffusion import DiffusionPolicy
 from protege.policies.normalizer import Normalizer
+from protege.policies.tensors import obs_to_torch
 
 META = {"obs": {"image": {"shape": [32, 32, 3], "type": "rgb"}, "pos": {"shape": [2], "type": "low_dim"}},
         "action": {"shape": [3]}}
@@ -34,9 +36,11 @@ def _act():
                      enc_layers=1, dec_layers=2, vae_enc_layers=1, dropout=0.1, backbone_width=8).eval()
 
 
-def _obs(b, to):
-    g = torch.Generator().manual_seed(1)
-    return {"image": torch.rand(b, to, 3, 32, 32, generator=g), "pos": torch.rand(b, to, 2, generator=g) * 2 - 1}
+def _obs(b, to, seed=1):
+    """As evaluation and deployment pass them (obs_to_torch: images a permuted view of uint8 HWC)."""
+    rng = np.random.default_rng(seed)
+    return obs_to_torch({"image": rng.integers(0, 256, (b, to, 32, 32, 3), dtype=np.uint8),
+                         "pos": rng.uniform(-1, 1, (b, to, 2)).astype(np.float32)}, ["image"], torch.device("cpu"))
 
 
 @pytest.mark.slow
@@ -46,12 +50,14 @@ def test_compiled_policy_predicts_what_the_eager_one_does_and_cannot_train(make)
     obs = _obs(2, policy.n_obs_steps)
     kw = (lambda: {"generator": torch.Generator().manual_seed(0)}) if isinstance(policy, DiffusionPolicy) else dict
     eager = policy.predict_action(obs, **kw())
-    other = policy.predict_action({k: v.flip(0) for k, v in obs.items()}, **kw())
+    other = policy.predict_action(_obs(2, policy.n_obs_steps, seed=2), **kw())
     assert not torch.allclose(eager, other, atol=1e-3)  # the check below can tell observations apart
 
     assert policy.compile_for_inference(batch_size=2) > 0
+    graphs = counters["stats"]["unique_graphs"]
     assert torch.allclose(policy.predict_action(obs, **kw()), eager, atol=1e-4)
-    assert torch.allclose(policy.predict_action({k: v.flip(0) for k, v in obs.items()}, **kw()), other, atol=1e-4)
+    assert counters["stats"]["unique_graphs"] == graphs  # compiled beforehand: the first real chunk compiles nothing
+    assert torch.allclose(policy.predict_action(_obs(2, policy.n_obs_steps, seed=2), **kw()), other, atol=1e-4)
     with pytest.raises(RuntimeError, match="compiled for inference"):
         policy.train()
 

@@ -103,6 +103,24 @@ def test_on_step_sees_every_step_with_its_observation_action_and_chunk_boundary(
     assert len(calls) == 4 + 3 + 6 and all("success" in c["info"] for c in calls)
 
 
+def test_a_compiled_policy_always_gets_its_batch_size_and_the_padding_is_dropped():
+    class Compiled(EchoPolicy):
+        compiled_batch_size = 3
+
+        def predict_action(self, obs):
+            self.sizes = getattr(self, "sizes", []) + [obs["x"].shape[0]]
+            return super().predict_action(obs)
+
+    spec = {"x": {"source": "x", "type": "low_dim"}}
+    plain = SimEvaluator({"_target_": "test_eval.FakeEnv"}, spec, n_episodes=3, seed=0, batch_envs=3)(EchoPolicy())
+    actions = {s: list(LOG[s]["actions"]) for s in SCRIPT}
+    policy = Compiled()
+    padded = SimEvaluator({"_target_": "test_eval.FakeEnv"}, spec, n_episodes=3, seed=0, batch_envs=3)(policy)
+    assert set(policy.sizes) == {3} and len(policy.sizes) == 3  # episodes end at steps 3, 4, 6: batches of 3, 2, 1
+    assert {s: LOG[s]["actions"] for s in SCRIPT} == actions
+    assert padded["episodes"] == plain["episodes"]
+
+
 # seed -> the stage each step reports (a lift-like task: seed 1 grasps, drops the cube and ends at "reached")
 STAGES = {0: ["start", "reached", "grasped", "lifted"], 1: ["reached", "grasped", "reached"],
           2: ["start", "start", "reached", "reached", "reached", "reached"]}

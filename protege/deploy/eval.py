@@ -166,7 +166,9 @@ class SimEvaluator:
             # each episode's time on its own control grid: step k observes at k * dt
             need = [j for j in live if scheds[j].needs_chunk(results[j]["steps"] * dt)]
             if need:
-                obs = {k: np.stack([np.stack([h[k] for h in history[j]]) for j in need]) for k in self.obs_spec}
+                # a compiled policy gets the batch it was compiled for (repeats of the last window), not a new shape
+                rows = need + need[-1:] * max(0, (getattr(policy, "compiled_batch_size", None) or 0) - len(need))
+                obs = {k: np.stack([np.stack([h[k] for h in history[j]]) for j in rows]) for k in self.obs_spec}
                 chunks = policy.predict_action(obs_to_torch(obs, image_keys, policy.device)).float().cpu().numpy()
                 for j, chunk in zip(need, chunks):
                     t = results[j]["steps"] * dt
@@ -233,7 +235,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     policy, ckpt = load_policy(ckpt_path, device=device, use_ema=cfg.use_ema)
     task = ckpt["config"]["task"]
     out_dir = Path(cfg.out_dir) if cfg.out_dir else ckpt_path.parent.parent / "eval" / ckpt_path.stem
-    if cfg.compile:  # each other batch size (the last episodes of a batch) compiles again, once
+    if cfg.compile:
         print("protege-eval: compiling the policy for inference ...", flush=True)
         print(f"protege-eval: compiled in {policy.compile_for_inference(min(cfg.batch_envs, cfg.n_episodes)):.0f} s",
               flush=True)

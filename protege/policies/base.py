@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -33,6 +34,7 @@ class Policy(nn.Module):
     n_action_steps: int = 1  # actions executed per chunk under receding horizon
     num_inference_steps: int | None = None  # denoising steps per prediction (diffusion); None: one pass
     inference_methods: tuple[str, ...] = ()  # the methods :meth:`compile_for_inference` compiles
+    compiled_batch_size: int | None = None  # set by :meth:`compile_for_inference`
 
     def __init__(self, shape_meta: Mapping[str, Any], normalizer: Normalizer):
         super().__init__()
@@ -73,7 +75,8 @@ class Policy(nn.Module):
         the compilation happens now and not at the first chunk on the robot. The actions equal
         the eager policy's up to float rounding. Afterwards the policy is for inference only: its
         weights must not change, and ``train()`` raises. Another batch size compiles again at its
-        first call.
+        first call (tens of seconds each), so callers keep to ``compiled_batch_size`` (the
+        evaluator pads its batches to it).
 
         Returns the seconds the compilation took (about a minute for the image policies on two
         CPU cores).
@@ -101,18 +104,22 @@ class Policy(nn.Module):
                                "torch.compile needs a C++ compiler (gcc or clang) on the CPU and Triton on CUDA. "
                                "Run without compile=true to use the eager policy") from e
         self._compiled_for_inference = True
+        self.compiled_batch_size = batch_size
         return time.perf_counter() - t
 
     def example_obs(self, batch_size: int = 1) -> dict[str, torch.Tensor]:
         """A zero observation {key: (batch_size, To, ...)} of the policy's keys and shapes, on its
-        device (images (B, To, 3, H, W) float32)."""
-        out = {}
+        device, made as evaluation and deployment make theirs (:func:`~protege.policies.tensors.obs_to_torch`:
+        images (B, To, 3, H, W) float32, a permuted view of (B, To, H, W, 3) in memory), so a
+        compiled policy sees the strides it will be called with."""
+        from .tensors import obs_to_torch
+
+        arrays, image_keys = {}, []
         for key, meta in self.shape_meta["obs"].items():
-            shape = list(meta["shape"])
-            if meta["type"] == "rgb":
-                shape = [shape[2], shape[0], shape[1]]  # (H, W, 3) -> (3, H, W)
-            out[key] = torch.zeros(batch_size, self.n_obs_steps, *shape, device=self.device)
-        return out
+            rgb = meta["type"] == "rgb"
+            arrays[key] = np.zeros((batch_size, self.n_obs_steps, *meta["shape"]), np.uint8 if rgb else np.float32)
+            image_keys += [key] if rgb else []
+        return obs_to_torch(arrays, image_keys, self.device)
 
     def train(self, mode: bool = True) -> "Policy":
         if mode and self.__dict__.get("_compiled_for_inference"):
