@@ -115,8 +115,10 @@ def profile_case(case: dict, steps: int) -> dict:
         for _ in range(steps):
             step(False)
     by_cat: dict[str, float] = {}
-    for e in prof.key_averages():
+    events = prof.key_averages()
+    for e in events:
         by_cat[category(e.key)] = by_cat.get(category(e.key), 0.0) + e.self_cpu_time_total / 1e6 / steps
+    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:10]
     total = sum(by_cat.values())
     torch.manual_seed(0)
     flops = conv_flops(policy, lambda: policy.compute_loss(batch))
@@ -126,6 +128,8 @@ def profile_case(case: dict, steps: int) -> dict:
         "step_ms": 1000 * statistics.median([sum(x) for x in zip(*phases.values())]),
         "profiled_ms_per_step": 1000 * total,
         "categories": {k: {"ms": 1000 * v, "share": v / total} for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1])},
+        "top_operators": [{"name": e.key, "category": category(e.key), "ms": e.self_cpu_time_total / 1e3 / steps,
+                           "calls": e.count // steps} for e in top],
         "conv_forward_gflop": flops / 1e9,
         "conv_forward_gflops": flops / fwd / 1e9 if fwd else None,
         "conv_backward_gflops": 2 * flops / bwd / 1e9 if bwd else None,
@@ -161,6 +165,10 @@ def main() -> None:
         f, b = r["conv_forward_gflops"] or 0, r["conv_backward_gflops"] or 0
         print(f"| {r['case']['name']} | {r['step_ms']:.0f} | {p['forward']:.0f} / {p['backward']:.0f} / {p['optimizer']:.0f} | "
               f"{shares} | {f:.0f} / {b:.0f} ({100 * f / fp32:.0f}% / {100 * b / fp32:.0f}%) |")
+    for r in rows:
+        print(f"\n{r['case']['name']}: the operators with the most time of their own, ms per step")
+        for o in r["top_operators"]:
+            print(f"  {o['ms']:8.1f}  {o['name']} ({o['category']}, {o['calls']} calls)")
     result = {"benchmark": "step_profile", "command": shlex.join(["python", *sys.argv]), "commit": commit(),
               "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "threads": args.threads,
               "steps": args.steps, "gemm_gflops": peak, "rows": rows}
