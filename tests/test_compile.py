@@ -77,3 +77,15 @@ def test_a_failed_compilation_leaves_the_eager_policy_and_says_what_to_do(monkey
     assert "_decode" not in policy.__dict__
     assert torch.equal(policy.predict_action(obs), eager)
     policy.train()  # still trainable
+
+
+def test_obs_to_torch_gives_float32_and_canonical_strides_so_compiled_guards_hold():
+    """The control loop's windows get their batch axis from ``[None]`` (numpy gives it stride 0) and
+    carry float64 robot states: a compiled policy warmed up on fresh arrays would recompile (for
+    a minute, while the cameras go stale) at the first real chunk."""
+    window = np.arange(21, dtype=np.float64).reshape(3, 7)[None]
+    x = obs_to_torch({"tcp_pose": window}, [], torch.device("cpu"))["tcp_pose"]
+    assert x.dtype == torch.float32 and x.stride() == torch.zeros(1, 3, 7).stride()
+    assert torch.equal(x, torch.arange(21, dtype=torch.float32).reshape(1, 3, 7))
+    img = obs_to_torch({"i": np.zeros((2, 8, 8, 3), np.uint8)[None]}, ["i"], torch.device("cpu"))["i"]
+    assert img.stride() == obs_to_torch({"i": np.zeros((1, 2, 8, 8, 3), np.uint8)}, ["i"], torch.device("cpu"))["i"].stride()

@@ -20,9 +20,14 @@ def obs_to_torch(obs: Mapping[str, np.ndarray], image_keys, device: torch.device
     (images float32 (B, To, 3, H, W) in [0, 1], low-dim float32) on ``device``; ``keys`` default: all."""
     out = {}
     for k in obs if keys is None else keys:
-        x = torch.from_numpy(np.ascontiguousarray(obs[k])).to(device, non_blocking=True)
+        a = np.ascontiguousarray(obs[k])
+        # a size-1 axis may carry any stride in numpy (e.g. a [None] batch axis: 0); the view makes
+        # them canonical, so a compiled policy's stride guards hold from call to call
+        x = torch.from_numpy(a).view(-1).view(a.shape).to(device, non_blocking=True)
         if k in image_keys:
             x = x.permute(0, 1, 4, 2, 3).float().div_(255.0)
+        elif x.dtype != torch.float32:  # e.g. the control loop's interpolated float64 robot states
+            x = x.float()
         out[k] = x
     return out
 
