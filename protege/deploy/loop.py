@@ -237,6 +237,14 @@ class ControlLoop:
                                                      f"is {age:.2f} s old (max_frame_age_s {self.settings.max_frame_age_s})")
         return state
 
+    def _window(self, times, keys) -> dict:
+        """The assembler's observation window; a device lost while it reads (after the watchdogs
+        found it alive this cycle) stops the arm as a robot fault, like a lost robot."""
+        try:
+            return self.assembler.window(times, keys)
+        except DeviceError as e:
+            raise _Stop(StopReason.ROBOT_FAULT, f"a device failed while the observation was read: {e}", smooth=False) from e
+
     def _schedule(self, result: InferenceResult, now: float) -> dict:
         self.latencies.append(result.latency)
         dropped = self.scheduler.add_chunk(result.chunk, result.t_obs, now)
@@ -304,7 +312,7 @@ class ControlLoop:
                 if wake - t_start > time_limit_s:
                     break
                 state = self._watchdogs(wake)
-                obs = self.assembler.window(self._window_times(t_k), self.obs_keys_all)
+                obs = self._window(self._window_times(t_k), self.obs_keys_all)
                 chunk_rec, request = None, False
                 if (res := self._poll()) is not None:
                     chunk_rec = self._schedule(res, self.clock.now())
@@ -377,7 +385,7 @@ class ControlLoop:
         start gate (refuse, or ramp and ask again); returns the first cycle's time."""
         for attempt in range(2):
             t_obs = self.clock.now()
-            obs = self.assembler.window(self._window_times(t_obs), self.obs_keys)
+            obs = self._window(self._window_times(t_obs), self.obs_keys)
             while not self.worker.submit(obs, t_obs):  # a request of the last episode may still run
                 self._wait_cycle(t_obs)
             while (res := self._poll()) is None:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .normalizer import Normalizer
+from .tensors import obs_to_torch
 
 
 class CompileError(RuntimeError):
@@ -112,8 +113,6 @@ class Policy(nn.Module):
         device, made as evaluation and deployment make theirs (:func:`~protege.policies.tensors.obs_to_torch`:
         images (B, To, 3, H, W) float32, a permuted view of (B, To, H, W, 3) in memory), so a
         compiled policy sees the strides it will be called with."""
-        from .tensors import obs_to_torch
-
         arrays, image_keys = {}, []
         for key, meta in self.shape_meta["obs"].items():
             rgb = meta["type"] == "rgb"
