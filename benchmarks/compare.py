@@ -105,6 +105,13 @@ def newest(runs: list[tuple[Path, dict]]) -> tuple[list[tuple[Path, dict]], list
     return [v for v in runs if id(v[1]) in kept], superseded
 
 
+def owner(variant: dict, runs: list[tuple[Path, dict]]) -> int | None:
+    """The index in ``runs`` of the train_eval run whose run_dir wrote the variant's checkpoint."""
+    ckpt = Path(variant["checkpoint"])
+    return next((i for i, (_, r) in enumerate(runs) if r.get("run_dir") and ckpt.parent.parent == Path(r["run_dir"])),
+                None)
+
+
 def rows_of(runs: list[tuple[Path, dict]], variants: list[tuple[Path, dict]]) -> tuple[list[dict], list[str]]:
     """One row per train_eval result and one per variant of an eval_variants result joined to it."""
     rows, left_out = [], []
@@ -120,16 +127,15 @@ def rows_of(runs: list[tuple[Path, dict]], variants: list[tuple[Path, dict]]) ->
             "machine": r["machine"], "commit": r["commit"],
         })
     for path, v in variants:
-        ckpt = Path(v["checkpoint"])
-        owner = next(((p, r) for p, r in runs if r.get("run_dir") and ckpt.parent.parent == Path(r["run_dir"])), None)
-        if owner is None:
+        i = owner(v, runs)
+        if i is None:
             left_out.append(f"{path.name}: its checkpoint {v['checkpoint']} is not from a selected train_eval run")
             continue
-        base = next(row for row in rows if row["file"] == owner[0].name)
+        base = rows[i]  # rows[i] is runs[i]'s
         for var in v["rows"]:
             if var["train_step"] != base["steps"]:
                 left_out.append(f"{path.name} ({var['variant']}): step {var['train_step']}, not the step "
-                                f"{base['steps']} that {owner[0].name} reports")
+                                f"{base['steps']} that {base['file']} reports")
                 continue
             rows.append({**base, "file": path.name, "variant": var["variant"], "scheduler": var["scheduler"],
                          "score": var["mean_max_reward"], "coverage": var.get("mean_max_coverage"),
@@ -189,11 +195,12 @@ def main() -> None:
         if not p.exists():
             raise SystemExit(f"no such result: {p}")
     runs, variants, left_out = _load(chosen or sorted(HERE.glob("*.json")))
-    if not chosen:
+    if not chosen:  # the newest runs, and the variants of those runs only
         runs, superseded = newest(runs)
+        variants = [v for v in variants if owner(v[1], runs) is not None]
         left_out += superseded
     rows, unjoined = rows_of(runs, variants)
-    left_out += unjoined if chosen else [w for w in unjoined if "is not from a selected" not in w]
+    left_out += unjoined
     out = tables(rows)
     print("\n\n".join(markdown(t) for t in out) if out else "no train_eval results selected")
     for why in left_out:

@@ -57,6 +57,7 @@ class EchoPolicy:
     """Chunk action i = the newest observation's x + i / 10; remembers every window it was given."""
 
     n_obs_steps, n_action_steps, num_inference_steps, device = 2, 2, None, torch.device("cpu")
+    compiled_batch_size = None  # eager
 
     def __init__(self):
         self.windows = []

@@ -167,7 +167,7 @@ class SimEvaluator:
             need = [j for j in live if scheds[j].needs_chunk(results[j]["steps"] * dt)]
             if need:
                 # a compiled policy gets the batch it was compiled for (repeats of the last window), not a new shape
-                rows = need + need[-1:] * max(0, (getattr(policy, "compiled_batch_size", None) or 0) - len(need))
+                rows = need + need[-1:] * max(0, (policy.compiled_batch_size or 0) - len(need))
                 obs = {k: np.stack([np.stack([h[k] for h in history[j]]) for j in rows]) for k in self.obs_spec}
                 chunks = policy.predict_action(obs_to_torch(obs, image_keys, policy.device)).float().cpu().numpy()
                 for j, chunk in zip(need, chunks):
