@@ -26,13 +26,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from machine import commit, pusht_store  # benchmarks/machine.py
+from machine import pusht_store, write_result  # benchmarks/machine.py
 
 HERE = Path(__file__).resolve().parent / "results"
 BIN = Path(sys.executable).parent
@@ -205,10 +203,7 @@ def main() -> None:
     print("\n\n".join(markdown(t) for t in out) if out else "no train_eval results selected")
     for why in left_out:
         print(f"left out: {why}")
-    Path(args.out).write_text(json.dumps({
-        "benchmark": "compare", "command": shlex.join(["python", *sys.argv]), "commit": commit(),
-        "date": time.strftime("%Y-%m-%d %H:%M"), "tables": out, "left_out": left_out}, indent=2))
-
+    write_result(args.out, "compare", tables=out, left_out=left_out)
 
 if __name__ == "__main__":
     main()

@@ -1,9 +1,13 @@
 """What a benchmark result records of where it ran: the machine in words (CPU model, threads,
 GPU, torch version) and the code's commit; and where the shared PushT store lies on it."""
 
+import json
 import os
 import platform
+import shlex
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -36,6 +40,18 @@ def machine() -> str:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{cpu}, {torch.get_num_threads()} torch threads, {gpu}, torch {torch.__version__}"
+
+
+def write_result(out: str | Path, benchmark: str, **fields) -> Path:
+    """Write a benchmark's result JSON to ``out``: its name, the command line, the commit, the
+    machine and the date, then ``fields``; returns the path."""
+    out = Path(out)
+    result = {"benchmark": benchmark, "command": shlex.join(["python", *sys.argv]), "commit": commit(),
+              "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), **fields}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {out}")
+    return out
 
 
 def pusht_store() -> str:

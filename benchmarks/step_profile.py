@@ -19,17 +19,14 @@ much of a step is arithmetic that both implementations call the same library for
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from machine import commit, machine  # benchmarks/machine.py
+from machine import write_result  # benchmarks/machine.py
 from vs_lerobot import CASES, COMMON, build_ours  # benchmarks/vs_lerobot.py
 
 HERE = Path(__file__).resolve().parent
@@ -169,13 +166,7 @@ def main() -> None:
         print(f"\n{r['case']['name']}: the operators with the most time of their own, ms per step")
         for o in r["top_operators"]:
             print(f"  {o['ms']:8.1f}  {o['name']} ({o['category']}, {o['calls']} calls)")
-    result = {"benchmark": "step_profile", "command": shlex.join(["python", *sys.argv]), "commit": commit(),
-              "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "threads": args.threads,
-              "steps": args.steps, "gemm_gflops": peak, "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"\nwrote {args.out}")
-
+    write_result(args.out, "step_profile", threads=args.threads, steps=args.steps, gemm_gflops=peak, rows=rows)
 
 if __name__ == "__main__":
     main()

@@ -27,17 +27,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 from lerobot_worker import timed  # benchmarks/lerobot_worker.py (it imports lerobot only inside main)
-from machine import commit, machine  # benchmarks/machine.py
+from machine import write_result  # benchmarks/machine.py
 
 HERE = Path(__file__).resolve().parent
 COMMON = {"image_size": 96, "state_dim": 2, "action_dim": 2}
@@ -189,13 +187,7 @@ def main() -> None:
         print(f"| {r['case']['name']} | {r['case']['batch_size']} | {a['params_M']:.1f} M / {b['params_M']:.1f} M | "
               f"{a['train_step_ms']:.0f} / {b['train_step_ms']:.0f} | {r['train_ratio']:.2f} | "
               f"{a['chunk_ms']:.1f} / {b['chunk_ms']:.1f} | {r['chunk_ratio']:.2f} | {compiled} |")
-    result = {"benchmark": "vs_lerobot", "command": shlex.join(["python", *sys.argv]), "commit": commit(),
-              "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "threads": args.threads,
-              "quick": args.quick, "lerobot": "0.4.4", "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"\nwrote {args.out}")
-
+    write_result(args.out, "vs_lerobot", threads=args.threads, quick=args.quick, lerobot="0.4.4", rows=rows)
 
 if __name__ == "__main__":
     main()
