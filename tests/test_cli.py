@@ -47,7 +47,8 @@ def test_train_save_reload_evaluate(tmp_path, pusht_path):
     assert report["num_inference_steps"] == 4 and report["train_step"] == 50
     video = Path(report["episodes"][0]["video"])
     assert video.exists() and video.stat().st_size > 1000 and "video" not in report["episodes"][1]
-    assert "mean max reward" in p.stdout
+    assert "mean max reward" in p.stdout and "in the policy" in p.stdout
+    assert 0 < report["inference_seconds"] < report["eval_seconds"] and report["compile_seconds"] is None
 
 
 @pytest.mark.slow

@@ -120,11 +120,17 @@ class SimEvaluator:
         self.keys = sorted({s["source"] for s in self.obs_spec.values()})
 
     def __call__(self, policy: Policy) -> dict[str, Any]:
+        """Roll ``policy`` out on every seed. Returns the report: n_episodes, mean_max_reward,
+        mean_max_coverage (PushT) or None, success_rate with its 95% Wilson interval
+        (success_rate_ci95), final_stages (staged tasks) or None, the per-seed ``episodes``,
+        eval_seconds (wall time) and inference_seconds (the part spent in the policy's
+        ``predict_action``; the rest is simulation, rendering and bookkeeping)."""
         t0 = time.perf_counter()
         if self.num_inference_steps is not None and policy.num_inference_steps is not None:
             policy.set_num_inference_steps(self.num_inference_steps)
         seeds = [self.seed + i for i in range(self.n_episodes)]
         episodes = []
+        self._inference_seconds = 0.0
         bar = tqdm(total=len(seeds), desc="eval", disable=not self.progress, dynamic_ncols=True)
         for i in range(0, len(seeds), self.batch_envs):
             filmed = sum("video" in e for e in episodes)
@@ -140,6 +146,7 @@ class SimEvaluator:
             "success_rate": n_success / len(episodes),
             "success_rate_ci95": [lo, hi],
             "eval_seconds": time.perf_counter() - t0,
+            "inference_seconds": self._inference_seconds,
             "final_stages": stage_counts(episodes),
             "episodes": episodes,
         }
@@ -169,7 +176,9 @@ class SimEvaluator:
                 # a compiled policy gets the batch it was compiled for (repeats of the last window), not a new shape
                 rows = need + need[-1:] * max(0, (policy.compiled_batch_size or 0) - len(need))
                 obs = {k: np.stack([np.stack([h[k] for h in history[j]]) for j in rows]) for k in self.obs_spec}
+                t_inf = time.perf_counter()
                 chunks = policy.predict_action(obs_to_torch(obs, image_keys, policy.device)).float().cpu().numpy()
+                self._inference_seconds += time.perf_counter() - t_inf
                 for j, chunk in zip(need, chunks):
                     t = results[j]["steps"] * dt
                     scheds[j].add_chunk(chunk, t_obs=t, now=t)
@@ -235,10 +244,11 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     policy, ckpt = load_policy(ckpt_path, device=device, use_ema=cfg.use_ema)
     task = ckpt["config"]["task"]
     out_dir = Path(cfg.out_dir) if cfg.out_dir else ckpt_path.parent.parent / "eval" / ckpt_path.stem
+    compile_seconds = None
     if cfg.compile:
         print("protege-eval: compiling the policy for inference ...", flush=True)
-        print(f"protege-eval: compiled in {policy.compile_for_inference(min(cfg.batch_envs, cfg.n_episodes)):.0f} s",
-              flush=True)
+        compile_seconds = policy.compile_for_inference(min(cfg.batch_envs, cfg.n_episodes))
+        print(f"protege-eval: compiled in {compile_seconds:.0f} s", flush=True)
     torch.manual_seed(cfg.seed)
     evaluator = SimEvaluator(
         env=cfg.env if cfg.env else env_config(task, cfg), obs_spec=task["obs"], n_episodes=cfg.n_episodes, seed=cfg.seed,
@@ -251,7 +261,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     report = {
         "checkpoint": str(ckpt_path), "task": task["name"], "policy": ckpt["policy"]["target"],
         "train_step": ckpt["train_state"]["step"], "train_minutes": ckpt["train_state"]["train_seconds"] / 60,
-        "device": str(device), "use_ema": cfg.use_ema, "compiled": bool(cfg.compile),
+        "device": str(device), "use_ema": cfg.use_ema, "compiled": bool(cfg.compile), "compile_seconds": compile_seconds,
         "scheduler": cfg.scheduler,
         "n_action_steps": cfg.n_action_steps or policy.n_action_steps,
         "num_inference_steps": policy.num_inference_steps,
@@ -281,6 +291,9 @@ def _hydra_main(cfg: DictConfig) -> None:
           f"{coverage}success {report['success_rate']:.2f} (95% CI {lo:.2f}-{hi:.2f})")
     if report["final_stages"]:
         print("episodes by final stage: " + ", ".join(f"{k} {v}" for k, v in report["final_stages"].items()))
+    print(f"time: {report['eval_seconds']:.0f} s, of which {report['inference_seconds']:.1f} s in the policy "
+          "(the rest simulation and rendering)"
+          + (f"; compilation before it {report['compile_seconds']:.0f} s" if report["compile_seconds"] is not None else ""))
     print(f"report: {path}")
     videos = [e["video"] for e in report["episodes"] if "video" in e]
     if videos:
