@@ -19,9 +19,6 @@ and writes the command, commit, machine and figures to ``--out``.
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -29,7 +26,7 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
-from machine import commit, machine  # benchmarks/machine.py
+from machine import write_result  # benchmarks/machine.py
 from protege.data.dataset import load_task_data
 from protege.policies.checkpoint import load_policy
 from protege.policies.tensors import to_torch
@@ -85,7 +82,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    code, started = commit(), time.strftime("%Y-%m-%d %H:%M:%S")
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
     rows = [evaluate(p, args.dataset, args.windows, args.batch) for p in args.checkpoint]
     print("| checkpoint | step | val: position mm | rotation deg | width mm | train: position mm | rotation deg | width mm |")
     print("|---|---|---|---|---|---|---|---|")
@@ -93,11 +90,7 @@ def main() -> None:
         v, t = r["val"], r["train"]
         print(f"| {Path(r['checkpoint']).name} | {r['train_step']} | {v['position_mm']:.1f} | {v['rotation_deg']:.2f} | "
               f"{v['width_mm']:.1f} | {t['position_mm']:.1f} | {t['rotation_deg']:.2f} | {t['width_mm']:.1f} |")
-    Path(args.out).write_text(json.dumps({
-        "benchmark": "action_error", "command": shlex.join(["python", *sys.argv]), "commit": code, "machine": machine(),
-        "threads": torch.get_num_threads(), "started": started, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "rows": rows}, indent=2))
-    print(f"wrote {args.out}")
+    write_result(args.out, "action_error", threads=torch.get_num_threads(), started=started, rows=rows)
 
 
 if __name__ == "__main__":

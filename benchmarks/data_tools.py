@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import shlex
 import shutil
 import statistics
 import sys
@@ -26,7 +24,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import numpy as np  # noqa: E402
-from machine import commit, machine, pusht_store  # noqa: E402
+from machine import machine, pusht_store, write_result  # noqa: E402
 
 from protege.data.convert import convert  # noqa: E402
 from protege.data.inspect import plot_stats, store_stats  # noqa: E402
@@ -87,14 +85,9 @@ def main() -> None:
                 "img_mean_abs_error_after_lerobot": float(np.abs(a.read("img").astype(np.float32) - b.read("img")).mean()),
                 "state_equal_after_robomimic": bool(np.array_equal(EpisodeStore(back2).read("state"), b.read("state")))}
     print(f"fidelity: {fidelity}")
-    result = {"benchmark": "data_tools", "command": shlex.join(["python", *sys.argv]), "commit": commit(), "machine": machine(),
-              "started": started, "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "store": str(store.path), "episodes": store.n_episodes, "steps": store.n_steps, "input_bytes": du(store.path),
-              "rows": rows, "fidelity": fidelity}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
     shutil.rmtree(work, ignore_errors=True)
-    print(f"-> {args.out}")
+    write_result(args.out, "data_tools", started=started, store=str(store.path), episodes=store.n_episodes,
+                 steps=store.n_steps, input_bytes=du(store.path), rows=rows, fidelity=fidelity)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from machine import commit, machine  # benchmarks/machine.py
+from machine import write_result  # benchmarks/machine.py
 
 BIN = Path(sys.executable).parent
 
@@ -41,7 +40,7 @@ def main() -> None:
         if not sep or not name:
             ap.error(f"--variant {v!r}: expected NAME:OVERRIDES (e.g. Ta4:n_action_steps=4, or Ta8: for the defaults)")
         variants.append((name, [o for o in overrides.split(",") if o]))
-    code, started = commit(), time.strftime("%Y-%m-%d %H:%M:%S")
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, overrides in variants:
@@ -51,7 +50,7 @@ def main() -> None:
             r = json.loads((out_dir / "eval.json").read_text())
             rows.append({"variant": name, "overrides": overrides, **{k: r[k] for k in (
                 "n_episodes", "scheduler", "n_action_steps", "num_inference_steps", "train_step", "mean_max_reward",
-                "success_rate", "success_rate_ci95", "final_stages", "eval_seconds")}})
+                "success_rate", "success_rate_ci95", "final_stages", "eval_seconds", "inference_seconds")}})
     print("| variant | overrides | success (95% CI) | episodes by final stage |")
     print("|---|---|---|---|")
     for r in rows:
@@ -59,11 +58,8 @@ def main() -> None:
         n = r["n_episodes"]
         print(f"| {r['variant']} | {' '.join(r['overrides']) or '-'} | {round(r['success_rate'] * n)}/{n} ({lo:.2f}-{hi:.2f}) "
               f"| {r['final_stages']} |")
-    Path(args.out).write_text(json.dumps({
-        "benchmark": "eval_variants", "command": shlex.join(["python", *sys.argv]), "commit": code, "machine": machine(),
-        "threads": torch.get_num_threads(), "started": started, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "checkpoint": args.checkpoint, "rows": rows}, indent=2))
-    print(f"wrote {args.out}")
+    write_result(args.out, "eval_variants", threads=torch.get_num_threads(), started=started, checkpoint=args.checkpoint,
+                 rows=rows)
 
 
 if __name__ == "__main__":

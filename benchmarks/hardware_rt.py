@@ -16,10 +16,7 @@ Prints a table and writes ``results/hardware_rt.json`` with the command, commit 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import shlex
 import subprocess
 import sys
 import threading
@@ -32,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
-from machine import commit, machine  # noqa: E402
+from machine import write_result  # noqa: E402
 
 
 def pct(x) -> dict:
@@ -154,12 +151,7 @@ def main() -> None:
                     ("camera push -> readable (ms), 3 x 640x480@30", cam["latency_ms"])]:
         print(f"{name:<44} {d['p50']:>8.3f} {d['p99']:>8.3f} {d['max']:>8.3f}")
     print(f"servo rate {servo['rate_hz']} Hz; camera frames {cam['frames']}, dropped {cam['dropped_in_ring']}")
-    result = {"benchmark": "hardware_rt", "command": shlex.join(["python", *sys.argv]), "commit": commit(),
-              "machine": machine(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
-              "seconds": args.seconds, "servo": servo, "camera": cam}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    write_result(args.out, "hardware_rt", seconds=args.seconds, servo=servo, camera=cam)
 
 
 if __name__ == "__main__":

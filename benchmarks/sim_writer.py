@@ -31,9 +31,7 @@ about 2 min on 2 shared cores; ``--quick`` about 45 s.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shlex
 import shutil
 import statistics
 import sys
@@ -44,7 +42,7 @@ from pathlib import Path
 import mujoco
 import numpy as np
 
-from machine import commit, machine  # benchmarks/machine.py
+from machine import machine, write_result  # benchmarks/machine.py
 from protege.data.store import EpisodeStore
 from protege.data.writer import BackgroundWriter
 from protege.sim.env import SimEnv
@@ -270,25 +268,23 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    result = {
-        "benchmark": "sim_writer", "command": shlex.join(["python", *sys.argv]), "commit": commit(),
-        "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "quick": args.quick,
-        "repeats": {"demos": demos, "timed_seconds_per_measure": seconds, "writer_steps": steps},
-        "versions": {"mujoco": mujoco.__version__, "zarr": zarr.__version__, "numcodecs": numcodecs.__version__,
+    result = dict(
+        quick=args.quick,
+        repeats={"demos": demos, "timed_seconds_per_measure": seconds, "writer_steps": steps},
+        versions={"mujoco": mujoco.__version__, "zarr": zarr.__version__, "numcodecs": numcodecs.__version__,
                      "imagecodecs": imagecodecs.__version__, "numpy": np.__version__, "torch": torch.__version__,
                      "python": sys.version.split()[0]},
-        "tmp_dir": tempfile.gettempdir(), "seconds": time.perf_counter() - t_start,
-        "cpu_count": os.cpu_count(), "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]},
-        "simulation": sim, "writer": rows,
-        "notes": ("write f/s: frames of all cameras per wall second from the first add_step until close() returned "
+        tmp_dir=tempfile.gettempdir(), seconds=time.perf_counter() - t_start,
+        cpu_count=os.cpu_count(), load_average_1min={"start": load_start, "end": os.getloadavg()[0]},
+        simulation=sim, writer=rows,
+        notes=("write f/s: frames of all cameras per wall second from the first add_step until close() returned "
                   "(everything on disk); add_step: median control-loop cost per step; ratio: raw image bytes / "
                   "image chunk bytes on disk; err: mean |decoded - sent| in gray levels; camera: sim frames + "
                   "Gaussian noise sigma 2"),
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"\nmachine: {result['machine']}; {os.cpu_count()} CPUs, load average {load_start:.1f} at start, "
-          f"{os.getloadavg()[0]:.1f} at end\ntotal {result['seconds']:.0f} s -> {args.out}")
+    )
+    write_result(args.out, "sim_writer", **result)
+    print(f"machine: {machine()}; {os.cpu_count()} CPUs, load average {load_start:.1f} at start, "
+          f"{os.getloadavg()[0]:.1f} at end; total {result['seconds']:.0f} s")
 
 
 if __name__ == "__main__":

@@ -15,10 +15,7 @@ holding only this run's rows.
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -26,7 +23,7 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_module
 
-from machine import commit, machine, pusht_store  # benchmarks/machine.py
+from machine import machine, pusht_store, write_result  # benchmarks/machine.py
 from protege.data.dataset import load_task_data
 from protege.policies.normalizer import Normalizer
 from protege.policies.checkpoint import build_policy
@@ -106,7 +103,6 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results" / "throughput.json"))
     args = ap.parse_args()
     device = select_device("auto")
-    code = commit()  # at the start: the tree may move on while this runs
     steps, reps = (3, 3) if args.quick else (10, 10)
     state = load_task_data(args.dataset, dict(config("diffusion", "pusht_state").task.obs), {"source": "action"})
     image = load_task_data(args.dataset, dict(config("diffusion", "pusht_image").task.obs), {"source": "action"})
@@ -119,13 +115,8 @@ def main() -> None:
             lat = "  ".join(f"{k[:-3]} {v:.1f} ms" for k, v in r.items() if k.endswith("_ms"))
             print(f"{r['task']:<12} {r['policy']:<16} {r['params_M']:6.1f}M  {r['batch_size']:>5}  "
                   f"{r['train_samples_per_s']:8.1f}  {r['loader_samples_per_s']:9.0f}  {lat}", flush=True)
-    out = Path(args.out)
-    result = {"benchmark": "throughput", "command": shlex.join(["python", *sys.argv]), "commit": code,
-              "machine": machine(), "device": str(device), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "quick": args.quick, "rows": rows}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"\nmachine: {result['machine']}\n-> {args.out}")
+    write_result(args.out, "throughput", device=str(device), quick=args.quick, rows=rows)
+    print(f"machine: {machine()}")
 
 
 if __name__ == "__main__":

@@ -27,16 +27,13 @@ Prints the median step per variant and its speed-up (baseline / variant), writes
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-from machine import commit, machine  # benchmarks/machine.py
+from machine import write_result  # benchmarks/machine.py
 from protege.policies.train import bf16_autocast, cpu_has_native_bf16
 
 HERE = Path(__file__).resolve().parent
@@ -125,11 +122,7 @@ def main() -> None:
     for r in rows:
         print(f"| {r['variant']} | {r['median_ms']:.0f} ({r['min_ms']:.0f}-{r['max_ms']:.0f}) | {r['speedup']:.2f}x | "
               f"{r['first_step_s']:.1f} | {100 * r['first_grad_rel_diff']:.2f}% |")
-    result = {"benchmark": "train_speed", "command": shlex.join(["python", *sys.argv]), "commit": commit(),
-              "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "threads": args.threads,
-              "batch_size": b, "rows": rows}
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    write_result(args.out, "train_speed", threads=args.threads, batch_size=b, rows=rows)
 
 
 if __name__ == "__main__":
