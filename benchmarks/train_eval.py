@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -30,7 +29,7 @@ import torch
 
 from protege.policies.checkpoint import load_policy, read_checkpoint
 
-from machine import commit, machine, pusht_store  # benchmarks/machine.py
+from machine import pusht_store, write_result  # benchmarks/machine.py
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -95,7 +94,7 @@ def main() -> None:
         out.write_text(json.dumps(result, indent=2))
         print(f"{out}: {result['params_M']:.1f} M params, {result['latency_ms']:.1f} ms per chunk")
         return
-    t0, code = time.time(), commit()  # the code that trains and evaluates (the tree may move on meanwhile)
+    t0 = time.time()
     if not args.skip_train:
         if args.resume_from:
             ckpt = run_dir / "checkpoints/latest.pt"
@@ -126,23 +125,22 @@ def main() -> None:
         ], check=True)
         r = json.loads((eval_dir / "eval.json").read_text())
         curve.append({k: r.get(k) for k in ("checkpoint", "n_episodes", "train_step", "train_minutes", "mean_max_reward",
-                                             "mean_max_coverage", "success_rate", "success_rate_ci95", "eval_seconds",
+                                             "mean_max_coverage", "success_rate", "success_rate_ci95", "eval_seconds", "inference_seconds",
                                              "final_stages")})
         cov = f"coverage {r['mean_max_coverage']:.3f}  " if r["mean_max_coverage"] is not None else ""
         print(f"{ckpt.name:>20}  step {r['train_step']:>6}  {r['train_minutes']:6.1f} min  "
               f"score {r['mean_max_reward']:.3f}  {cov}success {r['success_rate']:.2f}  ({r['n_episodes']} episodes)"
               + (f"  final stages {r['final_stages']}" if r.get("final_stages") else ""))
     final = curve[-1]
-    result = {
-        "benchmark": "train_eval", "command": shlex.join(["python", *sys.argv]), "commit": code,
-        "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(t0)), "protocol": args.protocol,
-        "protocol_overrides": protocol_overrides, "extra_overrides": args.extra,
-        "task": args.task, "policy": args.policy, "scheduler": args.scheduler, "machine": machine(),
-        "dataset": args.dataset, "resumed_from": args.resume_from, "budget_minutes": args.minutes, "steps": args.steps, "batch_size": args.batch_size,
-        "eval_episodes": args.eval_episodes, "train_wall_minutes": train_wall / 60, "run_dir": str(run_dir),
-        "final": final, "best": max(curve, key=lambda c: c["mean_max_reward"]), "curve": curve, **chunk_latency(run_dir / "checkpoints/latest.pt"),
-    }
-    out.write_text(json.dumps(result, indent=2))
+    result = dict(
+        date=time.strftime("%Y-%m-%d %H:%M", time.localtime(t0)), protocol=args.protocol,  # date: the start
+        protocol_overrides=protocol_overrides, extra_overrides=args.extra,
+        task=args.task, policy=args.policy, scheduler=args.scheduler,
+        dataset=args.dataset, resumed_from=args.resume_from, budget_minutes=args.minutes, steps=args.steps, batch_size=args.batch_size,
+        eval_episodes=args.eval_episodes, train_wall_minutes=train_wall / 60, run_dir=str(run_dir),
+        final=final, best=max(curve, key=lambda c: c["mean_max_reward"]), curve=curve, **chunk_latency(run_dir / "checkpoints/latest.pt"),
+    )
+    write_result(out, "train_eval", **result)
     try:
         import matplotlib
 
