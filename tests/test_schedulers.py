@@ -45,6 +45,24 @@ def test_late_actions_are_dropped_and_counted_never_applied_late():
     assert s.action_at(0.6)[0] == 5 and s.action_at(0.7) is None  # 4 actions from the first on time
 
 
+
+def test_a_chunk_scheduled_after_its_cycle_s_target_time_leaves_the_older_chunk_that_target():
+    """The control loop sends the target for t_k + dt in cycle k even when it schedules a chunk
+    after t_k + dt (it woke late): the newer chunk replaces the older one only from its first
+    action on time, so that cycle still gets the older chunk's target (a deploy run stopped as
+    'policy stalled, no inference running' when the replacement left nothing for it)."""
+    s = RecedingHorizon(8, dt=DT)
+    s.add_chunk(chunk(range(8)), t_obs=0.0, now=0.0)  # stamps 0.1 ... 0.8
+    assert s.action_at(0.1)[0] == 0 and s.action_at(0.2)[0] == 1  # cycles at t = 0 and 0.1
+    # cycle at t = 0.2 schedules the chunk observed at 0.1 at 0.31: its actions for 0.2 and 0.3 are late
+    assert s.add_chunk(chunk(range(10, 18)), t_obs=0.1, now=0.31) == 2
+    assert s.action_at(0.3)[0] == 2  # this cycle's target: the older chunk's
+    assert [s.action_at(t)[0] for t in (0.4, 0.5)] == [12, 13]  # then the newer chunk, from its first on time
+    assert s.dropped == 2 and not s.needs_chunk(0.5, lead_s=0.2)
+    # the older chunk's actions already asked for are not kept: only 0.4 on is scheduled
+    s.add_chunk(chunk(range(20, 28)), t_obs=0.5, now=0.5)  # stamps 0.6 ...
+    assert s.action_at(0.6)[0] == 20 and s.dropped == 2
+
 def test_a_newer_chunk_takes_over_with_a_blend():
     s = RecedingHorizon(8, dt=DT, blend_steps=2)
     s.add_chunk(chunk([0] * 8), 0.0, 0.0)
@@ -79,10 +97,11 @@ def test_unknown_scheduler_name():
 
 @settings(max_examples=60, deadline=None)
 @given(n_act=st.integers(1, 8), ta=st.integers(8, 16), latency_steps=st.floats(0.0, 6.0),
-       blend=st.integers(0, 3), n_cycles=st.integers(5, 60))
-def test_receding_horizon_in_a_simulated_loop(n_act, ta, latency_steps, blend, n_cycles):
-    """Every action executed comes from a chunk that was on time for it; nothing is applied late;
-    every non-blended action is exactly a chunk's prediction for that instant."""
+       blend=st.integers(0, 3), n_cycles=st.integers(5, 60), late_steps=st.floats(0.0, 1.5), margin_steps=st.floats(0.0, 3.0))
+def test_receding_horizon_in_a_simulated_loop(n_act, ta, latency_steps, blend, n_cycles, late_steps, margin_steps):
+    """Every action executed is exactly a chunk's prediction for that instant (blends of equal
+    values agree), each instant once; a chunk scheduled late in its cycle (late_steps periods after
+    the cycle's start, as a loop that woke late does) never takes away the cycle's own target."""
     s = RecedingHorizon(n_act, dt=DT, blend_steps=blend)
     latency = latency_steps * DT
     pending = None  # (arrival time, t_obs)
@@ -92,10 +111,12 @@ def test_receding_horizon_in_a_simulated_loop(n_act, ta, latency_steps, blend, n
         if pending is not None and pending[0] <= t:
             arrival, t_obs = pending
             # the chunk predicts the value t_obs + (i + 1) dt at index i: the action equals its own stamp
-            n = s.add_chunk(np.arange(1, ta + 1)[:, None] * DT + t_obs, t_obs, arrival)
+            had = s.peek(t + DT) is not None
+            n = s.add_chunk(np.arange(1, ta + 1)[:, None] * DT + t_obs, t_obs, max(arrival, t + late_steps * DT))
             assert 0 <= n <= ta
+            assert s.peek(t + DT) is not None or not had
             pending = None
-        if pending is None and s.needs_chunk(t, latency):
+        if pending is None and s.needs_chunk(t, latency + margin_steps * DT):  # the loop's lead: latency + margin
             pending = (t + latency, t)
         a = s.action_at(t + DT)
         if a is not None:

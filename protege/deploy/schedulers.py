@@ -157,13 +157,19 @@ class RecedingHorizon(ActionScheduler):
     def _insert(self, stamps, actions) -> None:
         if len(stamps) == 0:
             return
-        if self._chunks and self.blend_steps:
+        if self._chunks:
             old_s, old_a = self._chunks[-1]
-            actions = actions.copy()
-            for i in range(min(self.blend_steps, len(stamps))):
-                if (j := _row(old_s, stamps[i], self.dt)) is not None:
-                    w = (i + 1) / (self.blend_steps + 1)  # weight of the new chunk
-                    actions[i] = (1 - w) * old_a[j] + w * actions[i]
+            if self.blend_steps:
+                actions = actions.copy()
+                for i in range(min(self.blend_steps, len(stamps))):
+                    if (j := _row(old_s, stamps[i], self.dt)) is not None:
+                        w = (i + 1) / (self.blend_steps + 1)  # weight of the new chunk
+                        actions[i] = (1 - w) * old_a[j] + w * actions[i]
+            # the newer chunk takes over from its first action on time; the older chunk's actions
+            # before that, not yet asked for, stay (a loop that scheduled the chunk after its own
+            # cycle's target time still sends that target: the older chunk's, not none)
+            before = (old_s > self._asked + 0.5 * self.dt) & (old_s < stamps[0] - 0.5 * self.dt)
+            stamps, actions = np.concatenate([old_s[before], stamps]), np.concatenate([old_a[before], actions])
         self._chunks = [(stamps, actions)]
 
     def _value(self, t: float) -> np.ndarray | None:
