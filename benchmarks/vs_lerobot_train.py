@@ -9,7 +9,8 @@ camera), the image Diffusion Policy at the same shapes (vs_lerobot's "CPU defaul
 n_obs_steps 2, horizon 16), batch 64, data loading included. Each loads its own format:
 ours the episode store (``$PROTEGE_PUSHT`` or the data folder), LeRobot the same episodes exported
 to its v3.0 format by ``protege-data convert`` (H.264, cached in the user's cache folder), decoded
-with PyAV, its default 4 dataloader workers. Both run with the machine's threads (OMP_NUM_THREADS).
+with PyAV, by its default 4 dataloader workers (and, as a second LeRobot run, in its main process:
+``--lerobot-workers 4 0``). Both run with the machine's threads (OMP_NUM_THREADS).
 
 A step's time is the median over the logging windows after the first (warm-up) one: ours from
 the trainer's samples/s (tensorboard, ``train/samples_per_s``, data included), LeRobot's from its
@@ -64,7 +65,8 @@ def ours(store: str, steps: int, log_every: int, work: Path) -> tuple[list[float
     return [BATCH / e.value for e in acc.Scalars("train/samples_per_s")], params
 
 
-def theirs(python: str, dataset: Path, steps: int, log_every: int, work: Path) -> tuple[list[float], list[float], int]:
+def theirs(python: str, dataset: Path, steps: int, log_every: int, work: Path,
+           workers: int) -> tuple[list[float], list[float], int]:
     """lerobot-train's seconds per step spent in the update (updt_s) and waiting for data (data_s),
     one per logging window, and its learnable parameters."""
     cmd = [python, "-m", "lerobot.scripts.lerobot_train", "--dataset.repo_id=local/pusht", f"--dataset.root={dataset}",
@@ -72,8 +74,8 @@ def theirs(python: str, dataset: Path, steps: int, log_every: int, work: Path) -
            "--policy.down_dims=[64,128,256]", "--policy.crop_shape=[84,84]", "--policy.pretrained_backbone_weights=null",
            "--policy.use_group_norm=true", "--policy.spatial_softmax_num_keypoints=32", "--policy.n_obs_steps=2",
            "--policy.horizon=16", "--policy.n_action_steps=8", f"--batch_size={BATCH}", f"--steps={steps}",
-           f"--log_freq={log_every}", "--save_checkpoint=false", "--eval_freq=0", "--wandb.enable=false",
-           f"--output_dir={work / 'lerobot'}"]
+           f"--log_freq={log_every}", f"--num_workers={workers}", "--save_checkpoint=false", "--eval_freq=0", "--wandb.enable=false",
+           f"--output_dir={work / f'lerobot-{workers}'}"]
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         raise SystemExit(f"lerobot-train failed:\n{p.stderr[-3000:]}")
@@ -90,6 +92,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=80)
     ap.add_argument("--log-every", type=int, default=20)
     ap.add_argument("--dataset", default=pusht_store(), help="the PushT episode store")
+    ap.add_argument("--lerobot-workers", type=int, nargs="+", default=[4, 0],
+                    help="LeRobot dataloader workers, one LeRobot run each (4: its default)")
     ap.add_argument("--lerobot-python", default=None, help="LeRobot's venv python (default: as vs_lerobot.py finds it)")
     ap.add_argument("--out", default=str(HERE / "results" / "vs_lerobot_train.json"))
     args = ap.parse_args()
@@ -97,19 +101,23 @@ def main() -> None:
     dataset = export(args.dataset)
     with tempfile.TemporaryDirectory() as tmp:
         a, pa = ours(args.dataset, args.steps, args.log_every, Path(tmp))
-        upd, data, pb = theirs(python, dataset, args.steps, args.log_every, Path(tmp))
-    b = [u + d for u, d in zip(upd, data)]
-    ma, mb = statistics.median(a[1:]), statistics.median(b[1:])
-    print("\n| loop | parameters | step with data, s (median of the windows after the first) | windows, s |")
+        runs = []
+        for w in args.lerobot_workers:
+            upd, data, pb = theirs(python, dataset, args.steps, args.log_every, Path(tmp), w)
+            step = statistics.median([u + d for u, d in zip(upd, data)][1:])
+            runs.append({"num_workers": w, "params": pb, "update_s": upd, "data_s": data, "median_s": step,
+                         "median_update_s": statistics.median(upd[1:]), "median_data_s": statistics.median(data[1:]),
+                         "ratio": statistics.median(a[1:]) / step})
+    ma = statistics.median(a[1:])
+    print("\n| loop | parameters | step with data, s (median of the windows after the first) | ours / it |")
     print("|---|---|---|---|")
-    print(f"| protege-train | {pa / 1e6:.2f} M | {ma:.2f} | {', '.join(f'{x:.2f}' for x in a)} |")
-    print(f"| lerobot-train 0.4.4 | {pb / 1e6:.2f} M | {mb:.2f} (update {statistics.median(upd[1:]):.2f} + data "
-          f"{statistics.median(data[1:]):.2f}) | {', '.join(f'{x:.2f}' for x in b)} |")
-    print(f"ours / LeRobot: {ma / mb:.2f}")
+    print(f"| protege-train | {pa / 1e6:.2f} M | {ma:.2f} (windows {', '.join(f'{x:.2f}' for x in a)}) | - |")
+    for r in runs:
+        print(f"| lerobot-train 0.4.4, {r['num_workers']} dataloader workers | {r['params'] / 1e6:.2f} M | {r['median_s']:.2f} "
+              f"(update {r['median_update_s']:.2f} + waiting for data {r['median_data_s']:.2f}) | {r['ratio']:.2f} |")
     write_result(args.out, "vs_lerobot_train", steps=args.steps, log_every=args.log_every, batch_size=BATCH,
                  dataset=args.dataset, lerobot_dataset=str(dataset), omp_num_threads=os.environ.get("OMP_NUM_THREADS"),
-                 ours_params=pa, lerobot_params=pb, ours_step_s=a, lerobot_update_s=upd, lerobot_data_s=data,
-                 ours_median_s=ma, lerobot_median_s=mb, ratio=ma / mb)
+                 ours_params=pa, ours_step_s=a, ours_median_s=ma, lerobot=runs)
 
 
 if __name__ == "__main__":
