@@ -129,12 +129,13 @@ class SimEvaluator:
         if self.num_inference_steps is not None and policy.num_inference_steps is not None:
             policy.set_num_inference_steps(self.num_inference_steps)
         seeds = [self.seed + i for i in range(self.n_episodes)]
-        episodes = []
-        self._inference_seconds = 0.0
+        episodes, inference_seconds = [], 0.0
         bar = tqdm(total=len(seeds), desc="eval", disable=not self.progress, dynamic_ncols=True)
         for i in range(0, len(seeds), self.batch_envs):
             filmed = sum("video" in e for e in episodes)
-            episodes += self._rollout(policy, seeds[i : i + self.batch_envs], first_index=i, videos_left=self.n_videos - filmed)
+            batch, seconds = self._rollout(policy, seeds[i : i + self.batch_envs], first_index=i,
+                                           videos_left=self.n_videos - filmed)
+            episodes, inference_seconds = episodes + batch, inference_seconds + seconds
             bar.update(len(seeds[i : i + self.batch_envs]))
         bar.close()
         n_success = sum(e["success"] for e in episodes)
@@ -146,19 +147,22 @@ class SimEvaluator:
             "success_rate": n_success / len(episodes),
             "success_rate_ci95": [lo, hi],
             "eval_seconds": time.perf_counter() - t0,
-            "inference_seconds": self._inference_seconds,
+            "inference_seconds": inference_seconds,
             "final_stages": stage_counts(episodes),
             "episodes": episodes,
         }
 
     @torch.no_grad()
-    def _rollout(self, policy: Policy, seeds: list[int], first_index: int, videos_left: int) -> list[dict[str, Any]]:
+    def _rollout(self, policy: Policy, seeds: list[int], first_index: int,
+                 videos_left: int) -> tuple[list[dict[str, Any]], float]:
+        """Run ``seeds`` in lockstep; returns their per-episode results and the seconds spent in
+        ``predict_action``."""
         to = policy.n_obs_steps
         n_act = self.n_action_steps or policy.n_action_steps
         dt = 1.0 / self.fps
         envs = [hydra.utils.instantiate(self.env_cfg) for _ in seeds]
         image_keys = [k for k, s in self.obs_spec.items() if s.get("type") == "rgb"]
-        history, scheds, results, frames = [], [], [], {}
+        history, scheds, results, frames, inference_seconds = [], [], [], {}, 0.0
         for j, (env, seed) in enumerate(zip(envs, seeds)):
             env.reset(seed)
             first = obs_from_step(env.observation(self.keys), self.obs_spec)
@@ -178,7 +182,7 @@ class SimEvaluator:
                 obs = {k: np.stack([np.stack([h[k] for h in history[j]]) for j in rows]) for k in self.obs_spec}
                 t_inf = time.perf_counter()
                 chunks = policy.predict_action(obs_to_torch(obs, image_keys, policy.device)).float().cpu().numpy()
-                self._inference_seconds += time.perf_counter() - t_inf
+                inference_seconds += time.perf_counter() - t_inf
                 for j, chunk in zip(need, chunks):
                     t = results[j]["steps"] * dt
                     scheds[j].add_chunk(chunk, t_obs=t, now=t)
@@ -215,7 +219,7 @@ class SimEvaluator:
             results[j]["video"] = str(write_mp4(Path(self.video_dir) / f"{name}.mp4", f, self.fps))
         for env in envs:
             env.close()
-        return results
+        return results, inference_seconds
 
 
 def env_config(task: Mapping[str, Any], cfg: DictConfig) -> DictConfig:
