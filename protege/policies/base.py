@@ -35,7 +35,7 @@ class Policy(nn.Module):
     n_action_steps: int = 1  # actions executed per chunk under receding horizon
     num_inference_steps: int | None = None  # denoising steps per prediction (diffusion); None: one pass
     inference_methods: tuple[str, ...] = ()  # the methods :meth:`compile_for_inference` compiles
-    compiled_batch_size: int | None = None  # set by :meth:`compile_for_inference`
+    compiled_batch_size: int | None = None  # set by :meth:`compile_for_inference` (None: eager)
 
     def __init__(self, shape_meta: Mapping[str, Any], normalizer: Normalizer):
         super().__init__()
@@ -104,7 +104,6 @@ class Policy(nn.Module):
             raise CompileError(f"compiling {type(self).__name__} for inference failed ({type(e).__name__}: {first}); "
                                "torch.compile needs a C++ compiler (gcc or clang) on the CPU and Triton on CUDA. "
                                "Run without compile=true to use the eager policy") from e
-        self._compiled_for_inference = True
         self.compiled_batch_size = batch_size
         return time.perf_counter() - t
 
@@ -121,7 +120,7 @@ class Policy(nn.Module):
         return obs_to_torch(arrays, image_keys, self.device)
 
     def train(self, mode: bool = True) -> "Policy":
-        if mode and self.__dict__.get("_compiled_for_inference"):
+        if mode and self.compiled_batch_size is not None:
             raise RuntimeError("this policy is compiled for inference (its weights are frozen into the compiled "
                                "code); load the checkpoint again to train it")
         return super().train(mode)
