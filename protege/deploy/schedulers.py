@@ -4,15 +4,17 @@ Both take a chunk (Ta, Da) with the time ``t_obs`` of the observation it was pre
 stamp its action i with ``t_obs + (i + offset) * dt``: the time the arm is to *reach* that target
 (``offset = 1`` for data recorded as protege records it: the action stored with step k is the
 target for the end of step k). :meth:`ActionScheduler.action_at` gives the action stamped at a
-time; an action whose time has passed before it could be sent is dropped and counted, never
-applied late.
+time; an action of a chunk whose time has passed when the chunk arrives is dropped and counted,
+never applied late.
 
 Receding horizon (Chi et al., "Diffusion Policy", RSS 2023, section 3.1, and its real-robot
 deployment, which drops the actions of a chunk that are already late when inference returns):
 execute ``n_action_steps`` actions of the newest chunk open loop, from its first action still on
 time (in lockstep, where nothing is late, its first ``n_action_steps``). A newer chunk replaces the
-older one from its first action on time; over ``blend_steps`` steps the target moves linearly from
-the older chunk's prediction to the newer one's, so a chunk boundary does not jump.
+older one from its first action on time; the older chunk's actions before it that were not yet
+asked for stay, so a control loop that woke late still gets a target for its cycle. Over
+``blend_steps`` steps the target moves linearly from the older chunk's prediction to the newer
+one's, so a chunk boundary does not jump.
 
 Temporal ensembling (Zhao et al., "ACT", RSS 2023, section 4): every chunk's prediction for an
 instant is averaged, weights exp(-k * i) with i = 0 for the oldest prediction.
@@ -165,9 +167,7 @@ class RecedingHorizon(ActionScheduler):
                     if (j := _row(old_s, stamps[i], self.dt)) is not None:
                         w = (i + 1) / (self.blend_steps + 1)  # weight of the new chunk
                         actions[i] = (1 - w) * old_a[j] + w * actions[i]
-            # the newer chunk takes over from its first action on time; the older chunk's actions
-            # before that, not yet asked for, stay (a loop that scheduled the chunk after its own
-            # cycle's target time still sends that target: the older chunk's, not none)
+            # the newer chunk takes over from its first action on time (module docstring)
             before = (old_s > self._asked + 0.5 * self.dt) & (old_s < stamps[0] - 0.5 * self.dt)
             stamps, actions = np.concatenate([old_s[before], stamps]), np.concatenate([old_a[before], actions])
         self._chunks = [(stamps, actions)]
