@@ -205,5 +205,6 @@ def main() -> None:
         print(f"left out: {why}")
     write_result(args.out, "compare", tables=out, left_out=left_out)
 
+
 if __name__ == "__main__":
     main()

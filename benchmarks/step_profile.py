@@ -168,5 +168,6 @@ def main() -> None:
             print(f"  {o['ms']:8.1f}  {o['name']} ({o['category']}, {o['calls']} calls)")
     write_result(args.out, "step_profile", threads=args.threads, steps=args.steps, gemm_gflops=peak, rows=rows)
 
+
 if __name__ == "__main__":
     main()

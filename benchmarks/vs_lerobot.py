@@ -189,5 +189,6 @@ def main() -> None:
               f"{a['chunk_ms']:.1f} / {b['chunk_ms']:.1f} | {r['chunk_ratio']:.2f} | {compiled} |")
     write_result(args.out, "vs_lerobot", threads=args.threads, quick=args.quick, lerobot="0.4.4", rows=rows)
 
+
 if __name__ == "__main__":
     main()

@@ -122,7 +122,6 @@ def test_a_compiled_policy_always_gets_its_batch_size_and_the_padding_is_dropped
     assert padded["episodes"] == plain["episodes"]
 
 
-
 def test_the_report_says_how_much_of_the_time_the_policy_took():
     import time
 
@@ -137,6 +136,7 @@ def test_the_report_says_how_much_of_the_time_the_policy_took():
                           seed=0, batch_envs=3)(policy)
     # every call counted (a timer around one call only, or none, fails), and it is a part of the whole
     assert policy.calls * 0.05 <= report["inference_seconds"] <= report["eval_seconds"]
+
 
 # seed -> the stage each step reports (a lift-like task: seed 1 grasps, drops the cube and ends at "reached")
 STAGES = {0: ["start", "reached", "grasped", "lifted"], 1: ["reached", "grasped", "reached"],

@@ -45,7 +45,6 @@ def test_late_actions_are_dropped_and_counted_never_applied_late():
     assert s.action_at(0.6)[0] == 5 and s.action_at(0.7) is None  # 4 actions from the first on time
 
 
-
 def test_a_chunk_scheduled_after_its_cycle_s_target_time_leaves_the_older_chunk_that_target():
     """The control loop sends the target for t_k + dt in cycle k even when it schedules a chunk
     after t_k + dt (it woke late): the newer chunk replaces the older one only from its first
@@ -62,6 +61,7 @@ def test_a_chunk_scheduled_after_its_cycle_s_target_time_leaves_the_older_chunk_
     # the older chunk's actions already asked for are not kept: only 0.4 on is scheduled
     s.add_chunk(chunk(range(20, 28)), t_obs=0.5, now=0.5)  # stamps 0.6 ...
     assert s.action_at(0.6)[0] == 20 and s.dropped == 2
+
 
 def test_a_newer_chunk_takes_over_with_a_blend():
     s = RecedingHorizon(8, dt=DT, blend_steps=2)
@@ -98,6 +98,8 @@ def test_unknown_scheduler_name():
 @settings(max_examples=60, deadline=None)
 @given(n_act=st.integers(1, 8), ta=st.integers(8, 16), latency_steps=st.floats(0.0, 6.0),
        blend=st.integers(0, 3), n_cycles=st.integers(5, 60), late_steps=st.floats(0.0, 1.5), margin_steps=st.floats(0.0, 3.0))
+
+
 def test_receding_horizon_in_a_simulated_loop(n_act, ta, latency_steps, blend, n_cycles, late_steps, margin_steps):
     """Every action executed is exactly a chunk's prediction for that instant (blends of equal
     values agree), each instant once; a chunk scheduled late in its cycle (late_steps periods after
@@ -129,6 +131,8 @@ def test_receding_horizon_in_a_simulated_loop(n_act, ta, latency_steps, blend, n
 
 @settings(max_examples=60, deadline=None)
 @given(k=st.floats(0.0, 2.0), ta=st.integers(1, 10), n_cycles=st.integers(1, 30))
+
+
 def test_temporal_ensembling_is_a_convex_combination(k, ta, n_cycles):
     rng = np.random.default_rng(0)
     s = TemporalEnsembling(k=k, dt=DT)
