@@ -19,7 +19,6 @@ and writes the command, commit, machine and figures to ``--out``.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +81,6 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    started = time.strftime("%Y-%m-%d %H:%M:%S")
     rows = [evaluate(p, args.dataset, args.windows, args.batch) for p in args.checkpoint]
     print("| checkpoint | step | val: position mm | rotation deg | width mm | train: position mm | rotation deg | width mm |")
     print("|---|---|---|---|---|---|---|---|")
@@ -90,7 +88,7 @@ def main() -> None:
         v, t = r["val"], r["train"]
         print(f"| {Path(r['checkpoint']).name} | {r['train_step']} | {v['position_mm']:.1f} | {v['rotation_deg']:.2f} | "
               f"{v['width_mm']:.1f} | {t['position_mm']:.1f} | {t['rotation_deg']:.2f} | {t['width_mm']:.1f} |")
-    write_result(args.out, "action_error", threads=torch.get_num_threads(), started=started, rows=rows)
+    write_result(args.out, "action_error", threads=torch.get_num_threads(), rows=rows)
 
 
 if __name__ == "__main__":

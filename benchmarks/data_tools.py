@@ -11,7 +11,6 @@ images). Writes ``results/data_tools.json`` with the command, commit, machine an
 from __future__ import annotations
 
 import argparse
-import datetime
 import shutil
 import statistics
 import sys
@@ -66,7 +65,6 @@ def main() -> None:
     def clear(*paths):
         return lambda: [shutil.rmtree(p, ignore_errors=True) if Path(p).is_dir() else Path(p).unlink(missing_ok=True) for p in paths]
 
-    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     print(f"{store.path}: {store.n_episodes} episodes, {store.n_steps} steps; {machine()}")
     report = bench("validate (decode every chunk)", lambda: validate(store, progress=False))
     assert report.ok, report.problems
@@ -86,7 +84,7 @@ def main() -> None:
                 "state_equal_after_robomimic": bool(np.array_equal(EpisodeStore(back2).read("state"), b.read("state")))}
     print(f"fidelity: {fidelity}")
     shutil.rmtree(work, ignore_errors=True)
-    write_result(args.out, "data_tools", started=started, store=str(store.path), episodes=store.n_episodes,
+    write_result(args.out, "data_tools", store=str(store.path), episodes=store.n_episodes,
                  steps=store.n_steps, input_bytes=du(store.path), rows=rows, fidelity=fidelity)
 
 

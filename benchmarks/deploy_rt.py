@@ -15,7 +15,6 @@ commanded TCP speed (against the limit), with the command, commit, machine and d
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import subprocess
@@ -50,7 +49,6 @@ def main() -> None:
     run_dir, out = Path(args.run_dir), Path(args.out)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MUJOCO_GL": "egl",
            "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")])}  # the venv's tools first; gcc for compile=true
-    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
     lockstep = None
     if args.skip_lockstep and out.exists():  # only an evaluation of the same checkpoint, scheduler and seeds
@@ -96,7 +94,7 @@ def main() -> None:
     from omegaconf import OmegaConf
 
     limit = OmegaConf.load(HERE.parent / "protege/configs/robot/sim.yaml").safety.max_tcp_speed
-    write_result(out, "deploy_rt", started=started, checkpoint=args.checkpoint, scheduler=args.scheduler, seed=args.seed,
+    write_result(out, "deploy_rt", checkpoint=args.checkpoint, scheduler=args.scheduler, seed=args.seed,
                  max_tcp_speed_limit=limit, start_max_distance=args.start_max_distance, torch_threads=args.threads,
                  lockstep=lockstep, realtime=rows)
 

@@ -16,7 +16,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -40,7 +39,6 @@ def main() -> None:
         if not sep or not name:
             ap.error(f"--variant {v!r}: expected NAME:OVERRIDES (e.g. Ta4:n_action_steps=4, or Ta8: for the defaults)")
         variants.append((name, [o for o in overrides.split(",") if o]))
-    started = time.strftime("%Y-%m-%d %H:%M:%S")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, overrides in variants:
@@ -58,8 +56,7 @@ def main() -> None:
         n = r["n_episodes"]
         print(f"| {r['variant']} | {' '.join(r['overrides']) or '-'} | {round(r['success_rate'] * n)}/{n} ({lo:.2f}-{hi:.2f}) "
               f"| {r['final_stages']} |")
-    write_result(args.out, "eval_variants", threads=torch.get_num_threads(), started=started, checkpoint=args.checkpoint,
-                 rows=rows)
+    write_result(args.out, "eval_variants", threads=torch.get_num_threads(), checkpoint=args.checkpoint, rows=rows)
 
 
 if __name__ == "__main__":

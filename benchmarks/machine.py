@@ -29,6 +29,7 @@ def commit() -> str:
 
 
 START_COMMIT = commit()  # a benchmark imports this module as it starts
+START_TIME = time.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def machine() -> str:
@@ -48,12 +49,13 @@ def machine() -> str:
 def write_result(out: str | Path, benchmark: str, **fields) -> Path:
     """Write a benchmark's result JSON to ``out``: its name, the command line, the commit the run
     started from (taken when this module was imported; ``commit_at_end`` too if the code changed
-    while it ran), the machine and the date, then ``fields``; returns the path."""
+    while it ran), the machine, when it started and ended (``started``, ``date``), then ``fields``
+    (which may override any of these); returns the path."""
     out = Path(out)
     end = commit()
     moved = {} if end == START_COMMIT else {"commit_at_end": end}
     result = {"benchmark": benchmark, "command": shlex.join(["python", *sys.argv]), "commit": START_COMMIT, **moved,
-              "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), **fields}
+              "machine": machine(), "started": START_TIME, "date": time.strftime("%Y-%m-%d %H:%M:%S"), **fields}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"\nwrote {out}")
