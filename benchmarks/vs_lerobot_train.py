@@ -6,7 +6,10 @@
 for: ``protege-train`` and ``lerobot-train`` on the PushT image task (206 episodes, one 96x96
 camera), the image Diffusion Policy at the same shapes (vs_lerobot's "CPU default": U-Net
 64/128/256, full-width ResNet18 with GroupNorm from scratch, 32 keypoints, crop 84x84,
-n_obs_steps 2, horizon 16), batch 64, data loading included. Each loads its own format:
+n_obs_steps 2, horizon 16), batch 64, data loading included. One input differs: LeRobot's policy
+conditions on the whole ``observation.state`` of the export (PushT's 5-D state: agent and block
+pose; 21,504 more parameters in the FiLM layers, 0.13%), ours on the 2-D agent position as the
+pusht_image task does. Each loads its own format:
 ours the episode store (``$PROTEGE_PUSHT`` or the data folder), LeRobot the same episodes exported
 to its v3.0 format by ``protege-data convert`` (H.264, cached in the user's cache folder), decoded
 with PyAV, by its default 4 dataloader workers (and, as a second LeRobot run, in its main process:
@@ -21,6 +24,7 @@ lacks (EMA of the weights), which only cost us. Writes ``results/vs_lerobot_trai
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import re
 import shutil
@@ -40,12 +44,13 @@ BATCH = 64
 
 
 def export(store: str) -> Path:
-    """The PushT store in LeRobot v3.0 format (made once, then reused)."""
-    if not (CACHE / "meta" / "info.json").exists():
-        shutil.rmtree(CACHE, ignore_errors=True)
-        print(f"exporting {store} to LeRobot v3.0 at {CACHE} ...", flush=True)
-        subprocess.run([str(BIN / "protege-data"), "convert", "--to", "lerobot", "--fps", "10", store, str(CACHE)], check=True)
-    return CACHE
+    """The store in LeRobot v3.0 format, made once per store (the cache is named by its path)."""
+    dest = CACHE / hashlib.sha1(str(Path(store).resolve()).encode()).hexdigest()[:12]
+    if not (dest / "meta" / "info.json").exists():
+        shutil.rmtree(dest, ignore_errors=True)
+        print(f"exporting {store} to LeRobot v3.0 at {dest} ...", flush=True)
+        subprocess.run([str(BIN / "protege-data"), "convert", "--to", "lerobot", "--fps", "10", store, str(dest)], check=True)
+    return dest
 
 
 def ours(store: str, steps: int, log_every: int, work: Path) -> tuple[list[float], int]:
