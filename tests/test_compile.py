@@ -62,20 +62,24 @@ def test_compiled_policy_predicts_what_the_eager_one_does_and_cannot_train(make)
         policy.train()
 
 
-def test_a_failed_compilation_leaves_the_eager_policy_and_says_what_to_do(monkeypatch):
+@pytest.mark.parametrize("make", [_diffusion, _act], ids=["diffusion", "act"])
+def test_a_failed_compilation_leaves_the_eager_policy_and_says_what_to_do(make):
     import torch._inductor.config as inductor
 
-    policy = _act()
-    obs = _obs(1, 1)
-    eager = policy.predict_action(obs)
+    from protege.policies.diffusion.unet import TemporalConv1d
+
+    policy = make()
+    obs = _obs(1, policy.n_obs_steps)
+    kw = (lambda: {"generator": torch.Generator().manual_seed(0)}) if isinstance(policy, DiffusionPolicy) else dict
+    eager = policy.predict_action(obs, **kw())
     # no C++ compiler: inductor's CPU backend cannot build its kernels (nor reuse cached ones)
-    monkeypatch.setattr(inductor.cpp, "cxx", (None, "/nonexistent/c++"))
-    monkeypatch.setattr(inductor, "fx_graph_cache", False)
-    with pytest.raises(CompileError, match="C\\+\\+ compiler"):
-        policy.compile_for_inference()
+    with inductor.patch({"cpp.cxx": (None, "/nonexistent/c++"), "fx_graph_cache": False}):
+        with pytest.raises(CompileError, match="C\\+\\+ compiler"):
+            policy.compile_for_inference()
     torch._dynamo.reset()
-    assert "_decode" not in policy.__dict__
-    assert torch.equal(policy.predict_action(obs), eager)
+    assert not set(policy.inference_methods) & set(policy.__dict__)
+    assert not any(getattr(m, "as_matmul", False) for m in policy.modules() if isinstance(m, TemporalConv1d))
+    assert torch.equal(policy.predict_action(obs, **kw()), eager)
     policy.train()  # still trainable
 
 

@@ -7,7 +7,7 @@ from protege.data.dataset import load_task_data
 from protege.policies.normalizer import Normalizer
 from protege.policies.checkpoint import CheckpointError, load_policy, read_checkpoint, save_checkpoint
 from protege.policies.diffusion import DiffusionPolicy
-from protege.policies.diffusion.unet import ConditionalUnet1D
+from protege.policies.diffusion.unet import ConditionalUnet1D, TemporalConv1d
 from protege.policies.encoders import ObsEncoder, SpatialSoftmax, crop
 from protege.policies.tensors import to_torch
 
@@ -23,6 +23,29 @@ def test_unet_keeps_the_action_sequence_shape(down_dims):
     assert out.shape == x.shape
     with pytest.raises(ValueError, match="divisible"):
         ConditionalUnet1D(2, 10, down_dims=[8, 16, 32])(torch.randn(1, 6, 2), torch.tensor([1]), torch.randn(1, 10))
+
+
+@pytest.mark.parametrize("cin,cout,k,stride,pad", [(3, 5, 5, 1, 2), (4, 4, 3, 2, 1), (6, 2, 1, 1, 0), (2, 3, 4, 2, 1)])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_conv_as_matmul_computes_the_convolution(cin, cout, k, stride, pad, batch):
+    torch.manual_seed(0)
+    conv = TemporalConv1d(cin, cout, k, stride=stride, padding=pad)
+    x = torch.randn(batch, cin, 16)
+    x[:, 0] += torch.arange(16.0)  # time order matters: a flipped kernel or a window off by one would differ
+    expected = F.conv1d(x, conv.weight, conv.bias, stride=stride, padding=pad)
+    conv.as_matmul = True
+    torch.testing.assert_close(conv(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_unet_with_convs_as_matmul_predicts_the_same_noise():
+    torch.manual_seed(0)
+    net = ConditionalUnet1D(2, 4, down_dims=[16, 32, 64], diffusion_step_embed_dim=8).eval()
+    x, k, c = torch.randn(2, 16, 2), torch.tensor([3, 70]), torch.randn(2, 4)
+    with torch.no_grad():
+        expected = net(x, k, c)
+        net.convs_as_matmul(True)
+        assert all(m.as_matmul for m in net.modules() if isinstance(m, TemporalConv1d))
+        torch.testing.assert_close(net(x, k, c), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_film_conditioning_changes_the_output():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -28,12 +29,44 @@ class SinusoidalPosEmb(nn.Module):
         return torch.cat([arg.sin(), arg.cos()], dim=-1)
 
 
+class TemporalConv1d(nn.Conv1d):
+    """``nn.Conv1d`` (zero padding, no groups or dilation) over the time axis that, with
+    ``as_matmul`` set, computes the same convolution as one matrix product: the input's sliding
+    windows (B, L_out, C_in * K) times the flattened weight (C_out, C_in * K) transposed.
+
+    Why: at batch 1 and the short horizons of a policy's U-Net (L = 16, 8, 4), PyTorch's CPU
+    convolution (``_slow_conv2d_forward``: im2col, then a GEMM with L columns) runs at a fraction
+    of the rate of the same product in this orientation; compiled with frozen weights (inductor
+    lowers the product to a prepacked MKL linear and fuses the windowing into the kernel before
+    it), a U-Net call takes about half the time (``DiffusionPolicy.compile_for_inference``). The
+    result equals the convolution's up to float rounding; the weights and state dict are
+    ``nn.Conv1d``'s. Off by default (training and eager inference use ``nn.Conv1d``'s kernels).
+
+    Shapes: (B, C_in, L) float -> (B, C_out, L_out), ``L_out = (L + 2p - K) // stride + 1``.
+    """
+
+    as_matmul = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.groups != 1 or self.dilation != (1,) or self.padding_mode != "zeros" or isinstance(self.padding, str):
+            raise ValueError("TemporalConv1d supports zero padding given as a number, no groups and no dilation")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.as_matmul:
+            return super().forward(x)
+        (k,), (stride,), (pad,) = self.kernel_size, self.stride, self.padding
+        windows = F.pad(x, (pad, pad)).unfold(2, k, stride).transpose(1, 2)  # (B, L_out, C_in, K)
+        windows = windows.reshape(x.shape[0], windows.shape[1], self.in_channels * k)
+        return F.linear(windows, self.weight.reshape(self.out_channels, -1), self.bias).transpose(1, 2)
+
+
 class Conv1dBlock(nn.Sequential):
     """Conv1d -> GroupNorm -> Mish, length preserving."""
 
     def __init__(self, cin: int, cout: int, kernel_size: int, n_groups: int = 8):
         super().__init__(
-            nn.Conv1d(cin, cout, kernel_size, padding=kernel_size // 2),
+            TemporalConv1d(cin, cout, kernel_size, padding=kernel_size // 2),
             nn.GroupNorm(n_groups, cout),
             nn.Mish(),
         )
@@ -47,7 +80,7 @@ class ConditionalResidualBlock1D(nn.Module):
         self.block1 = Conv1dBlock(cin, cout, kernel_size, n_groups)
         self.block2 = Conv1dBlock(cout, cout, kernel_size, n_groups)
         self.film = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * cout))
-        self.residual = nn.Conv1d(cin, cout, 1) if cin != cout else nn.Identity()
+        self.residual = TemporalConv1d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         scale, bias = self.film(cond).unsqueeze(-1).chunk(2, dim=1)
@@ -91,7 +124,7 @@ class ConditionalUnet1D(nn.Module):
             last = i == len(down_dims) - 1
             self.down.append(nn.ModuleList([
                 block(cin, cout), block(cout, cout),
-                nn.Conv1d(cout, cout, 3, stride=2, padding=1) if not last else nn.Identity(),
+                TemporalConv1d(cout, cout, 3, stride=2, padding=1) if not last else nn.Identity(),
             ]))
         self.mid = nn.ModuleList([block(down_dims[-1], down_dims[-1]), block(down_dims[-1], down_dims[-1])])
         self.up = nn.ModuleList()
@@ -100,8 +133,15 @@ class ConditionalUnet1D(nn.Module):
             self.up.append(nn.ModuleList([
                 block(cout * 2, cin), block(cin, cin), nn.ConvTranspose1d(cin, cin, 4, stride=2, padding=1),
             ]))
-        self.final = nn.Sequential(Conv1dBlock(down_dims[0], down_dims[0], kernel_size, n_groups), nn.Conv1d(down_dims[0], input_dim, 1))
+        self.final = nn.Sequential(Conv1dBlock(down_dims[0], down_dims[0], kernel_size, n_groups), TemporalConv1d(down_dims[0], input_dim, 1))
         self.downsampling = 2 ** (len(down_dims) - 1)
+
+    def convs_as_matmul(self, on: bool) -> None:
+        """Compute every convolution except the upsampling ones as a matrix product
+        (:class:`TemporalConv1d`) or, with ``on=False``, with ``nn.Conv1d``'s kernels."""
+        for m in self.modules():
+            if isinstance(m, TemporalConv1d):
+                m.as_matmul = on
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, global_cond: torch.Tensor) -> torch.Tensor:
         if sample.shape[1] % self.downsampling:
