@@ -14,10 +14,11 @@ Diffusion Policy and frozen BatchNorm for ACT, as each reference has them) and r
 data loading is left out. Measured: the median training step (forward, backward, AdamW step) and
 the median time of one action chunk at batch 1 (Diffusion Policy: DDIM 10 steps; ACT: one
 pass). Ours and theirs alternate case by case within the run. Unless ``--no-compile``, the chunk
-is then timed again with both sides' per-chunk networks compiled the same way (``torch.compile``,
-inductor, weights frozen, C++ wrapper; ours through ``Policy.compile_for_inference``, the
-``compile=true`` of protege-eval and protege-deploy; LeRobot's by wrapping its U-Net and
-observation encoder, or its ACT model, by hand: LeRobot 0.4.4 offers no such option). Goals
+is then timed again with both sides' per-chunk networks compiled (``torch.compile``, inductor,
+weights frozen, C++ wrapper; ours through ``Policy.compile_for_inference``, the ``compile=true``
+of protege-eval and protege-deploy, which on the CPU also runs our U-Net's convolutions as matrix
+products (``TemporalConv1d``); LeRobot's by wrapping its U-Net and observation encoder, or its ACT
+model, by hand: LeRobot 0.4.4 offers no such option). Goals
 (issue 10): our training step <= 0.8x and our inference <= 0.5x of LeRobot's. Prints a table, writes
 ``results/vs_lerobot.json`` with the command, commit, machine and both torch versions.
 """
