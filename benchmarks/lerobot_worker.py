@@ -1,8 +1,11 @@
 """LeRobot's side of ``vs_lerobot.py``: run in LeRobot's own virtual environment (it imports
 ``lerobot``, never ``protege``). Reads one case as JSON from argv[1], builds LeRobot's
-DiffusionPolicy or ACTPolicy at those sizes, and prints one JSON line: the training step times
-(forward + backward + AdamW step on random tensors of the case's shapes) and the per-chunk
-inference times at batch 1, in seconds.
+DiffusionPolicy or ACTPolicy at those sizes and prints one JSON line (``params_M``, ``torch``).
+Then it answers commands, one per line on stdin, each with one JSON line ``{"s": seconds}``:
+``train`` (one training step: forward + backward + AdamW step on random tensors of the case's
+shapes), ``chunk`` (one action chunk at batch 1, eager), ``compile`` (compile the per-chunk
+networks as protege compiles its own, and predict the first chunk) and ``chunk_compiled``; ``quit``
+ends it. So ``vs_lerobot.py`` can interleave LeRobot's repetitions with its own one by one.
 """
 
 from __future__ import annotations
@@ -12,16 +15,6 @@ import sys
 import time
 
 import torch
-
-
-def timed(fn, n: int, warmup: int) -> list[float]:
-    out = []
-    for i in range(n + warmup):
-        t = time.perf_counter()
-        fn()
-        if i >= warmup:
-            out.append(time.perf_counter() - t)
-    return out
 
 
 def frozen_compile(fn):
@@ -98,23 +91,38 @@ def main() -> None:
         loss.backward()
         opt.step()
 
-    train = timed(step, case["steps"], 2)
-    policy.eval()
-    chunk = timed(infer, case["reps"], 1)
-    out = {"params_M": sum(p.numel() for p in policy.parameters()) / 1e6, "train_step_s": train, "chunk_s": chunk,
-           "torch": torch.__version__}
-    if case.get("compile"):  # the per-chunk networks, as protege compiles its own
+    compiled: list = []  # (object, attribute, compiled function)
+
+    def compile_chunk():
         if case["policy"] == "diffusion":
             d = policy.diffusion
-            d.unet.forward = frozen_compile(d.unet.forward)
-            d._prepare_global_conditioning = frozen_compile(d._prepare_global_conditioning)
+            compiled.extend([(d.unet, "forward", frozen_compile(d.unet.forward)),
+                             (d, "_prepare_global_conditioning", frozen_compile(d._prepare_global_conditioning))])
         else:
-            policy.model.forward = frozen_compile(policy.model.forward)
+            compiled.append((policy.model, "forward", frozen_compile(policy.model.forward)))
+        chunk_compiled()
+
+    def chunk_compiled():
+        for obj, name, fn in compiled:
+            setattr(obj, name, fn)
+        try:
+            infer()
+        finally:  # eager again for the next "chunk": LeRobot as it ships
+            for obj, name, _ in compiled:
+                vars(obj).pop(name)
+
+    commands = {"train": step, "chunk": infer, "compile": compile_chunk, "chunk_compiled": chunk_compiled}
+    print(json.dumps({"params_M": sum(p.numel() for p in policy.parameters()) / 1e6, "torch": torch.__version__}),
+          flush=True)
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "quit":
+            break
+        if command != "train":
+            policy.eval()
         t = time.perf_counter()
-        infer()
-        out["compile_s"] = time.perf_counter() - t
-        out["chunk_compiled_s"] = timed(infer, case["reps"], 1)
-    print(json.dumps(out))
+        commands[command]()
+        print(json.dumps({"s": time.perf_counter() - t}), flush=True)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,15 @@ batch, horizon / chunk, U-Net or transformer dims, ResNet18 at full width, Group
 Diffusion Policy and frozen BatchNorm for ACT, as each reference has them) and random tensors, so
 data loading is left out. Measured: the median training step (forward, backward, AdamW step) and
 the median time of one action chunk at batch 1 (Diffusion Policy: DDIM 10 steps; ACT: one
-pass). Ours and theirs alternate case by case within the run. Unless ``--no-compile``, the chunk
-is then timed again with both sides' per-chunk networks compiled (``torch.compile``, inductor,
-weights frozen, C++ wrapper; ours through ``Policy.compile_for_inference``, the ``compile=true``
-of protege-eval and protege-deploy, which on the CPU also runs our U-Net's convolutions as matrix
-products (``TemporalConv1d``); LeRobot's by wrapping its U-Net and observation encoder, or its ACT
-model, by hand: LeRobot 0.4.4 offers no such option). Goals
-(issue 10): our training step <= 0.8x and our inference <= 0.5x of LeRobot's. Prints a table, writes
+pass). LeRobot's side runs in a worker process that times one command at a time, so ours and
+theirs alternate repetition by repetition and a drift in the machine's speed hits both alike.
+Unless ``--no-compile``, the chunk is then timed again with both sides' per-chunk networks
+compiled (``torch.compile``, inductor, weights frozen, C++ wrapper; ours through
+``Policy.compile_for_inference``, the ``compile=true`` of protege-eval and protege-deploy, which on
+the CPU also runs our U-Net's convolutions as matrix products (``TemporalConv1d``); LeRobot's by
+wrapping its U-Net and observation encoder, or its ACT model, by hand: LeRobot 0.4.4 offers no
+such option), interleaved with LeRobot's eager chunk as it ships. Goals (issue 10): our training
+step <= 0.8x and our inference <= 0.5x of LeRobot's. Prints a table, writes
 ``results/vs_lerobot.json`` with the command, commit, machine and both torch versions.
 """
 
@@ -31,11 +33,12 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import torch
 
-from lerobot_worker import timed  # benchmarks/lerobot_worker.py (it imports lerobot only inside main)
 from machine import write_result  # benchmarks/machine.py
 
 HERE = Path(__file__).resolve().parent
@@ -105,47 +108,108 @@ def build_ours(case: dict) -> tuple[torch.nn.Module, dict, dict]:
     return policy, batch, one
 
 
-def ours(case: dict, threads: int) -> dict:
-    """Our policy's training step and chunk times at the case's sizes."""
-    torch.set_num_threads(threads)
-    policy, batch, one = build_ours(case)
-    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
+class Ours:
+    """Our policy at the case's sizes, answering the commands LeRobot's worker answers
+    (``lerobot_worker.py``: train, chunk, compile, chunk_compiled) in this process; a call returns
+    the seconds the command took. ``compile`` is ``Policy.compile_for_inference`` (the deploy and
+    eval option ``compile=true``), which predicts its first chunk as part of it."""
 
-    def step():
-        policy.train()
-        loss = policy.compute_loss(batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    def __init__(self, case: dict, threads: int):
+        torch.set_num_threads(threads)
+        self.policy, self.batch, self.one = build_ours(case)
+        self.opt = torch.optim.AdamW(self.policy.parameters(), lr=1e-4)
+        self.info = {"params_M": sum(p.numel() for p in self.policy.parameters()) / 1e6, "torch": torch.__version__}
 
-    train = timed(step, case["steps"], 2)
-    policy.eval()
-    chunk = timed(lambda: policy.predict_action(one), case["reps"], 1)
-    out = {"params_M": sum(p.numel() for p in policy.parameters()) / 1e6, "train_step_s": train, "chunk_s": chunk,
-           "torch": torch.__version__}
-    if case.get("compile"):  # the deploy/eval option compile=true
-        out["compile_s"] = policy.compile_for_inference()
-        out["chunk_compiled_s"] = timed(lambda: policy.predict_action(one), case["reps"], 1)
+    def __call__(self, command: str) -> float:
+        t = time.perf_counter()
+        if command == "train":
+            self.policy.train()
+            loss = self.policy.compute_loss(self.batch)
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+        elif command == "compile":
+            self.policy.compile_for_inference()
+        else:  # chunk, or chunk_compiled once compiled
+            self.policy.eval()
+            with torch.no_grad():
+                self.policy.predict_action(self.one)
+        return time.perf_counter() - t
+
+    def close(self) -> None:
+        pass
+
+
+class Theirs:
+    """LeRobot's policy in ``lerobot_worker.py`` under LeRobot's python, one command at a time."""
+
+    def __init__(self, case: dict, python: str):
+        self.name = case["name"]
+        self.stderr = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen([python, str(HERE / "lerobot_worker.py"), json.dumps(case)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.stderr, text=True)
+        self.info = self._reply()
+
+    def _reply(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            self.stderr.seek(0)
+            raise RuntimeError(f"LeRobot's worker failed on {self.name} (exit {self.proc.returncode}):\n"
+                               f"{self.stderr.read()[-3000:]}")
+        return json.loads(line)
+
+    def __call__(self, command: str) -> float:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self._reply()["s"]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+        self.stderr.close()
+
+
+def interleaved(times: dict, calls: list, n: int, warmup: int) -> None:
+    """Run the calls (side name, side, command, label) in turn, ``warmup + n`` rounds, the order
+    reversed every other round; add each side's seconds after the warm-up to times[name][label]."""
+    for i in range(warmup + n):
+        for name, side, command, label in calls[:: 1 if i % 2 == 0 else -1]:
+            s = side(command)
+            if i >= warmup:
+                times[name].setdefault(label, []).append(s)
+
+
+def measure(case: dict, ours: Ours, theirs: Theirs) -> dict:
+    """Both sides' seconds, {side: {label: [...]}}, their repetitions interleaved one by one, so a
+    drift in the machine's speed hits both alike. With compilation, LeRobot's eager chunk (as it
+    ships) is timed again among the compiled chunks, so "ours compiled / LeRobot as shipped" is
+    interleaved too."""
+    times: dict = {"ours": {}, "lerobot": {}}
+
+    def both(command: str) -> list:
+        return [("ours", ours, command, command), ("lerobot", theirs, command, command)]
+
+    interleaved(times, both("train"), case["steps"], 2)
+    interleaved(times, both("chunk"), case["reps"], 1)
+    if case["compile"]:
+        interleaved(times, both("compile"), 1, 0)
+        interleaved(times, [*both("chunk_compiled"), ("lerobot", theirs, "chunk", "chunk_as_shipped")], case["reps"], 1)
+    return times
+
+
+def summary(times: dict, info: dict) -> dict:
+    out = {**info, "repeats": {k: len(v) for k, v in times.items()}}
+    for label, xs in times.items():
+        if label == "compile":
+            out["compile_s"] = xs[0]
+            continue
+        key = "train_step_ms" if label == "train" else f"{label}_ms"
+        ms = [1000 * x for x in xs]
+        out.update({key: statistics.median(ms), f"{key}_min": min(ms), f"{key}_max": max(ms)})
     return out
-
-
-def theirs(case: dict, python: str) -> dict:
-    p = subprocess.run([python, str(HERE / "lerobot_worker.py"), json.dumps(case)], capture_output=True, text=True,
-                       timeout=3600)
-    if p.returncode != 0:
-        raise RuntimeError(f"LeRobot's worker failed on {case['name']}:\n{p.stderr[-3000:]}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
-
-
-def summary(r: dict) -> dict:
-    compiled = {} if "chunk_compiled_s" not in r else {
-        "compile_s": r["compile_s"], "chunk_compiled_ms": 1000 * statistics.median(r["chunk_compiled_s"]),
-        "chunk_compiled_ms_min": 1000 * min(r["chunk_compiled_s"]), "chunk_compiled_ms_max": 1000 * max(r["chunk_compiled_s"])}
-    return {**compiled, "params_M": r["params_M"], "train_step_ms": 1000 * statistics.median(r["train_step_s"]),
-            "train_step_ms_min": 1000 * min(r["train_step_s"]), "train_step_ms_max": 1000 * max(r["train_step_s"]),
-            "chunk_ms": 1000 * statistics.median(r["chunk_s"]), "chunk_ms_min": 1000 * min(r["chunk_s"]),
-            "chunk_ms_max": 1000 * max(r["chunk_s"]), "repeats": [len(r["train_step_s"]), len(r["chunk_s"])],
-            "torch": r["torch"]}
 
 
 def main() -> None:
@@ -167,15 +231,19 @@ def main() -> None:
         paper = "paper" in case["name"]
         case = {**COMMON, **case, "threads": args.threads, "compile": not args.no_compile,
                 "steps": (3 if args.quick else (5 if paper else 15)), "reps": (3 if args.quick else (5 if paper else 15))}
-        print(f"{case['name']}: ours ...", flush=True)
-        a = summary(ours(case, args.threads))
-        print(f"{case['name']}: LeRobot ...", flush=True)
-        b = summary(theirs(case, python))
+        print(f"{case['name']} ...", flush=True)
+        ours, theirs = Ours(case, args.threads), Theirs(case, python)
+        try:
+            times = measure(case, ours, theirs)
+        finally:
+            theirs.close()
+        a, b = summary(times["ours"], ours.info), summary(times["lerobot"], theirs.info)
+        del ours
         rows.append({"case": case, "ours": a, "lerobot": b,
                      "train_ratio": a["train_step_ms"] / b["train_step_ms"], "chunk_ratio": a["chunk_ms"] / b["chunk_ms"]})
         if case["compile"]:
             rows[-1]["chunk_compiled_ratio"] = a["chunk_compiled_ms"] / b["chunk_compiled_ms"]
-            rows[-1]["chunk_ours_compiled_vs_their_eager"] = a["chunk_compiled_ms"] / b["chunk_ms"]
+            rows[-1]["chunk_ours_compiled_vs_their_eager"] = a["chunk_compiled_ms"] / b["chunk_as_shipped_ms"]
     print()
     print("| model | batch | parameters (ours / LeRobot) | training step, ms (ours / LeRobot) | ratio | "
           "chunk at batch 1, ms (ours / LeRobot) | ratio | compiled chunk, ms (ours / LeRobot) | ratio | "
