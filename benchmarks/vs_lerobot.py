@@ -136,9 +136,6 @@ class Ours:
                 self.policy.predict_action(self.one)
         return time.perf_counter() - t
 
-    def close(self) -> None:
-        pass
-
 
 class Theirs:
     """LeRobot's policy in ``lerobot_worker.py`` under LeRobot's python, one command at a time."""
