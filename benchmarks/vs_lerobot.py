@@ -37,6 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from machine import write_result  # benchmarks/machine.py
@@ -79,6 +80,7 @@ def build_ours(case: dict) -> tuple[torch.nn.Module, dict, dict]:
     from protege.policies.act import ACTPolicy
     from protege.policies.diffusion import DiffusionPolicy
     from protege.policies.normalizer import Normalizer
+    from protege.policies.tensors import obs_to_torch
 
     torch.manual_seed(0)
     s, b, da, ds = case["image_size"], case["batch_size"], case["action_dim"], case["state_dim"]
@@ -104,7 +106,11 @@ def build_ours(case: dict) -> tuple[torch.nn.Module, dict, dict]:
         to, h = 1, case["chunk_size"]
     batch = {"obs": {"image": torch.rand(b, to, 3, s, s), "agent_pos": torch.randn(b, to, ds)},
              "action": torch.rand(b, h, da) * 2 - 1, "mask": torch.ones(b, h, dtype=torch.bool)}
-    one = {"image": torch.rand(1, to, 3, s, s), "agent_pos": torch.randn(1, to, ds)}
+    # the observation as protege-eval and protege-deploy pass it (uint8 camera frames made float by
+    # obs_to_torch), so the compiled policy runs on the layout it was compiled for
+    one = obs_to_torch({"image": np.random.default_rng(0).integers(0, 256, (1, to, s, s, 3), dtype=np.uint8),
+                        "agent_pos": np.random.default_rng(1).standard_normal((1, to, ds)).astype(np.float32)},
+                       ["image"], torch.device("cpu"))
     return policy, batch, one
 
 
