@@ -10,6 +10,7 @@ from torch._dynamo.utils import counters
 from protege.policies.act import ACTPolicy
 from protege.policies.base import CompileError
 from protege.policies.diffusion import DiffusionPolicy
+from protege.policies.diffusion.unet import TemporalConv1d
 from protege.policies.normalizer import Normalizer
 from protege.policies.tensors import obs_to_torch
 
@@ -43,21 +44,26 @@ def _obs(b, to, seed=1):
                          "pos": rng.uniform(-1, 1, (b, to, 2)).astype(np.float32)}, ["image"], torch.device("cpu"))
 
 
+def _same_noise(policy) -> dict:
+    """predict_action's keyword arguments that make two calls draw the same noise (Diffusion Policy
+    samples; ACT is deterministic)."""
+    return {"generator": torch.Generator().manual_seed(0)} if isinstance(policy, DiffusionPolicy) else {}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("make", [_diffusion, _act], ids=["diffusion", "act"])
 def test_compiled_policy_predicts_what_the_eager_one_does_and_cannot_train(make):
     policy = make()
     obs = _obs(2, policy.n_obs_steps)
-    kw = (lambda: {"generator": torch.Generator().manual_seed(0)}) if isinstance(policy, DiffusionPolicy) else dict
-    eager = policy.predict_action(obs, **kw())
-    other = policy.predict_action(_obs(2, policy.n_obs_steps, seed=2), **kw())
+    eager = policy.predict_action(obs, **_same_noise(policy))
+    other = policy.predict_action(_obs(2, policy.n_obs_steps, seed=2), **_same_noise(policy))
     assert not torch.allclose(eager, other, atol=1e-3)  # the check below can tell observations apart
 
     assert policy.compile_for_inference(batch_size=2) > 0
     graphs = counters["stats"]["unique_graphs"]
-    assert torch.allclose(policy.predict_action(obs, **kw()), eager, atol=1e-4)
+    assert torch.allclose(policy.predict_action(obs, **_same_noise(policy)), eager, atol=1e-4)
     assert counters["stats"]["unique_graphs"] == graphs  # compiled beforehand: the first real chunk compiles nothing
-    assert torch.allclose(policy.predict_action(_obs(2, policy.n_obs_steps, seed=2), **kw()), other, atol=1e-4)
+    assert torch.allclose(policy.predict_action(_obs(2, policy.n_obs_steps, seed=2), **_same_noise(policy)), other, atol=1e-4)
     with pytest.raises(RuntimeError, match="compiled for inference"):
         policy.train()
 
@@ -66,12 +72,9 @@ def test_compiled_policy_predicts_what_the_eager_one_does_and_cannot_train(make)
 def test_a_failed_compilation_leaves_the_eager_policy_and_says_what_to_do(make):
     import torch._inductor.config as inductor
 
-    from protege.policies.diffusion.unet import TemporalConv1d
-
     policy = make()
     obs = _obs(1, policy.n_obs_steps)
-    kw = (lambda: {"generator": torch.Generator().manual_seed(0)}) if isinstance(policy, DiffusionPolicy) else dict
-    eager = policy.predict_action(obs, **kw())
+    eager = policy.predict_action(obs, **_same_noise(policy))
     # no C++ compiler: inductor's CPU backend cannot build its kernels (nor reuse cached ones)
     with inductor.patch({"cpp.cxx": (None, "/nonexistent/c++"), "fx_graph_cache": False}):
         with pytest.raises(CompileError, match="C\\+\\+ compiler"):
@@ -79,7 +82,7 @@ def test_a_failed_compilation_leaves_the_eager_policy_and_says_what_to_do(make):
     torch._dynamo.reset()
     assert not set(policy.inference_methods) & set(policy.__dict__)
     assert not any(getattr(m, "as_matmul", False) for m in policy.modules() if isinstance(m, TemporalConv1d))
-    assert torch.equal(policy.predict_action(obs, **kw()), eager)
+    assert torch.equal(policy.predict_action(obs, **_same_noise(policy)), eager)
     policy.train()  # still trainable
 
 
