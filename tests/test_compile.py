@@ -38,7 +38,7 @@ def _act():
 
 
 def _obs(b, to, seed=1):
-    """As evaluation and deployment pass them (obs_to_torch: images a permuted view of uint8 HWC)."""
+    """As evaluation and deployment pass them (obs_to_torch from uint8 HWC images)."""
     rng = np.random.default_rng(seed)
     return obs_to_torch({"image": rng.integers(0, 256, (b, to, 32, 32, 3), dtype=np.uint8),
                          "pos": rng.uniform(-1, 1, (b, to, 2)).astype(np.float32)}, ["image"], torch.device("cpu"))
@@ -96,3 +96,4 @@ def test_obs_to_torch_gives_float32_and_canonical_strides_so_compiled_guards_hol
     assert torch.equal(x, torch.arange(21, dtype=torch.float32).reshape(1, 3, 7))
     img = obs_to_torch({"i": np.zeros((2, 8, 8, 3), np.uint8)[None]}, ["i"], torch.device("cpu"))["i"]
     assert img.stride() == obs_to_torch({"i": np.zeros((1, 2, 8, 8, 3), np.uint8)}, ["i"], torch.device("cpu"))["i"].stride()
+    assert img.shape == (1, 2, 3, 8, 8) and img.is_contiguous()  # channels-first in memory, not a permuted view

@@ -110,8 +110,8 @@ class Policy(nn.Module):
     def example_obs(self, batch_size: int = 1) -> dict[str, torch.Tensor]:
         """A zero observation {key: (batch_size, To, ...)} of the policy's keys and shapes, on its
         device, made as evaluation and deployment make theirs (:func:`~protege.policies.tensors.obs_to_torch`:
-        images (B, To, 3, H, W) float32, a permuted view of (B, To, H, W, 3) in memory), so a
-        compiled policy sees the strides it will be called with."""
+        images (B, To, 3, H, W) float32, contiguous), so a compiled policy sees the strides it
+        will be called with."""
         arrays, image_keys = {}, []
         for key, meta in self.shape_meta["obs"].items():
             rgb = meta["type"] == "rgb"
