@@ -27,7 +27,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from machine import write_result  # benchmarks/machine.py
-from vs_lerobot import CASES, COMMON, build_ours  # benchmarks/vs_lerobot.py
+from protege_worker import build_ours  # benchmarks/protege_worker.py
+from vs_lerobot import CASES, COMMON  # benchmarks/vs_lerobot.py
 
 HERE = Path(__file__).resolve().parent
 OPTIMIZER_OPS = ("_foreach_", "addcdiv", "addcmul", "lerp", "sqrt", "Optimizer.")

@@ -13,32 +13,32 @@ batch, horizon / chunk, U-Net or transformer dims, ResNet18 at full width, Group
 Diffusion Policy and frozen BatchNorm for ACT, as each reference has them) and random tensors, so
 data loading is left out. Measured: the median training step (forward, backward, AdamW step) and
 the median time of one action chunk at batch 1 (Diffusion Policy: DDIM 10 steps; ACT: one
-pass). LeRobot's side runs in a worker process that times one command at a time, so ours and
-theirs alternate repetition by repetition and a drift in the machine's speed hits both alike.
-Unless ``--no-compile``, the chunk is then timed again with both sides' per-chunk networks
-compiled (``torch.compile``, inductor, weights frozen, C++ wrapper; ours through
-``Policy.compile_for_inference``, the ``compile=true`` of protege-eval and protege-deploy, which on
-the CPU also runs our U-Net's convolutions as matrix products (``TemporalConv1d``); LeRobot's by
-wrapping its U-Net and observation encoder, or its ACT model, by hand: LeRobot 0.4.4 offers no
-such option), interleaved with LeRobot's eager chunk as it ships. Goals (issue 10): our training
-step <= 0.8x and our inference <= 0.5x of LeRobot's. Prints a table, writes
+pass). Each side runs in worker processes of its own (``protege_worker.py``,
+``lerobot_worker.py``) that time one command at a time, so ours and theirs alternate repetition
+by repetition and a drift in the machine's speed hits both alike; each ratio is taken round by
+round (the median and quartiles of those). Three phases, each in fresh processes: training
+steps; eager chunks in processes that never trained; then, unless ``--no-compile``, the chunk
+with both sides' per-chunk networks compiled (``torch.compile``, inductor, weights frozen, C++
+wrapper; ours through ``Policy.compile_for_inference``, the ``compile=true`` of protege-eval and
+protege-deploy, which on the CPU also runs our U-Net's convolutions as matrix products
+(``TemporalConv1d``); LeRobot's by wrapping its U-Net and observation encoder, or its ACT model,
+by hand: LeRobot 0.4.4 offers no such option), interleaved with LeRobot's eager chunk as it ships,
+timed in the eager phase's process, which never compiles. Goals (issue 10): our training step
+<= 0.8x and our inference <= 0.5x of LeRobot's. Prints a table, writes
 ``results/vs_lerobot.json`` with the command, commit, machine and both torch versions.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import numpy as np
-import torch
 
 from machine import write_result  # benchmarks/machine.py
 
@@ -74,81 +74,16 @@ def lerobot_python(given: str | None) -> str:
     return str(py)
 
 
-def build_ours(case: dict) -> tuple[torch.nn.Module, dict, dict]:
-    """Our policy at the case's sizes, a training batch and a batch-1 observation of random tensors
-    of its shapes (see the module docstring): (policy, batch, one)."""
-    from protege.policies.act import ACTPolicy
-    from protege.policies.diffusion import DiffusionPolicy
-    from protege.policies.normalizer import Normalizer
-    from protege.policies.tensors import obs_to_torch
+class Worker:
+    """One side's policy in a process of its own that runs one command at a time and says how many
+    seconds it took: ``lerobot_worker.py`` under LeRobot's python, ``protege_worker.py`` under ours
+    (commands: train, chunk, compile, chunk_compiled)."""
 
-    torch.manual_seed(0)
-    s, b, da, ds = case["image_size"], case["batch_size"], case["action_dim"], case["state_dim"]
-    meta = {"obs": {"image": {"shape": [s, s, 3], "type": "rgb"}, "agent_pos": {"shape": [ds], "type": "low_dim"}},
-            "action": {"shape": [da]}}
-    stats = {k: {"min": -torch.ones(d).numpy(), "max": torch.ones(d).numpy(), "mean": torch.zeros(d).numpy(),
-                 "std": torch.ones(d).numpy()} for k, d in (("agent_pos", ds), ("action", da))}
-    norm = Normalizer(stats, ["image"])
-    if case["policy"] == "diffusion":
-        policy = DiffusionPolicy(meta, norm, horizon=case["horizon"], n_obs_steps=case["n_obs_steps"],
-                                 n_action_steps=case["n_action_steps"], num_inference_steps=case["num_inference_steps"],
-                                 unet={"down_dims": case["down_dims"], "diffusion_step_embed_dim": case["diffusion_step_embed_dim"],
-                                       "kernel_size": case["kernel_size"], "n_groups": case["n_groups"]},
-                                 image_encoder={"crop_shape": case["crop_shape"], "feature_dim": 2 * case["num_kp"],
-                                                "num_kp": case["num_kp"], "width": 64})
-        to, h = case["n_obs_steps"], case["horizon"]
-    else:  # frozen BatchNorm as LeRobot's ACT has it (the weights themselves are not loaded: same compute)
-        policy = ACTPolicy(meta, norm, chunk_size=case["chunk_size"], n_action_steps=case["n_action_steps"],
-                           kl_weight=case["kl_weight"], latent_dim=case["latent_dim"], hidden_dim=case["hidden_dim"],
-                           dim_feedforward=case["dim_feedforward"], n_heads=case["n_heads"], enc_layers=case["enc_layers"],
-                           dec_layers=case["dec_layers"], vae_enc_layers=case["vae_enc_layers"], dropout=case["dropout"],
-                           backbone_width=64, pretrained_backbone="imagenet")
-        to, h = 1, case["chunk_size"]
-    batch = {"obs": {"image": torch.rand(b, to, 3, s, s), "agent_pos": torch.randn(b, to, ds)},
-             "action": torch.rand(b, h, da) * 2 - 1, "mask": torch.ones(b, h, dtype=torch.bool)}
-    # the observation as protege-eval and protege-deploy pass it (uint8 camera frames made float by
-    # obs_to_torch), so the compiled policy runs on the layout it was compiled for
-    one = obs_to_torch({"image": np.random.default_rng(0).integers(0, 256, (1, to, s, s, 3), dtype=np.uint8),
-                        "agent_pos": np.random.default_rng(1).standard_normal((1, to, ds)).astype(np.float32)},
-                       ["image"], torch.device("cpu"))
-    return policy, batch, one
-
-
-class Ours:
-    """Our policy at the case's sizes, answering the commands LeRobot's worker answers
-    (``lerobot_worker.py``: train, chunk, compile, chunk_compiled) in this process; a call returns
-    the seconds the command took. ``compile`` is ``Policy.compile_for_inference`` (the deploy and
-    eval option ``compile=true``), which predicts its first chunk as part of it."""
-
-    def __init__(self, case: dict, threads: int):
-        torch.set_num_threads(threads)
-        self.policy, self.batch, self.one = build_ours(case)
-        self.opt = torch.optim.AdamW(self.policy.parameters(), lr=1e-4)
-        self.info = {"params_M": sum(p.numel() for p in self.policy.parameters()) / 1e6, "torch": torch.__version__}
-
-    def __call__(self, command: str) -> float:
-        t = time.perf_counter()
-        if command == "train":
-            self.policy.train()
-            loss = self.policy.compute_loss(self.batch)
-            self.opt.zero_grad()
-            loss.backward()
-            self.opt.step()
-        elif command == "compile":
-            self.policy.compile_for_inference()
-        else:  # chunk, or chunk_compiled once compiled
-            self.policy.eval()
-            self.policy.predict_action(self.one)  # no_grad by its decorator
-        return time.perf_counter() - t
-
-
-class Theirs:
-    """LeRobot's policy in ``lerobot_worker.py`` under LeRobot's python, one command at a time."""
-
-    def __init__(self, case: dict, python: str):
-        self.name = case["name"]
+    def __init__(self, side: str, python: str, case: dict):
+        self.side, self.name = side, case["name"]
+        script = HERE / ("protege_worker.py" if side == "ours" else "lerobot_worker.py")
         self.stderr = tempfile.TemporaryFile(mode="w+")
-        self.proc = subprocess.Popen([python, str(HERE / "lerobot_worker.py"), json.dumps(case)], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([python, str(script), json.dumps(case)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self.stderr, text=True)
         self.info = self._reply()
 
@@ -157,7 +92,7 @@ class Theirs:
         if not line:
             self.proc.wait()
             self.stderr.seek(0)
-            raise RuntimeError(f"LeRobot's worker failed on {self.name} (exit {self.proc.returncode}):\n"
+            raise RuntimeError(f"{self.side}'s worker failed on {self.name} (exit {self.proc.returncode}):\n"
                                f"{self.stderr.read()[-3000:]}")
         return json.loads(line)
 
@@ -175,34 +110,54 @@ class Theirs:
 
 
 def interleaved(times: dict, calls: list, n: int, warmup: int) -> None:
-    """Run the calls (side name, side, command, label) in turn, ``warmup + n`` rounds, the order
-    reversed every other round; add each side's seconds after the warm-up to times[name][label]."""
+    """Run the calls (side name, worker, command, label) in turn, ``warmup + n`` rounds, the order
+    reversed every other round; add each call's seconds after the warm-up to times[side][label], so
+    the i-th entries of two labels come from the same round."""
     for i in range(warmup + n):
-        for name, side, command, label in calls[:: 1 if i % 2 == 0 else -1]:
-            s = side(command)
+        for side, worker, command, label in calls[:: 1 if i % 2 == 0 else -1]:
+            s = worker(command)
             if i >= warmup:
-                times[name].setdefault(label, []).append(s)
+                times[side].setdefault(label, []).append(s)
 
 
-def measure(case: dict, ours: Ours, theirs: Theirs) -> dict:
-    """Both sides' seconds, {side: {label: [...]}}, their repetitions interleaved one by one, so a
-    drift in the machine's speed hits both alike. With compilation, LeRobot's eager chunk (as it
-    ships) is timed again among the compiled chunks, so "ours compiled / LeRobot as shipped" is
-    interleaved too."""
+def measure(case: dict, pythons: dict) -> tuple[dict, dict]:
+    """Both sides' seconds, {side: {label: [...]}}, and each side's info; repetitions interleaved
+    one by one, so a drift in the machine's speed hits both alike, in three phases, each in fresh
+    processes: training steps; eager chunks in processes that never trained (as a deployed
+    policy); then, with compilation, our compiled chunk, LeRobot's compiled chunk (in a process of
+    its own) and LeRobot's eager chunk as it ships, in the process of the eager phase, which never
+    compiles (a compiled program in a process changes the speed of its eager calls by up to 1.7x,
+    seen in earlier runs of this script)."""
     times: dict = {"ours": {}, "lerobot": {}}
+    with contextlib.ExitStack() as stack:
+        def worker(side: str) -> Worker:
+            return stack.enter_context(contextlib.closing(Worker(side, pythons[side], case)))
 
-    def both(command: str) -> list:
-        return [("ours", ours, command, command), ("lerobot", theirs, command, command)]
+        def both(ours: Worker, theirs: Worker, command: str) -> list:
+            return [("ours", ours, command, command), ("lerobot", theirs, command, command)]
 
-    interleaved(times, both("train"), case["steps"], 2)
-    interleaved(times, both("chunk"), case["reps"], 1)
-    if case["compile"]:
-        interleaved(times, both("compile"), 1, 0)
-        interleaved(times, [*both("chunk_compiled"), ("lerobot", theirs, "chunk", "chunk_as_shipped")], case["reps"], 1)
-    return times
+        ours, theirs = worker("ours"), worker("lerobot")
+        info = {"ours": ours.info, "lerobot": theirs.info}
+        interleaved(times, both(ours, theirs, "train"), case["steps"], 2)
+        ours.close(), theirs.close()  # the training phase's memory goes with its processes
+        ours, theirs = worker("ours"), worker("lerobot")
+        interleaved(times, both(ours, theirs, "chunk"), case["reps"], 2)
+        if case["compile"]:
+            theirs_compiled = worker("lerobot")
+            interleaved(times, both(ours, theirs_compiled, "compile"), 1, 0)
+            interleaved(times, [*both(ours, theirs_compiled, "chunk_compiled"),
+                                ("lerobot", theirs, "chunk", "chunk_as_shipped")], case["reps"], 2)
+    return times, info
+
+
+def spread(xs: list) -> dict:
+    """Median, first and third quartile of ``xs``."""
+    q1, q2, q3 = statistics.quantiles(xs, n=4, method="inclusive")
+    return {"median": q2, "q1": q1, "q3": q3}
 
 
 def summary(times: dict, info: dict) -> dict:
+    """One side's medians (ms) with min and max, and its compile seconds."""
     out = {**info, "repeats": {k: len(v) for k, v in times.items()}}
     for label, xs in times.items():
         if label == "compile":
@@ -211,6 +166,27 @@ def summary(times: dict, info: dict) -> dict:
         key = "train_step_ms" if label == "train" else f"{label}_ms"
         ms = [1000 * x for x in xs]
         out.update({key: statistics.median(ms), f"{key}_min": min(ms), f"{key}_max": max(ms)})
+    return out
+
+
+RATIOS = {  # name: (our label, LeRobot's label), compared round by round
+    "train": ("train", "train"), "chunk": ("chunk", "chunk"), "chunk_compiled": ("chunk_compiled", "chunk_compiled"),
+    "ours_compiled_vs_lerobot_as_shipped": ("chunk_compiled", "chunk_as_shipped")}
+
+
+def ratios(times: dict) -> dict:
+    """Ours / LeRobot's, one ratio per round (the two calls ran next to each other), as
+    {name: {"median", "q1", "q3"}} of those ratios; plus two ratios of medians within one side:
+    our compiled / our eager chunk, and LeRobot's eager chunk in the compiled phase / in the eager
+    phase (the same process: 1 when its speed held between the phases)."""
+    out = {}
+    for name, (a, b) in RATIOS.items():
+        if a in times["ours"] and b in times["lerobot"]:
+            out[name] = spread([x / y for x, y in zip(times["ours"][a], times["lerobot"][b], strict=True)])
+    med = {side: {k: statistics.median(v) for k, v in t.items()} for side, t in times.items()}
+    if "chunk_compiled" in med["ours"]:
+        out["ours_compiled_over_eager"] = med["ours"]["chunk_compiled"] / med["ours"]["chunk"]
+        out["lerobot_as_shipped_over_eager_phase"] = med["lerobot"]["chunk_as_shipped"] / med["lerobot"]["chunk"]
     return out
 
 
@@ -225,27 +201,33 @@ def main() -> None:
                          "weights frozen; about a minute of compilation per case and side)")
     ap.add_argument("--out", default=str(HERE / "results" / "vs_lerobot.json"))
     args = ap.parse_args()
-    python = lerobot_python(args.lerobot_python)
+    pythons = {"ours": sys.executable, "lerobot": lerobot_python(args.lerobot_python)}
     rows = []
     for case in CASES:
         if args.cases and case["name"] not in args.cases:
             continue
         paper = "paper" in case["name"]
         case = {**COMMON, **case, "threads": args.threads, "compile": not args.no_compile,
-                "steps": (3 if args.quick else (5 if paper else 15)), "reps": (3 if args.quick else (5 if paper else 15))}
+                "steps": 3 if args.quick else (5 if paper else 15), "reps": 3 if args.quick else (15 if paper else 60)}
         print(f"{case['name']} ...", flush=True)
-        ours, theirs = Ours(case, args.threads), Theirs(case, python)
-        try:
-            times = measure(case, ours, theirs)
-        finally:
-            theirs.close()
-        a, b = summary(times["ours"], ours.info), summary(times["lerobot"], theirs.info)
-        del ours
-        rows.append({"case": case, "ours": a, "lerobot": b,
-                     "train_ratio": a["train_step_ms"] / b["train_step_ms"], "chunk_ratio": a["chunk_ms"] / b["chunk_ms"]})
-        if case["compile"]:
-            rows[-1]["chunk_compiled_ratio"] = a["chunk_compiled_ms"] / b["chunk_compiled_ms"]
-            rows[-1]["chunk_ours_compiled_vs_their_eager"] = a["chunk_compiled_ms"] / b["chunk_as_shipped_ms"]
+        times, info = measure(case, pythons)
+        rows.append({"case": case, "ours": summary(times["ours"], info["ours"]),
+                     "lerobot": summary(times["lerobot"], info["lerobot"]), "ratios": ratios(times)})
+    print_table(rows)
+    write_result(args.out, "vs_lerobot", threads=args.threads, quick=args.quick, lerobot="0.4.4", rows=rows)
+
+
+def print_table(rows: list) -> None:
+    """The markdown table README quotes: medians in ms, ratios as median [q1, q3] of the per-round
+    ratios; then each side's compiled / eager chunk."""
+    def ratio(r: dict, name: str) -> str:
+        x = r["ratios"].get(name)
+        return f"{x['median']:.2f} [{x['q1']:.2f}, {x['q3']:.2f}]" if x else "-"
+
+    def ms(r: dict, key: str) -> str:
+        a, b = r["ours"].get(f"{key}_ms"), r["lerobot"].get(f"{key}_ms")
+        return f"{a:,.0f} / {b:,.0f}" if a and a >= 100 else f"{a:.1f} / {b:.1f}" if a else "-"
+
     print()
     print("| model | batch | parameters (ours / LeRobot) | training step, ms (ours / LeRobot) | ratio | "
           "chunk at batch 1, ms (ours / LeRobot) | ratio | compiled chunk, ms (ours / LeRobot) | ratio | "
@@ -253,12 +235,19 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         a, b = r["ours"], r["lerobot"]
-        compiled = (f"{a['chunk_compiled_ms']:.1f} / {b['chunk_compiled_ms']:.1f} | {r['chunk_compiled_ratio']:.2f} | "
-                    f"{r['chunk_ours_compiled_vs_their_eager']:.2f}") if "chunk_compiled_ratio" in r else "- | - | -"
         print(f"| {r['case']['name']} | {r['case']['batch_size']} | {a['params_M']:.1f} M / {b['params_M']:.1f} M | "
-              f"{a['train_step_ms']:.0f} / {b['train_step_ms']:.0f} | {r['train_ratio']:.2f} | "
-              f"{a['chunk_ms']:.1f} / {b['chunk_ms']:.1f} | {r['chunk_ratio']:.2f} | {compiled} |")
-    write_result(args.out, "vs_lerobot", threads=args.threads, quick=args.quick, lerobot="0.4.4", rows=rows)
+              f"{ms(r, 'train_step')} | {ratio(r, 'train')} | {ms(r, 'chunk')} | {ratio(r, 'chunk')} | "
+              f"{ms(r, 'chunk_compiled')} | {ratio(r, 'chunk_compiled')} | "
+              f"{ratio(r, 'ours_compiled_vs_lerobot_as_shipped')} |")
+    if any("ours_compiled_over_eager" in r["ratios"] for r in rows):
+        print()
+        print("| model | ours: compiled / eager chunk | LeRobot's eager chunk: compiled phase / eager phase |")
+        print("|---|---|---|")
+        for r in rows:
+            x = r["ratios"]
+            if "ours_compiled_over_eager" in x:
+                print(f"| {r['case']['name']} | {x['ours_compiled_over_eager']:.2f} | "
+                      f"{x['lerobot_as_shipped_over_eager_phase']:.2f} |")
 
 
 if __name__ == "__main__":
