@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 import torch
+
+from worker_protocol import serve  # benchmarks/worker_protocol.py
 
 
 def frozen_compile(fn):
@@ -60,6 +61,7 @@ def main() -> None:
                "observation.images": torch.rand(1, to, 1, 3, s, s) * 2 - 1}
 
         def infer():
+            policy.eval()
             with torch.no_grad():
                 policy.diffusion.generate_actions(one)
     else:
@@ -79,6 +81,7 @@ def main() -> None:
         one = {"observation.image": torch.rand(1, 3, s, s), "observation.state": torch.randn(1, case["state_dim"])}
 
         def infer():
+            policy.eval()
             with torch.no_grad():
                 policy.predict_action_chunk(one)
 
@@ -111,19 +114,7 @@ def main() -> None:
             for obj, name, _ in compiled:
                 vars(obj).pop(name)
 
-    commands = {"train": step, "chunk": infer, "compile": compile_chunk, "chunk_compiled": chunk_compiled}
-    print(json.dumps({"params_M": sum(p.numel() for p in policy.parameters()) / 1e6, "torch": torch.__version__}),
-          flush=True)
-    for line in sys.stdin:
-        command = line.strip()
-        if command == "quit":
-            break
-        if command != "train":
-            policy.eval()
-        t = time.perf_counter()
-        commands[command]()
-        print(json.dumps({"s": time.perf_counter() - t}), flush=True)
-
+    serve(policy, {"train": step, "chunk": infer, "compile": compile_chunk, "chunk_compiled": chunk_compiled})
 
 if __name__ == "__main__":
     main()

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 import numpy as np
 import torch
+
+from worker_protocol import serve  # benchmarks/worker_protocol.py
 
 
 def build_ours(case: dict) -> tuple[torch.nn.Module, dict, dict]:
@@ -74,17 +75,7 @@ def main() -> None:
         policy.eval()
         policy.predict_action(one)  # no_grad by its decorator
 
-    commands = {"train": step, "chunk": chunk, "compile": policy.compile_for_inference, "chunk_compiled": chunk}
-    print(json.dumps({"params_M": sum(p.numel() for p in policy.parameters()) / 1e6, "torch": torch.__version__}),
-          flush=True)
-    for line in sys.stdin:
-        command = line.strip()
-        if command == "quit":
-            break
-        t = time.perf_counter()
-        commands[command]()
-        print(json.dumps({"s": time.perf_counter() - t}), flush=True)
-
+    serve(policy, {"train": step, "chunk": chunk, "compile": policy.compile_for_inference, "chunk_compiled": chunk})
 
 if __name__ == "__main__":
     main()
