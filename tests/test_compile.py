@@ -68,6 +68,24 @@ def test_compiled_policy_predicts_what_the_eager_one_does_and_cannot_train(make)
         policy.train()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("make", [_diffusion, _act], ids=["diffusion", "act"])
+def test_two_compiled_policies_of_one_class_each_run_their_own_weights(make):
+    """The compiled code skips dynamo's guards on the modules (the weights are frozen into it);
+    a second policy of the same class must not run the first one's code."""
+    first, second = make(), make()
+    with torch.no_grad():
+        for p in second.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    obs = _obs(1, first.n_obs_steps)
+    eager = [p.predict_action(obs, **_same_noise(p)) for p in (first, second)]
+    assert not torch.allclose(eager[0], eager[1], atol=1e-3)
+    first.compile_for_inference()
+    second.compile_for_inference()
+    for p, e in zip((first, second), eager):
+        assert torch.allclose(p.predict_action(obs, **_same_noise(p)), e, atol=1e-4)
+
+
 @pytest.mark.parametrize("make", [_diffusion, _act], ids=["diffusion", "act"])
 def test_a_failed_compilation_leaves_the_eager_policy_and_says_what_to_do(make):
     import torch._inductor.config as inductor
