@@ -156,6 +156,7 @@ def _frozen_compile(method, cpp_wrapper: bool):
 
     f = method.__func__
     own = types.FunctionType(f.__code__.replace(), f.__globals__, f.__name__, f.__defaults__, f.__closure__)
+    own.__kwdefaults__ = f.__kwdefaults__
     compiled = torch.compile(types.MethodType(own, method.__self__),
                              options={"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe})
 
