@@ -116,5 +116,6 @@ def main() -> None:
 
     serve(policy, {"train": step, "chunk": infer, "compile": compile_chunk, "chunk_compiled": chunk_compiled})
 
+
 if __name__ == "__main__":
     main()

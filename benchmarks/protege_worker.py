@@ -77,5 +77,6 @@ def main() -> None:
 
     serve(policy, {"train": step, "chunk": chunk, "compile": policy.compile_for_inference, "chunk_compiled": chunk})
 
+
 if __name__ == "__main__":
     main()

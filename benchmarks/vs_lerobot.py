@@ -139,7 +139,8 @@ def measure(case: dict, pythons: dict) -> tuple[dict, dict]:
         ours, theirs = worker("ours"), worker("lerobot")
         info = {"ours": ours.info, "lerobot": theirs.info}
         interleaved(times, both(ours, theirs, "train"), case["steps"], 2)
-        ours.close(), theirs.close()  # the training phase's memory goes with its processes
+        ours.close()  # the training phase's memory goes with its processes
+        theirs.close()
         ours, theirs = worker("ours"), worker("lerobot")
         interleaved(times, both(ours, theirs, "chunk"), case["reps"], 2)
         if case["compile"]:

@@ -25,8 +25,8 @@ def obs_to_torch(obs: Mapping[str, np.ndarray], image_keys, device: torch.device
         # them canonical, so a compiled policy's stride guards hold from call to call
         x = torch.from_numpy(a).view(-1).view(a.shape).to(device, non_blocking=True)
         if k in image_keys:
-            # channels-first in memory, not a permuted view: at batch 1 eager convolutions on the
-            # view's channels-last strides cost a DP chunk ~10% and an ACT chunk ~18% here
+            # channels-first in memory, not a permuted view: at batch 1 eager convolutions are
+            # slower on the view's channels-last strides
             x = x.permute(0, 1, 4, 2, 3).contiguous().float().div_(255.0)
         elif x.dtype != torch.float32:  # e.g. the control loop's interpolated float64 robot states
             x = x.float()
