@@ -74,6 +74,7 @@ def test_two_compiled_policies_of_one_class_each_run_their_own_weights(make):
     """The compiled code skips dynamo's guards on the modules (the weights are frozen into it);
     a second policy of the same class must not run the first one's code."""
     first, second = make(), make()
+    first.autotune_gemms = second.autotune_gemms = False  # not what this test is about, and slow to compile
     with torch.no_grad():
         for p in second.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -115,3 +116,19 @@ def test_obs_to_torch_gives_float32_and_canonical_strides_so_compiled_guards_hol
     img = obs_to_torch({"i": np.zeros((2, 8, 8, 3), np.uint8)[None]}, ["i"], torch.device("cpu"))["i"]
     assert img.stride() == obs_to_torch({"i": np.zeros((1, 2, 8, 8, 3), np.uint8)}, ["i"], torch.device("cpu"))["i"].stride()
     assert img.shape == (1, 2, 3, 8, 8) and img.is_contiguous()  # channels-first in memory, not a permuted view
+
+
+@pytest.mark.slow
+def test_a_compiled_policy_that_predicts_other_actions_is_refused_and_left_eager():
+    """torch 2.14.1's C++ GEMM template (max-autotune on the CPU) computes a wrong product when the
+    weight is a slice of a parameter, as nn.MultiheadAttention's packed in-projection makes in
+    ACT: a real miscompilation, which compile_for_inference must catch before the arm moves."""
+    policy = _act()
+    policy.autotune_gemms = True  # what Diffusion Policy uses, and ACT must not
+    obs = _obs(1, policy.n_obs_steps)
+    eager = policy.predict_action(obs)
+    with pytest.raises(CompileError, match="predicts other actions than the eager one"):
+        policy.compile_for_inference()
+    torch._dynamo.reset()
+    assert not set(policy.inference_methods) & set(policy.__dict__) and policy.compiled_batch_size is None
+    assert torch.equal(policy.predict_action(obs), eager)

@@ -36,6 +36,10 @@ class Policy(nn.Module):
     num_inference_steps: int | None = None  # denoising steps per prediction (diffusion); None: one pass
     inference_methods: tuple[str, ...] = ()  # the methods :meth:`compile_for_inference` compiles
     compiled_batch_size: int | None = None  # set by :meth:`compile_for_inference` (None: eager)
+    # on the CPU, let inductor's max-autotune pick each matrix product's kernel by timing ATen's
+    # against its C++ GEMM template (prepacked weights, micro-kernels sized to the product), see
+    # :func:`_frozen_compile`; off where torch miscompiles the policy (ACT)
+    autotune_gemms: bool = False
 
     def __init__(self, shape_meta: Mapping[str, Any], normalizer: Normalizer):
         super().__init__()
@@ -72,50 +76,82 @@ class Policy(nn.Module):
     def compile_for_inference(self, batch_size: int = 1) -> float:
         """Compile the per-chunk computation (the methods named by ``inference_methods``) with
         ``torch.compile`` (inductor; the weights frozen as constants, and on the CPU a C++ wrapper
-        around the kernels), then predict once from a zero observation of ``batch_size``, so that
-        the compilation happens now and not at the first chunk on the robot. The actions equal
-        the eager policy's up to float rounding. Afterwards the policy is for inference only: its
-        weights must not change, and ``train()`` raises. Another batch size compiles again at its
-        first call (tens of seconds each), so callers keep to ``compiled_batch_size`` (the
-        evaluator pads its batches to it).
+        around the kernels and, where ``autotune_gemms`` is set, matrix-product kernels chosen by
+        timing), then check it: from a random observation of ``batch_size`` (seed 0), with the
+        same noise, the compiled policy must predict what the eager one does, to 1e-3 of the
+        largest action's magnitude (or of 1). That first compiled prediction is also when the
+        compilation happens, so it is done now and not at the first chunk on the robot.
+        Afterwards the policy is for inference only: its weights must not change, and ``train()``
+        raises. Another batch size compiles again at its first call (tens of seconds each), so
+        callers keep to ``compiled_batch_size`` (the evaluator pads its batches to it).
 
-        Returns the seconds the compilation took (about a minute for the image policies on two
-        CPU cores).
+        Returns the seconds the compilation took (one to two minutes for the image policies on
+        two CPU cores, less when inductor's cache holds the kernels).
 
         Raises:
-            CompileError: the policy has nothing to compile, or compilation failed (inductor
-                needs a C++ compiler on the CPU, a Triton build on CUDA); the policy is then left
-                as it was, uncompiled.
+            CompileError: the policy has nothing to compile, compilation failed (inductor needs a
+                C++ compiler on the CPU, a Triton build on CUDA), or the compiled policy's actions
+                differ from the eager policy's (a compiler bug); the policy is then left as it
+                was, uncompiled.
         """
         if not self.inference_methods:
             raise CompileError(f"{type(self).__name__} names no inference methods to compile")
         eager = {name: getattr(self, name) for name in self.inference_methods}
+        probe = self.example_obs(batch_size, seed=0)
+        self.eval()
+        expected = self._seeded_prediction(probe)
         t = time.perf_counter()
         try:
             for name, fn in eager.items():
-                setattr(self, name, _frozen_compile(fn, cpp_wrapper=self.device.type == "cpu"))
-            self.eval()
-            with torch.no_grad():
-                self.predict_action(self.example_obs(batch_size))
+                setattr(self, name, _frozen_compile(fn, cpp_wrapper=self.device.type == "cpu",
+                                                    autotune_gemms=self.autotune_gemms and self.device.type == "cpu"))
+            got = self._seeded_prediction(probe)
         except Exception as e:  # noqa: BLE001 - any failure means: run uncompiled
-            for name in eager:
-                self.__dict__.pop(name, None)
+            self._uncompile()
             first = (str(e).strip().splitlines() or [""])[0][:300]
             raise CompileError(f"compiling {type(self).__name__} for inference failed ({type(e).__name__}: {first}); "
                                "torch.compile needs a C++ compiler (gcc or clang) on the CPU and Triton on CUDA. "
                                "Run without compile=true to use the eager policy") from e
+        seconds = time.perf_counter() - t
+        scale = max(1.0, expected.abs().max().item())
+        error = (got - expected).abs().max().item() if torch.isfinite(got).all() else float("inf")
+        if not error <= 1e-3 * scale:
+            self._uncompile()
+            raise CompileError(f"the compiled {type(self).__name__} predicts other actions than the eager one (largest "
+                               f"difference {error:.3g}, largest action {scale:.3g}) on a test observation: a bug in "
+                               f"torch.compile (torch {torch.__version__}). Run without compile=true to use the eager policy")
         self.compiled_batch_size = batch_size
-        return time.perf_counter() - t
+        return seconds
 
-    def example_obs(self, batch_size: int = 1) -> dict[str, torch.Tensor]:
-        """A zero observation {key: (batch_size, To, ...)} of the policy's keys and shapes, on its
+    def _seeded_prediction(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """predict_action(obs) with the global random generators (the CPU's and the policy's
+        device's) seeded to 0 and restored afterwards: two calls draw the same noise."""
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), torch.no_grad():
+            torch.manual_seed(0)
+            return self.predict_action(obs)
+
+    def _uncompile(self) -> None:
+        for name in self.inference_methods:
+            self.__dict__.pop(name, None)
+
+    def example_obs(self, batch_size: int = 1, seed: int | None = None) -> dict[str, torch.Tensor]:
+        """An observation {key: (batch_size, To, ...)} of the policy's keys and shapes, on its
         device, made as evaluation and deployment make theirs (:func:`~protege.policies.tensors.obs_to_torch`:
         images (B, To, 3, H, W) float32, contiguous), so a compiled policy sees the strides it
-        will be called with."""
+        will be called with. All zeros, or with ``seed`` random: uniform pixels, and low-dim
+        values uniform between the training data's min and max."""
         arrays, image_keys = {}, []
+        rng = np.random.default_rng(seed) if seed is not None else None
         for key, meta in self.shape_meta["obs"].items():
             rgb = meta["type"] == "rgb"
-            arrays[key] = np.zeros((batch_size, self.n_obs_steps, *meta["shape"]), np.uint8 if rgb else np.float32)
+            shape = (batch_size, self.n_obs_steps, *meta["shape"])
+            if rng is None:
+                arrays[key] = np.zeros(shape, np.uint8 if rgb else np.float32)
+            elif rgb:
+                arrays[key] = rng.integers(0, 256, shape, dtype=np.uint8)
+            else:
+                u = torch.as_tensor(rng.uniform(-1, 1, shape), dtype=torch.float32, device=self.device)
+                arrays[key] = self.normalizer.unnormalize(key, u).cpu().numpy()
             image_keys += [key] if rgb else []
         return obs_to_torch(arrays, image_keys, self.device)
 
@@ -137,7 +173,7 @@ class Policy(nn.Module):
         return next(self.parameters()).device
 
 
-def _frozen_compile(method, cpp_wrapper: bool):
+def _frozen_compile(method, cpp_wrapper: bool, autotune_gemms: bool = False):
     """``torch.compile`` of a bound ``method`` whose every (re)compilation runs with inductor's
     ``freezing`` (and ``cpp_wrapper``) on: torch reads them from its global config when it
     compiles, which happens at a call, so the patch is applied around each call (``torch.compile``'s
@@ -149,7 +185,16 @@ def _frozen_compile(method, cpp_wrapper: bool):
     Policy chunk) are skipped (``torch.compiler.skip_guard_on_all_nn_modules_unsafe``); guards on
     the inputs' shapes, dtypes and strides stay. That is safe only because each policy compiles
     its own copy of the method's code: dynamo keeps compiled code per code object, and without the
-    copy a second policy of the same class would run the first one's weights."""
+    copy a second policy of the same class would run the first one's weights.
+
+    With ``autotune_gemms`` (CPU only), inductor's max-autotune times, for each matrix product,
+    ATen's kernel against its C++ GEMM template, whose micro-kernels are generated for the
+    product's shape with the frozen weight prepacked, and keeps the faster. At batch 1, where a
+    Diffusion Policy U-Net product has 4 to 16 rows, the template halves a compiled chunk
+    (``benchmarks/chunk_profile.py``); compilation takes about twice as long. torch 2.14.1
+    computes a wrong product with it when the weight is a slice of a parameter at a storage
+    offset, as ``nn.MultiheadAttention``'s packed in-projection makes when queries, keys and
+    values differ (ACT): :meth:`Policy.compile_for_inference`'s check catches that."""
     import types
 
     import torch._inductor.config as inductor
@@ -157,11 +202,12 @@ def _frozen_compile(method, cpp_wrapper: bool):
     f = method.__func__
     own = types.FunctionType(f.__code__.replace(), f.__globals__, f.__name__, f.__defaults__, f.__closure__)
     own.__kwdefaults__ = f.__kwdefaults__
+    autotune = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"} if autotune_gemms else {}
     compiled = torch.compile(types.MethodType(own, method.__self__),
                              options={"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe})
 
     def call(*args, **kwargs):
-        with inductor.patch(freezing=True, cpp_wrapper=cpp_wrapper, layout_optimization=False):
+        with inductor.patch(freezing=True, cpp_wrapper=cpp_wrapper, layout_optimization=False, **autotune):
             return compiled(*args, **kwargs)
 
     return call

@@ -47,6 +47,8 @@ class ACTPolicy(Policy):
 
     n_obs_steps = 1
     inference_methods = ("_decode",)
+    # autotune_gemms stays off: torch 2.14.1's C++ GEMM template gets the attention's in-projection
+    # wrong (a slice of the packed weight; see _frozen_compile), which compile_for_inference refuses
 
     def __init__(
         self,

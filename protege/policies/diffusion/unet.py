@@ -37,8 +37,9 @@ class TemporalConv1d(nn.Conv1d):
     Why: at batch 1 and the short horizons of a policy's U-Net (L = 16, 8, 4), PyTorch's CPU
     convolution (``_slow_conv2d_forward``: im2col, then a GEMM with L columns) runs at a fraction
     of the rate of the same product in this orientation; compiled with frozen weights (inductor
-    lowers the product to a prepacked MKL linear and fuses the windowing into the kernel before
-    it), a U-Net call takes about half the time (``DiffusionPolicy.compile_for_inference``). The
+    lowers the product to a prepacked kernel, the CPU math library's or its own C++ GEMM
+    template's, whichever times faster, and fuses the windowing into the kernel before it), a
+    U-Net call takes a fraction of the time (``DiffusionPolicy.compile_for_inference``). The
     result equals the convolution's up to float rounding; the weights and state dict are
     ``nn.Conv1d``'s. Off by default (training and eager inference use ``nn.Conv1d``'s kernels).
 
