@@ -18,15 +18,17 @@ import torch
 from worker_protocol import serve  # benchmarks/worker_protocol.py
 
 
-def frozen_compile(fn):
-    """torch.compile(fn), compiled with inductor's freezing and C++ wrapper on (as protege's
-    Policy.compile_for_inference does: the config is patched around each call)."""
+def frozen_compile(fn, autotune_gemms: bool):
+    """torch.compile(fn), compiled with inductor's freezing and C++ wrapper on and, for Diffusion
+    Policy, max-autotune of its matrix products against inductor's C++ GEMM template (as
+    protege's Policy.compile_for_inference does: the config is patched around each call)."""
     import torch._inductor.config as inductor
 
     compiled = torch.compile(fn)
+    autotune = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"} if autotune_gemms else {}
 
     def call(*args, **kwargs):
-        with inductor.patch(freezing=True, cpp_wrapper=True, layout_optimization=False):
+        with inductor.patch(freezing=True, cpp_wrapper=True, layout_optimization=False, **autotune):
             return compiled(*args, **kwargs)
 
     return call
@@ -63,7 +65,7 @@ def main() -> None:
         def infer():
             policy.eval()
             with torch.no_grad():
-                policy.diffusion.generate_actions(one)
+                return policy.diffusion.generate_actions(one)
     else:
         from lerobot.policies.act.configuration_act import ACTConfig
         from lerobot.policies.act.modeling_act import ACTPolicy
@@ -83,7 +85,7 @@ def main() -> None:
         def infer():
             policy.eval()
             with torch.no_grad():
-                policy.predict_action_chunk(one)
+                return policy.predict_action_chunk(one)
 
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
 
@@ -97,19 +99,26 @@ def main() -> None:
     compiled: list = []  # (object, attribute, compiled function)
 
     def compile_chunk():
+        """Compile, then check the compiled chunk against the eager one from the same noise (as
+        protege's compile_for_inference checks its own)."""
+        torch.manual_seed(0)
+        expected = infer()
         if case["policy"] == "diffusion":
             d = policy.diffusion
-            compiled.extend([(d.unet, "forward", frozen_compile(d.unet.forward)),
-                             (d, "_prepare_global_conditioning", frozen_compile(d._prepare_global_conditioning))])
+            compiled.extend([(d.unet, "forward", frozen_compile(d.unet.forward, True)),
+                             (d, "_prepare_global_conditioning", frozen_compile(d._prepare_global_conditioning, True))])
         else:
-            compiled.append((policy.model, "forward", frozen_compile(policy.model.forward)))
-        chunk_compiled()
+            compiled.append((policy.model, "forward", frozen_compile(policy.model.forward, False)))
+        torch.manual_seed(0)
+        error = (chunk_compiled() - expected).abs().max().item()
+        if not error <= 1e-3 * max(1.0, expected.abs().max().item()):
+            raise SystemExit(f"LeRobot's compiled chunk differs from its eager one by {error:.3g}")
 
     def chunk_compiled():
         for obj, name, fn in compiled:
             setattr(obj, name, fn)
         try:
-            infer()
+            return infer()
         finally:  # eager again for the next "chunk": LeRobot as it ships
             for obj, name, _ in compiled:
                 vars(obj).pop(name)

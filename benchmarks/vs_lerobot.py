@@ -19,10 +19,12 @@ by repetition and a drift in the machine's speed hits both alike; each ratio is 
 round (the median and quartiles of those). Three phases, each in fresh processes: training
 steps; eager chunks in processes that never trained; then, unless ``--no-compile``, the chunk
 with both sides' per-chunk networks compiled (``torch.compile``, inductor, weights frozen, C++
-wrapper; ours through ``Policy.compile_for_inference``, the ``compile=true`` of protege-eval and
+wrapper, and for Diffusion Policy the matrix products autotuned against inductor's C++ GEMM
+template; ours through ``Policy.compile_for_inference``, the ``compile=true`` of protege-eval and
 protege-deploy, which on the CPU also runs our U-Net's convolutions as matrix products
 (``TemporalConv1d``); LeRobot's by wrapping its U-Net and observation encoder, or its ACT model,
-by hand: LeRobot 0.4.4 offers no such option), interleaved with LeRobot's eager chunk as it ships,
+by hand: LeRobot 0.4.4 offers no such option; each side's compiled chunk is checked against its
+eager one), interleaved with LeRobot's eager chunk as it ships,
 timed in the eager phase's process, which never compiles. Goals (issue 10): our training step
 <= 0.8x and our inference <= 0.5x of LeRobot's. Prints a table, writes
 ``results/vs_lerobot.json`` with the command, commit, machine and both torch versions.
