@@ -296,3 +296,19 @@ def test_an_overrun_skips_cycles_instead_of_sending_late_targets(backend, tmp_pa
     assert any(b - a >= 3 for a, b in zip(ks, ks[1:]))  # 2-3 cycles skipped after the stall
     assert all(c["wake"] - c["t"] < 0.1 for c in cyc)  # every target sent was still ahead of the arm
     assert res.dropped >= 2  # their actions were dropped, not sent late
+
+
+def test_the_report_takes_cycles_skipped_after_an_overrun_as_periods_of_the_schedule():
+    """A slow first chunk skips cycles 1 and 2: the run's period is still dt (not the 0.3 s between
+    the first two logged cycles), and the wake after the skip, on schedule, is no jitter."""
+    from protege.deploy.report import summarize
+
+    def cycle(k, late=0.0):
+        return {"type": "cycle", "episode": 0, "k": k, "t": 5 + 0.1 * k, "wake": 5 + 0.1 * k + late,
+                "cmd": [0.0, 0.0, 0.0], "meas": [0.0, 0.0, 0.001 * k], "cmd_speed": 0.0}
+
+    s = summarize([cycle(0), cycle(3, 0.002), cycle(4), cycle(5, 0.01), cycle(6)])
+    assert s["dt_ms"] == pytest.approx(100)
+    assert s["period_jitter_ms"]["max"] == pytest.approx(10)  # 5 -> 6: 10 ms late; 4 -> 5 and 5 -> 6: 10 ms off dt
+    assert s["tracking_error_mm"]["max"] == pytest.approx(6)  # meas one cycle after cmd: (3, 4), (4, 5), (5, 6)
+    assert s["tracking_error_mm"]["p50"] == pytest.approx(5)

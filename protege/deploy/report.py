@@ -51,24 +51,25 @@ def _pct(x, qs=(50, 99)) -> dict[str, float]:
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Figures of a run: cycles, period jitter (|period - dt|, ms) and lateness of each cycle
-    (ms), observation-to-action latency per chunk (ms), late actions dropped per minute, clips,
+    """Figures of a run: cycles, period jitter (|period - dt|, ms, where a period spanning cycles
+    skipped after an overrun counts as that many dt) and lateness of each cycle (ms), observation-to-action latency per chunk (ms), late actions dropped per minute, clips,
     the largest commanded TCP speed, tracking error (measured TCP one cycle after it was
     commanded, mm), and the episodes' outcomes."""
     cycles = [r for r in records if r.get("type") == "cycle"]
     episodes = [r for r in records if r.get("type") == "episode"]
     stops = [r for r in records if r.get("type") == "stop"]
-    periods, late, track = [], [], []
+    jitter, late, track = [], [], []
     dt = None
     by_ep: dict[int, list[dict]] = {}
     for c in cycles:
         by_ep.setdefault(c["episode"], []).append(c)
     for cs in by_ep.values():
-        if len(cs) > 1:
-            dt = dt or (cs[1]["t"] - cs[0]["t"])
+        if len(cs) > 1:  # the schedule's period; cycles skipped after an overrun (k jumps) are not in the log
+            dt = dt or (cs[1]["t"] - cs[0]["t"]) / (cs[1]["k"] - cs[0]["k"])
         for a, b in zip(cs, cs[1:]):
-            periods.append(b["wake"] - a["wake"])
-            track.append(np.linalg.norm(np.subtract(b["meas"], a["cmd"])))
+            jitter.append(abs((b["wake"] - a["wake"]) - (b["k"] - a["k"]) * dt))
+            if b["k"] == a["k"] + 1:
+                track.append(np.linalg.norm(np.subtract(b["meas"], a["cmd"])))
         late += [c["wake"] - c["t"] for c in cs]
     latencies = [c["chunk"]["t_end"] - c["chunk"]["t_obs"] for c in cycles if c.get("chunk")]
     minutes = sum(e["duration_s"] for e in episodes) / 60.0
@@ -84,7 +85,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         "stops": {s["reason"]: s["message"] for s in stops},
         "cycles": len(cycles),
         "dt_ms": round(dt * 1e3, 3) if dt else None,
-        "period_jitter_ms": ms(_pct(np.abs(np.asarray(periods) - dt))) if dt else None,
+        "period_jitter_ms": ms(_pct(jitter)) if dt else None,
         "cycle_lateness_ms": ms(_pct(late)),
         "obs_to_action_latency_ms": ms(_pct(latencies)),
         "chunks": sum(e["chunks"] for e in episodes),
