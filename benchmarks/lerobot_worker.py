@@ -25,7 +25,8 @@ def frozen_compile(fn, autotune_gemms: bool):
     import torch._inductor.config as inductor
 
     compiled = torch.compile(fn)
-    autotune = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"} if autotune_gemms else {}
+    autotune = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN",  # and no timing tables on stderr
+                "autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False} if autotune_gemms else {}
 
     def call(*args, **kwargs):
         with inductor.patch(freezing=True, cpp_wrapper=True, layout_optimization=False, **autotune):

@@ -202,7 +202,8 @@ def _frozen_compile(method, cpp_wrapper: bool, autotune_gemms: bool = False):
     f = method.__func__
     own = types.FunctionType(f.__code__.replace(), f.__globals__, f.__name__, f.__defaults__, f.__closure__)
     own.__kwdefaults__ = f.__kwdefaults__
-    autotune = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"} if autotune_gemms else {}
+    autotune = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN",  # and no timing tables on stderr
+                "autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False} if autotune_gemms else {}
     compiled = torch.compile(types.MethodType(own, method.__self__),
                              options={"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe})
 
