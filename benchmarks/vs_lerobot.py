@@ -201,7 +201,7 @@ def main() -> None:
     ap.add_argument("--cases", nargs="*", default=None, help="names of the cases to run (default: all)")
     ap.add_argument("--no-compile", action="store_true",
                     help="leave out the compiled inference (torch.compile of both sides' per-chunk networks, "
-                         "weights frozen; about a minute of compilation per case and side)")
+                         "weights frozen; one to two minutes of compilation per case and side)")
     ap.add_argument("--out", default=str(HERE / "results" / "vs_lerobot.json"))
     args = ap.parse_args()
     pythons = {"ours": sys.executable, "lerobot": lerobot_python(args.lerobot_python)}

@@ -51,10 +51,11 @@ def _pct(x, qs=(50, 99)) -> dict[str, float]:
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Figures of a run: cycles, period jitter (|period - dt|, ms, where a period spanning cycles
-    skipped after an overrun counts as that many dt) and lateness of each cycle (ms), observation-to-action latency per chunk (ms), late actions dropped per minute, clips,
-    the largest commanded TCP speed, tracking error (measured TCP one cycle after it was
-    commanded, mm), and the episodes' outcomes."""
+    """Figures of a run: cycles, period jitter (|period - dt|, ms; a period across cycles skipped
+    after an overrun counts as that many dt) and lateness of each cycle (ms),
+    observation-to-action latency per chunk (ms), late actions dropped per minute, clips, the
+    largest commanded TCP speed, tracking error (measured TCP one cycle after it was commanded,
+    mm), and the episodes' outcomes."""
     cycles = [r for r in records if r.get("type") == "cycle"]
     episodes = [r for r in records if r.get("type") == "episode"]
     stops = [r for r in records if r.get("type") == "stop"]
