@@ -99,9 +99,10 @@ class Policy(nn.Module):
         eager = {name: getattr(self, name) for name in self.inference_methods}
         probe = self.example_obs(batch_size, seed=0)
         self.eval()
-        expected = self._seeded_prediction(probe)
+        expected = self._seeded_prediction(probe)  # the policy as it trained, before any change below
         t = time.perf_counter()
         try:
+            self._compiled_form(True)
             for name, fn in eager.items():
                 setattr(self, name, _frozen_compile(fn, cpp_wrapper=self.device.type == "cpu",
                                                     autotune_gemms=self.autotune_gemms and self.device.type == "cpu"))
@@ -130,9 +131,14 @@ class Policy(nn.Module):
             torch.manual_seed(0)
             return self.predict_action(obs)
 
+    def _compiled_form(self, on: bool) -> None:
+        """Switch modules to (or back from) the form the compiled code is built from; nothing by
+        default (Diffusion Policy: its U-Net's convolutions as matrix products on the CPU)."""
+
     def _uncompile(self) -> None:
         for name in self.inference_methods:
             self.__dict__.pop(name, None)
+        self._compiled_form(False)
 
     def example_obs(self, batch_size: int = 1, seed: int | None = None) -> dict[str, torch.Tensor]:
         """An observation {key: (batch_size, To, ...)} of the policy's keys and shapes, on its

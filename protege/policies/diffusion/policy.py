@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
 
 from ..normalizer import Normalizer
-from ..base import CompileError, Policy
+from ..base import Policy
 from ..encoders import ObsEncoder
 from .unet import ConditionalUnet1D
 
@@ -79,16 +79,10 @@ class DiffusionPolicy(Policy):
         self.inference_scheduler = samplers[inference_scheduler].from_config(self.noise_scheduler.config)
         self.num_inference_steps = num_inference_steps
 
-    def compile_for_inference(self, batch_size: int = 1) -> float:
-        """:meth:`Policy.compile_for_inference`; on the CPU the U-Net's convolutions are first
-        switched to their matrix-product form (:class:`~.unet.TemporalConv1d`, about half the time
-        per U-Net call at batch 1), and back if compilation fails."""
-        self.model.convs_as_matmul(self.device.type == "cpu")
-        try:
-            return super().compile_for_inference(batch_size)
-        except CompileError:
-            self.model.convs_as_matmul(False)
-            raise
+    def _compiled_form(self, on: bool) -> None:
+        """On the CPU the compiled U-Net computes its convolutions as matrix products
+        (:class:`~.unet.TemporalConv1d`, about half the time per U-Net call at batch 1)."""
+        self.model.convs_as_matmul(on and self.device.type == "cpu")
 
     def _condition(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Normalized, encoded features of the first n_obs_steps observation steps -> (B, To*F)."""
