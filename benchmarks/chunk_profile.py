@@ -22,10 +22,8 @@ arithmetic in the CPU's math library and at what rate it runs there.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -33,10 +31,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from machine import write_result  # benchmarks/machine.py
 from protege_worker import build_ours  # benchmarks/protege_worker.py
-from step_profile import gemm_gflops  # benchmarks/step_profile.py
-from vs_lerobot import CASES, COMMON  # benchmarks/vs_lerobot.py
+from step_profile import gemm_gflops, profile_args, selected_cases  # benchmarks/step_profile.py
 
-HERE = Path(__file__).resolve().parent
 CATEGORIES = ("matrix products", "convolutions", "fused kernels", "compiled-code runtime", "other")
 
 
@@ -108,21 +104,12 @@ def profile_case(case: dict, chunks: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--chunks", type=int, default=20, help="timed chunks, then as many profiled ones")
-    ap.add_argument("--threads", type=int, default=2)
-    default = [c["name"] for c in CASES if "CPU default" in c["name"]]
-    ap.add_argument("--cases", nargs="+", default=default, choices=[c["name"] for c in CASES])
-    ap.add_argument("--out", default=str(HERE / "results" / "chunk_profile.json"))
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = profile_args(__doc__, "chunk_profile.json", "chunks", 20, "timed chunks, then as many profiled ones")
     rate = gemm_gflops(torch.float32)
     rows = []
-    for c in CASES:
-        if c["name"] in args.cases:
-            case = {**COMMON, **c, "threads": args.threads}
-            print(f"{case['name']} ...", flush=True)
-            rows.append({"case": case, **profile_case(case, args.chunks)})
+    for case in selected_cases(args):
+        print(f"{case['name']} ...", flush=True)
+        rows.append({"case": case, **profile_case(case, args.chunks)})
     rate = max(rate, gemm_gflops(torch.float32))
     for r in rows:
         math_ms = r["categories"]["matrix products"]["ms"] + r["categories"]["convolutions"]["ms"]

@@ -87,6 +87,25 @@ def gemm_gflops(dtype=torch.float32, n: int = 1024, reps: int = 9) -> float:
     return 2 * n**3 / statistics.median(ts) / 1e9
 
 
+def profile_args(doc: str, out_name: str, count: str, default: int, count_help: str) -> argparse.Namespace:
+    """This script's and chunk_profile.py's command line: ``--<count>`` repetitions, ``--threads``,
+    ``--cases`` (vs_lerobot.py's, by default its CPU defaults) and ``--out`` (results/<out_name>)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(f"--{count}", type=int, default=default, help=count_help)
+    ap.add_argument("--threads", type=int, default=2)
+    default_cases = [c["name"] for c in CASES if "CPU default" in c["name"]]
+    ap.add_argument("--cases", nargs="+", default=default_cases, choices=[c["name"] for c in CASES])
+    ap.add_argument("--out", default=str(HERE / "results" / out_name))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    return args
+
+
+def selected_cases(args: argparse.Namespace) -> list[dict]:
+    """vs_lerobot.py's cases named by ``--cases``, in its order, each with the run's torch threads."""
+    return [{**COMMON, **c, "threads": args.threads} for c in CASES if c["name"] in args.cases]
+
+
 def profile_case(case: dict, steps: int) -> dict:
     policy, batch, _ = build_ours(case)
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
@@ -135,20 +154,10 @@ def profile_case(case: dict, steps: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=3, help="timed steps, then as many profiled ones")
-    ap.add_argument("--threads", type=int, default=2)
-    default = [c["name"] for c in CASES if "CPU default" in c["name"]]
-    ap.add_argument("--cases", nargs="+", default=default, choices=[c["name"] for c in CASES])
-    ap.add_argument("--out", default=str(HERE / "results" / "step_profile.json"))
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = profile_args(__doc__, "step_profile.json", "steps", 3, "timed steps, then as many profiled ones")
     peak = {"float32": gemm_gflops(torch.float32)}
     rows = []
-    for c in CASES:
-        if c["name"] not in args.cases:
-            continue
-        case = {**COMMON, **c, "threads": args.threads}
+    for case in selected_cases(args):
         print(f"{case['name']} ...", flush=True)
         rows.append({"case": case, **profile_case(case, args.steps)})
     peak["float32_after"] = gemm_gflops(torch.float32)
