@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..errors import job, root_cause, run as run_cli
 from ..data.writer import BackgroundWriter
 from ..policies.checkpoint import load_policy
+from ..policies.onednn import describe, onednn_matmul
 from ..policies.tensors import select_device
 from ..robot.observation import ObservationAssembler
 from ..teleop.session import camera_info
@@ -50,6 +51,12 @@ def deploy(cfg: DictConfig) -> int:
     device = select_device(cfg.device)
     if cfg.torch_threads:
         torch.set_num_threads(int(cfg.torch_threads))
+    with onednn_matmul(cfg.onednn_matmul, device) as on:  # a bad setting fails here, before the robot connects
+        print(f"protege-deploy: {describe(on, cfg.onednn_matmul)}", flush=True)
+        return _deploy(cfg, device)
+
+
+def _deploy(cfg: DictConfig, device: torch.device) -> int:
     policy, ckpt = load_policy(cfg.checkpoint, device=device, use_ema=cfg.use_ema)
     task = _task(cfg, ckpt)
     OmegaConf.set_struct(cfg, False)

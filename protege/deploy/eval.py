@@ -32,6 +32,7 @@ from ..errors import job
 from ..data.dataset import obs_from_step
 from ..policies.base import Policy
 from ..policies.checkpoint import load_policy
+from ..policies.onednn import describe, onednn_matmul
 from ..policies.tensors import obs_to_torch, select_device
 from .schedulers import make_scheduler
 
@@ -249,23 +250,26 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     task = ckpt["config"]["task"]
     out_dir = Path(cfg.out_dir) if cfg.out_dir else ckpt_path.parent.parent / "eval" / ckpt_path.stem
     compile_seconds = None
-    if cfg.compile:
-        print("protege-eval: compiling the policy for inference ...", flush=True)
-        compile_seconds = policy.compile_for_inference(min(cfg.batch_envs, cfg.n_episodes))
-        print(f"protege-eval: compiled in {compile_seconds:.0f} s", flush=True)
-    torch.manual_seed(cfg.seed)
-    evaluator = SimEvaluator(
-        env=cfg.env if cfg.env else env_config(task, cfg), obs_spec=task["obs"], n_episodes=cfg.n_episodes, seed=cfg.seed,
-        n_action_steps=cfg.n_action_steps, num_inference_steps=cfg.num_inference_steps, scheduler=cfg.scheduler,
-        temporal_ensembling_k=cfg.temporal_ensembling_k, batch_envs=cfg.batch_envs, blend_steps=cfg.blend_steps,
-        n_videos=cfg.n_videos, video_dir=str(out_dir / "videos"), fps=task.get("fps", 10), progress=True,
-        videos=cfg.videos,
-    )
-    report = evaluator(policy)
+    with onednn_matmul(cfg.onednn_matmul, device) as onednn:
+        print(f"protege-eval: {describe(onednn, cfg.onednn_matmul)}", flush=True)
+        if cfg.compile:
+            print("protege-eval: compiling the policy for inference ...", flush=True)
+            compile_seconds = policy.compile_for_inference(min(cfg.batch_envs, cfg.n_episodes))
+            print(f"protege-eval: compiled in {compile_seconds:.0f} s", flush=True)
+        torch.manual_seed(cfg.seed)
+        evaluator = SimEvaluator(
+            env=cfg.env if cfg.env else env_config(task, cfg), obs_spec=task["obs"], n_episodes=cfg.n_episodes, seed=cfg.seed,
+            n_action_steps=cfg.n_action_steps, num_inference_steps=cfg.num_inference_steps, scheduler=cfg.scheduler,
+            temporal_ensembling_k=cfg.temporal_ensembling_k, batch_envs=cfg.batch_envs, blend_steps=cfg.blend_steps,
+            n_videos=cfg.n_videos, video_dir=str(out_dir / "videos"), fps=task.get("fps", 10), progress=True,
+            videos=cfg.videos,
+        )
+        report = evaluator(policy)
     report = {
         "checkpoint": str(ckpt_path), "task": task["name"], "policy": ckpt["policy"]["target"],
         "train_step": ckpt["train_state"]["step"], "train_minutes": ckpt["train_state"]["train_seconds"] / 60,
         "device": str(device), "use_ema": cfg.use_ema, "compiled": bool(cfg.compile), "compile_seconds": compile_seconds,
+        "onednn_matmul": onednn,
         "scheduler": cfg.scheduler,
         "n_action_steps": cfg.n_action_steps or policy.n_action_steps,
         "num_inference_steps": policy.num_inference_steps,

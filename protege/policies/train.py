@@ -35,6 +35,7 @@ from ..errors import job, run as run_cli
 from ..data.sampler import SequenceSampler
 from .base import Policy
 from .normalizer import Normalizer
+from .onednn import check_setting, describe, onednn_matmul
 from .tensors import select_device, to_torch
 from .checkpoint import build_policy, read_checkpoint, save_checkpoint
 
@@ -126,6 +127,7 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.device = select_device(cfg.device)
         self.autocast = bf16_autocast(cfg.train.bf16, self.device)  # a bad setting fails before data loads
+        check_setting(cfg.train.onednn_matmul, "train.onednn_matmul")
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         self.np_rng = np.random.default_rng(cfg.seed)
@@ -239,6 +241,12 @@ class Trainer:
             self.policy.train()
 
     def run(self) -> Path:
+        """Train until ``train.steps``, ``train.max_minutes`` or Ctrl-C; returns the last checkpoint."""
+        with onednn_matmul(self.cfg.train.onednn_matmul, self.device, "train.onednn_matmul") as on:
+            log.info(describe(on, self.cfg.train.onednn_matmul))
+            return self._run()
+
+    def _run(self) -> Path:
         cfg, t = self.cfg, self.cfg.train
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if cfg.resume:
