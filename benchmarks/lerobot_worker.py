@@ -3,13 +3,15 @@
 DiffusionPolicy or ACTPolicy at those sizes and prints one JSON line (``params_M``, ``torch``).
 Then it answers commands, one per line on stdin, each with one JSON line ``{"s": seconds}``:
 ``train`` (one training step: forward + backward + AdamW step on random tensors of the case's
-shapes), ``chunk`` (one action chunk at batch 1, eager), ``compile`` (compile the per-chunk
-networks as protege compiles its own, and predict the first chunk) and ``chunk_compiled``; ``quit``
-ends it. So ``vs_lerobot.py`` can interleave LeRobot's repetitions with its own one by one.
+shapes), ``train_onednn`` (the same step with float32 products in oneDNN, when ``case["onednn"]``:
+what protege's ``onednn_matmul=auto`` chose on this machine), ``chunk`` (one action chunk at batch
+1, eager), ``compile`` (compile the per-chunk networks as protege compiles its own, with the same
+oneDNN setting, and predict the first chunk) and ``chunk_compiled``; ``quit`` ends it. So ``vs_lerobot.py`` can interleave LeRobot's repetitions with its own one by one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 
@@ -33,6 +35,19 @@ def frozen_compile(fn, autotune_gemms: bool):
             return compiled(*args, **kwargs)
 
     return call
+
+
+@contextlib.contextmanager
+def onednn(on: bool):
+    """Float32 products in oneDNN within the block when ``on`` (protege's ``onednn_matmul``, which
+    vs_lerobot.py found exact and faster here; this process cannot import protege)."""
+    previous = torch.backends.mkldnn.matmul.fp32_precision
+    if on:
+        torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.matmul.fp32_precision = previous
 
 
 def main() -> None:
@@ -104,18 +119,27 @@ def main() -> None:
         protege's compile_for_inference checks its own)."""
         torch.manual_seed(0)
         expected = infer()
+        with onednn(case["onednn"]):
+            _compile()
+        torch.manual_seed(0)
+        error = (chunk_compiled() - expected).abs().max().item()
+        if not error <= 1e-3 * max(1.0, expected.abs().max().item()):
+            raise SystemExit(f"LeRobot's compiled chunk differs from its eager one by {error:.3g}")
+
+    def _compile():
         if case["policy"] == "diffusion":
             d = policy.diffusion
             compiled.extend([(d.unet, "forward", frozen_compile(d.unet.forward, True)),
                              (d, "_prepare_global_conditioning", frozen_compile(d._prepare_global_conditioning, True))])
         else:
             compiled.append((policy.model, "forward", frozen_compile(policy.model.forward, False)))
-        torch.manual_seed(0)
-        error = (chunk_compiled() - expected).abs().max().item()
-        if not error <= 1e-3 * max(1.0, expected.abs().max().item()):
-            raise SystemExit(f"LeRobot's compiled chunk differs from its eager one by {error:.3g}")
+        infer_compiled()  # compiles here, under the setting
 
     def chunk_compiled():
+        with onednn(case["onednn"]):
+            return infer_compiled()
+
+    def infer_compiled():
         for obj, name, fn in compiled:
             setattr(obj, name, fn)
         try:
@@ -124,7 +148,12 @@ def main() -> None:
             for obj, name, _ in compiled:
                 vars(obj).pop(name)
 
-    serve(policy, {"train": step, "chunk": infer, "compile": compile_chunk, "chunk_compiled": chunk_compiled})
+    def step_onednn():
+        with onednn(case["onednn"]):
+            step()
+
+    serve(policy, {"train": step, "train_onednn": step_onednn, "chunk": infer, "compile": compile_chunk,
+                   "chunk_compiled": chunk_compiled})
 
 
 if __name__ == "__main__":

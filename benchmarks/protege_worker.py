@@ -4,7 +4,8 @@ prints one JSON line (``params_M``, ``torch``). Then it answers the same command
 stdin, each with one JSON line ``{"s": seconds}``: ``train`` (forward + backward + AdamW step on
 random tensors of the case's shapes), ``chunk`` (one action chunk at batch 1, eager), ``compile``
 (``Policy.compile_for_inference``, the ``compile=true`` of protege-eval and protege-deploy, which
-predicts its first chunk as part of it) and ``chunk_compiled``; ``quit`` ends it.
+predicts its first chunk as part of it) and ``chunk_compiled``; ``quit`` ends it. All of it with
+float32 products in oneDNN when ``case["onednn"]`` (what ``onednn_matmul=auto`` chose).
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ def build_ours(case: dict) -> tuple[torch.nn.Module, dict, dict]:
 
 
 def main() -> None:
+    from protege.policies.onednn import onednn_matmul
+
     case = json.loads(sys.argv[1])
     torch.set_num_threads(case["threads"])
     policy, batch, one = build_ours(case)
@@ -75,7 +78,11 @@ def main() -> None:
         policy.eval()
         policy.predict_action(one)  # no_grad by its decorator
 
-    serve(policy, {"train": step, "chunk": chunk, "compile": policy.compile_for_inference, "chunk_compiled": chunk})
+    # float32 products as protege-train, -eval and -deploy run them (onednn_matmul=auto, whose
+    # probe vs_lerobot.py ran: case["onednn"])
+    with onednn_matmul(case["onednn"]) as on:
+        serve(policy, {"train": step, "chunk": chunk, "compile": policy.compile_for_inference, "chunk_compiled": chunk},
+              {"onednn_matmul": on})
 
 
 if __name__ == "__main__":

@@ -25,7 +25,10 @@ protege-deploy, which on the CPU also runs our U-Net's convolutions as matrix pr
 (``TemporalConv1d``); LeRobot's by wrapping its U-Net and observation encoder, or its ACT model,
 by hand: LeRobot 0.4.4 offers no such option; each side's compiled chunk is checked against its
 eager one), interleaved with LeRobot's eager chunk as it ships,
-timed in the eager phase's process, which never compiles. Goals (issue 10): our training step
+timed in the eager phase's process, which never compiles. Both sides' float32 products run as
+protege's ``onednn_matmul=auto`` runs them on this machine (oneDNN where its probe finds it exact
+and faster, else MKL): ours everywhere, LeRobot's in its compiled chunk and in an extra training
+step (``train_onednn``) next to its step as it ships. Goals (issue 10): our training step
 <= 0.8x and our inference <= 0.5x of LeRobot's. Prints a table, writes
 ``results/vs_lerobot.json`` with the command, commit, machine and both torch versions.
 """
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import statistics
@@ -140,7 +144,8 @@ def measure(case: dict, pythons: dict) -> tuple[dict, dict]:
 
         ours, theirs = worker("ours"), worker("lerobot")
         info = {"ours": ours.info, "lerobot": theirs.info}
-        interleaved(times, both(ours, theirs, "train"), case["steps"], 2)
+        extra = [("lerobot", theirs, "train_onednn", "train_onednn")] if case["onednn"] else []
+        interleaved(times, both(ours, theirs, "train") + extra, case["steps"], 2)
         ours.close()  # the training phase's memory goes with its processes
         theirs.close()
         ours, theirs = worker("ours"), worker("lerobot")
@@ -173,7 +178,8 @@ def summary(times: dict, info: dict) -> dict:
 
 
 RATIOS = {  # name: (our label, LeRobot's label), compared round by round
-    "train": ("train", "train"), "chunk": ("chunk", "chunk"), "chunk_compiled": ("chunk_compiled", "chunk_compiled"),
+    "train": ("train", "train"), "train_vs_lerobot_onednn": ("train", "train_onednn"), "chunk": ("chunk", "chunk"),
+    "chunk_compiled": ("chunk_compiled", "chunk_compiled"),
     "ours_compiled_vs_lerobot_as_shipped": ("chunk_compiled", "chunk_as_shipped")}
 
 
@@ -205,19 +211,27 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results" / "vs_lerobot.json"))
     args = ap.parse_args()
     pythons = {"ours": sys.executable, "lerobot": lerobot_python(args.lerobot_python)}
+    import torch  # our torch, for the probe
+
+    from protege.policies.onednn import probe
+
+    torch.set_num_threads(args.threads)
+    onednn = probe().usable  # what onednn_matmul=auto chooses here: both sides' compiled chunks get it too
+    print(f"float32 products in oneDNN: {onednn} ({probe()})", flush=True)
     rows = []
     for case in CASES:
         if args.cases and case["name"] not in args.cases:
             continue
         paper = "paper" in case["name"]
-        case = {**COMMON, **case, "threads": args.threads, "compile": not args.no_compile,
+        case = {**COMMON, **case, "threads": args.threads, "compile": not args.no_compile, "onednn": onednn,
                 "steps": 3 if args.quick else (5 if paper else 15), "reps": 3 if args.quick else (15 if paper else 60)}
         print(f"{case['name']} ...", flush=True)
         times, info = measure(case, pythons)
         rows.append({"case": case, "ours": summary(times["ours"], info["ours"]),
                      "lerobot": summary(times["lerobot"], info["lerobot"]), "ratios": ratios(times)})
     print_table(rows)
-    write_result(args.out, "vs_lerobot", threads=args.threads, quick=args.quick, lerobot="0.4.4", rows=rows)
+    write_result(args.out, "vs_lerobot", threads=args.threads, quick=args.quick, lerobot="0.4.4", onednn_matmul=onednn,
+                 onednn_probe=dataclasses.asdict(probe()), rows=rows)
 
 
 def print_table(rows: list) -> None:
@@ -233,13 +247,14 @@ def print_table(rows: list) -> None:
 
     print()
     print("| model | batch | parameters (ours / LeRobot) | training step, ms (ours / LeRobot) | ratio | "
-          "chunk at batch 1, ms (ours / LeRobot) | ratio | compiled chunk, ms (ours / LeRobot) | ratio | "
-          "ours compiled / LeRobot as shipped |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "ratio to LeRobot's step with oneDNN products | chunk at batch 1, ms (ours / LeRobot) | ratio | "
+          "compiled chunk, ms (ours / LeRobot) | ratio | ours compiled / LeRobot as shipped |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         a, b = r["ours"], r["lerobot"]
         print(f"| {r['case']['name']} | {r['case']['batch_size']} | {a['params_M']:.1f} M / {b['params_M']:.1f} M | "
-              f"{ms(r, 'train_step')} | {ratio(r, 'train')} | {ms(r, 'chunk')} | {ratio(r, 'chunk')} | "
+              f"{ms(r, 'train_step')} | {ratio(r, 'train')} | {ratio(r, 'train_vs_lerobot_onednn')} | "
+              f"{ms(r, 'chunk')} | {ratio(r, 'chunk')} | "
               f"{ms(r, 'chunk_compiled')} | {ratio(r, 'chunk_compiled')} | "
               f"{ratio(r, 'ours_compiled_vs_lerobot_as_shipped')} |")
     if any("ours_compiled_over_eager" in r["ratios"] for r in rows):

@@ -10,12 +10,12 @@ import time
 import torch
 
 
-def serve(policy: torch.nn.Module, commands: dict) -> None:
-    """Print one JSON line about ``policy`` (``params_M``, ``torch``), then run the commands named
-    one per line on stdin (``commands``: name -> function of no arguments) until ``quit`` or the
-    end of stdin, answering each with one JSON line ``{"s": seconds it took}``."""
-    print(json.dumps({"params_M": sum(p.numel() for p in policy.parameters()) / 1e6, "torch": torch.__version__}),
-          flush=True)
+def serve(policy: torch.nn.Module, commands: dict, info: dict | None = None) -> None:
+    """Print one JSON line about ``policy`` (``params_M``, ``torch`` and ``info``), then run the
+    commands named one per line on stdin (``commands``: name -> function of no arguments) until
+    ``quit`` or the end of stdin, answering each with one JSON line ``{"s": seconds it took}``."""
+    print(json.dumps({"params_M": sum(p.numel() for p in policy.parameters()) / 1e6, "torch": torch.__version__,
+                      **(info or {})}), flush=True)
     for line in sys.stdin:
         command = line.strip()
         if command == "quit":
