@@ -1,11 +1,12 @@
-"""What makes a Diffusion Policy training step faster on this CPU, measured as ratios in one run.
+"""What makes a training step faster on this CPU, measured as ratios in one run.
 
-    python benchmarks/train_speed.py [--rounds 5] [--steps 3] [--threads 2]
+    python benchmarks/train_speed.py [--policy diffusion|act] [--rounds 5] [--steps 3] [--threads 2]
 
-The image policy at our CPU default (U-Net 64/128/256, ResNet18 at width 32, batch 64, PushT's
-96x96 camera + 2-D state, random tensors: data loading left out) is built once per variant with
-the same seed; the variants' steps (forward, backward, AdamW step) alternate round by round so a
-change in the machine's speed hits them all alike. Variants:
+The image policy at our CPU default (Diffusion Policy: U-Net 64/128/256, ResNet18 at width 32;
+ACT: ``policy=act``'s 256-d transformer, 4+4 layers, chunk 20, ResNet18 at width 32; batch 64,
+PushT's 96x96 camera + 2-D state, random tensors: data loading left out) is built once per
+variant with the same seed; the variants' steps (forward, backward, AdamW step) alternate round
+by round so a change in the machine's speed hits them all alike. Variants:
 
 - ``baseline``: the code as it is;
 - ``channels_last``: the ResNet's weights and its input (after the crop) in channels-last memory
@@ -16,27 +17,51 @@ change in the machine's speed hits them all alike. Variants:
   ``train.bf16=true``), measured only on a CPU with native bf16 (AMX or AVX512-BF16); it changes
   the arithmetic, so every variant also records how far its first step's gradient (same weights,
   batch and noise) lies from the baseline's, ||g - g_base|| / ||g_base||;
-- ``compile`` (with ``--compile``): ``torch.compile`` (inductor, default mode) of the U-Net and the
+- ``onednn_matmul``: float32 matrix products in oneDNN instead of MKL (``train.onednn_matmul``,
+  whose default ``auto`` turns it on where :func:`protege.policies.onednn.probe` finds it exact
+  and faster: the baseline is the step with it off, PyTorch's default);
+- ``compile`` (with ``--compile``, Diffusion Policy only): ``torch.compile`` (inductor, default mode) of the U-Net and the
   observation encoder; its compilation (minutes on a CPU) happens in the warm-up round and is
   reported apart.
 
 Prints the median step per variant and its speed-up (baseline / variant), writes
-``results/train_speed.json`` with the command, commit and machine. The first round is warm-up.
+``results/train_speed.json`` (``train_speed_act.json`` for ACT) with the command, commit and
+machine. The first round is warm-up. The channels-last and fused-AdamW variants are Diffusion
+Policy's only.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from machine import write_result  # benchmarks/machine.py
+from protege.policies.onednn import onednn_matmul, probe
 from protege.policies.train import bf16_autocast, cpu_has_native_bf16
 
 HERE = Path(__file__).resolve().parent
+
+
+def build_act():
+    from protege.policies.act import ACTPolicy
+    from protege.policies.normalizer import Normalizer
+
+    torch.manual_seed(0)
+    s = 96
+    meta = {"obs": {"image": {"shape": [s, s, 3], "type": "rgb"}, "agent_pos": {"shape": [2], "type": "low_dim"}},
+            "action": {"shape": [2]}}
+    stats = {k: {"min": -torch.ones(2).numpy(), "max": torch.ones(2).numpy(), "mean": torch.zeros(2).numpy(),
+                 "std": torch.ones(2).numpy()} for k in ("agent_pos", "action")}
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "protege" / "configs" / "policy" / "act.yaml")
+    kwargs = {k: v for k, v in OmegaConf.to_container(cfg).items() if k not in ("name", "_target_")}
+    policy = ACTPolicy(meta, Normalizer(stats, ["image"]), **kwargs)
+    return policy, torch.optim.AdamW(policy.parameters(), lr=1e-4)
 
 
 def build(channels_last: bool, fused: bool):
@@ -69,31 +94,42 @@ class _ChannelsLast(torch.nn.Module):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--policy", choices=("diffusion", "act"), default="diffusion")
     ap.add_argument("--rounds", type=int, default=5, help="rounds over all variants (the first is warm-up)")
     ap.add_argument("--steps", type=int, default=3, help="steps per variant per round")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--compile", action="store_true", help="add the torch.compile variant (minutes of compilation)")
-    ap.add_argument("--out", default=str(HERE / "results" / "train_speed.json"))
+    ap.add_argument("--out", default=None, help="default: results/train_speed.json (train_speed_act.json for ACT)")
     args = ap.parse_args()
+    out = args.out or str(HERE / "results" / ("train_speed.json" if args.policy == "diffusion" else "train_speed_act.json"))
     torch.set_num_threads(args.threads)
-    variants = {"baseline": build(False, False), "channels_last": build(True, False), "fused_adamw": build(False, True),
-                "channels_last+fused_adamw": build(True, True)}
+    if args.policy == "act":
+        variants = {"baseline": build_act(), "onednn_matmul": build_act()}
+    else:
+        variants = {"baseline": build(False, False), "channels_last": build(True, False), "fused_adamw": build(False, True),
+                    "channels_last+fused_adamw": build(True, True), "onednn_matmul": build(False, False)}
+    if not probe().usable:
+        print(f"onednn_matmul=auto leaves oneDNN off on this CPU ({probe().reason}); the onednn_matmul variant "
+              + ("turns it on anyway (exact here)" if probe().exact else "leaves it off too (the baseline again)"))
     bf16 = set()
-    if cpu_has_native_bf16():
+    if args.policy == "act":
+        print("the bf16 variants are Diffusion Policy's only")
+    elif cpu_has_native_bf16():
         variants["bf16"] = build(False, False)
         variants["bf16+channels_last"] = build(True, False)
         bf16 = {"bf16", "bf16+channels_last"}
     else:
         print("this CPU has no native bf16 (AMX / AVX512-BF16): the bf16 variants are left out")
-    if args.compile:
+    if args.compile and args.policy == "diffusion":
         policy, opt = build(False, False)
         policy.model, policy.obs_encoder = torch.compile(policy.model), torch.compile(policy.obs_encoder)
         variants["compile"] = (policy, opt)
     first_step: dict[str, float] = {}
     b, s = 64, 96
+    to, h = (1, variants["baseline"][0].chunk_size) if args.policy == "act" else (2, 16)
     g = torch.Generator().manual_seed(0)
-    batch = {"obs": {"image": torch.rand(b, 2, 3, s, s, generator=g), "agent_pos": torch.randn(b, 2, 2, generator=g)},
-             "action": torch.rand(b, 16, 2, generator=g) * 2 - 1, "mask": torch.ones(b, 16, dtype=torch.bool)}
+    batch = {"obs": {"image": torch.rand(b, to, 3, s, s, generator=g), "agent_pos": torch.randn(b, to, 2, generator=g)},
+             "action": torch.rand(b, h, 2, generator=g) * 2 - 1, "mask": torch.ones(b, h, dtype=torch.bool)}
     times: dict[str, list[float]] = {k: [] for k in variants}
     first_grad: dict[str, torch.Tensor] = {}  # the first step's gradient, from identical weights and batch
     for rnd in range(args.rounds):
@@ -101,10 +137,11 @@ def main() -> None:
             for _ in range(args.steps):
                 torch.manual_seed(rnd)  # the same noise and timesteps for every variant
                 t = time.perf_counter()
-                with bf16_autocast(name in bf16, torch.device("cpu")):  # the trainer's train.bf16
-                    loss = policy.compute_loss(batch)
-                opt.zero_grad()
-                loss.backward()
+                with onednn_matmul(name == "onednn_matmul" and probe().exact):  # train.onednn_matmul
+                    with bf16_autocast(name in bf16, torch.device("cpu")):  # the trainer's train.bf16
+                        loss = policy.compute_loss(batch)
+                    opt.zero_grad()
+                    loss.backward()
                 if name not in first_grad:
                     first_grad[name] = torch.cat([p.grad.flatten() for p in policy.parameters() if p.grad is not None])
                 opt.step()
@@ -122,7 +159,8 @@ def main() -> None:
     for r in rows:
         print(f"| {r['variant']} | {r['median_ms']:.0f} ({r['min_ms']:.0f}-{r['max_ms']:.0f}) | {r['speedup']:.2f}x | "
               f"{r['first_step_s']:.1f} | {100 * r['first_grad_rel_diff']:.2f}% |")
-    write_result(args.out, "train_speed", threads=args.threads, batch_size=b, rows=rows)
+    write_result(out, "train_speed", policy=args.policy, threads=args.threads, batch_size=b, rows=rows,
+                 onednn_probe=dataclasses.asdict(probe()))
 
 
 if __name__ == "__main__":

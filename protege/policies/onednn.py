@@ -67,13 +67,21 @@ def rel_error(y: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 @contextlib.contextmanager
-def _precision(value: str) -> Iterator[None]:
-    previous = torch.backends.mkldnn.matmul.fp32_precision
-    torch.backends.mkldnn.matmul.fp32_precision = value
+def _onednn_products() -> Iterator[None]:
+    """mkldnn.matmul.fp32_precision = "bf16" within the block, set as the legacy
+    ``set_float32_matmul_precision("medium")`` sets it (CUDA's to tf32 as well: this runs only for
+    CPU policies), so inductor's own reads of the legacy setting (max-autotune's cache keys) see a
+    consistent state; everything restored after."""
+    legacy = torch.get_float32_matmul_precision()
+    backends = (torch.backends.mkldnn.matmul, torch.backends.cuda.matmul)
+    previous = [b.fp32_precision for b in backends]
+    torch.set_float32_matmul_precision("medium")
     try:
         yield
     finally:
-        torch.backends.mkldnn.matmul.fp32_precision = previous
+        torch.set_float32_matmul_precision(legacy)
+        for b, value in zip(backends, previous):
+            b.fp32_precision = value
 
 
 def _median_time(fn, reps: int = 5) -> float:
@@ -97,7 +105,7 @@ def probe() -> Probe:
         a, b = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g)
         operands += [(a, b.t()), (a.t().contiguous().t(), b.t().contiguous())]  # B^T, and A given transposed
     worst = 0.0
-    with _precision("bf16"):
+    with _onednn_products():
         for a, b in operands:
             worst = max(worst, rel_error(a @ b, a.double() @ b.double()))
     exact = worst <= MAX_REL_ERROR
@@ -107,7 +115,7 @@ def probe() -> Probe:
             a @ b
 
     mkl = _median_time(run_all)
-    with _precision("bf16"):
+    with _onednn_products():
         onednn = _median_time(run_all)
     speedup = mkl / onednn
     reason = ("" if exact and speedup >= MIN_SPEEDUP
@@ -147,7 +155,7 @@ def onednn_matmul(setting: Any = "auto", device: torch.device | str = "cpu", nam
     if setting == "auto" and not found.usable:
         yield False
         return
-    with _precision("bf16"):
+    with _onednn_products():
         yield True
 
 

@@ -42,7 +42,7 @@ class DiffusionPolicy(Policy):
     """
 
     inference_methods = ("_condition", "_epsilon")
-    autotune_gemms = True  # on the CPU: about half a compiled chunk's time at batch 1 (see _frozen_compile)
+    autotune_gemms = True  # on the CPU: see _frozen_compile and benchmarks/chunk_profile.py
 
     def __init__(
         self,
@@ -81,7 +81,8 @@ class DiffusionPolicy(Policy):
 
     def _compiled_form(self, on: bool) -> None:
         """On the CPU the compiled U-Net computes its convolutions as matrix products
-        (:class:`~.unet.TemporalConv1d`, about half the time per U-Net call at batch 1)."""
+        (:class:`~.unet.TemporalConv1d`: PyTorch's batch-1 1-D convolutions are slow; inductor's
+        autotuned GEMMs are not)."""
         self.model.convs_as_matmul(on and self.device.type == "cpu")
 
     def _condition(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
