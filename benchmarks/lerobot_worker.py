@@ -41,13 +41,19 @@ def frozen_compile(fn, autotune_gemms: bool):
 def onednn(on: bool):
     """Float32 products in oneDNN within the block when ``on`` (protege's ``onednn_matmul``, which
     vs_lerobot.py found exact and faster here; this process cannot import protege)."""
-    previous = torch.backends.mkldnn.matmul.fp32_precision
-    if on:
-        torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+    if not on:
+        yield
+        return
+    legacy = torch.get_float32_matmul_precision()  # set as protege.policies.onednn sets it
+    backends = (torch.backends.mkldnn.matmul, torch.backends.cuda.matmul)
+    previous = [b.fp32_precision for b in backends]
+    torch.set_float32_matmul_precision("medium")
     try:
         yield
     finally:
-        torch.backends.mkldnn.matmul.fp32_precision = previous
+        torch.set_float32_matmul_precision(legacy)
+        for b, value in zip(backends, previous):
+            b.fp32_precision = value
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from protege.policies.base import CompileError
 from protege.policies.diffusion import DiffusionPolicy
 from protege.policies.diffusion.unet import TemporalConv1d
 from protege.policies.normalizer import Normalizer
+from protege.policies.onednn import onednn_matmul
 from protege.policies.tensors import obs_to_torch
 
 META = {"obs": {"image": {"shape": [32, 32, 3], "type": "rgb"}, "pos": {"shape": [2], "type": "low_dim"}},
@@ -53,13 +54,16 @@ def _same_noise(policy) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("make", [_diffusion, _act], ids=["diffusion", "act"])
 def test_compiled_policy_predicts_what_the_eager_one_does_and_cannot_train(make):
+    """Eager with MKL's products, compiled as protege-eval and protege-deploy compile it (under
+    onednn_matmul=auto: oneDNN's products where its probe allows)."""
     policy = make()
     obs = _obs(2, policy.n_obs_steps)
     eager = policy.predict_action(obs, **_same_noise(policy))
     other = policy.predict_action(_obs(2, policy.n_obs_steps, seed=2), **_same_noise(policy))
     assert not torch.allclose(eager, other, atol=1e-3)  # the check below can tell observations apart
 
-    assert policy.compile_for_inference(batch_size=2) > 0
+    with onednn_matmul("auto"):
+        assert policy.compile_for_inference(batch_size=2) > 0
     graphs = counters["stats"]["unique_graphs"]
     assert torch.allclose(policy.predict_action(obs, **_same_noise(policy)), eager, atol=1e-4)
     assert counters["stats"]["unique_graphs"] == graphs  # compiled beforehand: the first real chunk compiles nothing
