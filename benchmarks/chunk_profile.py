@@ -30,6 +30,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from machine import write_result  # benchmarks/machine.py
+from protege.policies.onednn import describe, onednn_matmul
 from protege_worker import build_ours  # benchmarks/protege_worker.py
 from step_profile import gemm_gflops, profile_args, selected_cases  # benchmarks/step_profile.py
 
@@ -103,7 +104,7 @@ def profile_case(case: dict, chunks: int) -> dict:
     return out
 
 
-def main() -> None:
+def _main(onednn: bool) -> None:
     args = profile_args(__doc__, "chunk_profile.json", "chunks", 20, "timed chunks, then as many profiled ones")
     rate = gemm_gflops(torch.float32)
     rows = []
@@ -130,7 +131,16 @@ def main() -> None:
         print(f"{r['case']['name']}: the operators with the most time of their own, ms per chunk")
         for o in r["top_operators"]:
             print(f"  {o['ms']:7.2f}  {o['name'][:80]} ({o['category']}, {o['calls']} calls)")
-    write_result(args.out, "chunk_profile", threads=args.threads, chunks=args.chunks, gemm_gflops=rate, rows=rows)
+    write_result(args.out, "chunk_profile", onednn_matmul=onednn, threads=args.threads, chunks=args.chunks,
+                 gemm_gflops=rate, rows=rows)
+
+
+
+def main() -> None:
+    """With float32 products as protege-train, -eval and -deploy run them (onednn_matmul=auto)."""
+    with onednn_matmul("auto") as onednn:
+        print(describe(onednn), flush=True)
+        _main(onednn)
 
 
 if __name__ == "__main__":

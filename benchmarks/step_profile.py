@@ -9,8 +9,8 @@ into convolutions (forward and backward), matrix products (linear layers, attent
 normalization, the optimizer's arithmetic and the rest. The convolutions' arithmetic is counted
 from their shapes (2 * multiply-adds; the backward pass's as twice the forward's: the input's and
 the weights' gradients) and set against a float32 matrix product's rate measured in the same run
-(1024^3, the best this CPU's BLAS does). Prints the tables, writes ``results/step_profile.json``
-with the command, commit and machine.
+(1024^3, the best this CPU's BLAS does: MKL or oneDNN, as ``onednn_matmul=auto`` picks). Prints
+the tables, writes ``results/step_profile.json`` with the command, commit and machine.
 
 Why: issue 10 asks for a training step at <= 0.8x of LeRobot's on identical shapes; this shows how
 much of a step is arithmetic that both implementations call the same library for.
@@ -27,6 +27,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from machine import write_result  # benchmarks/machine.py
+from protege.policies.onednn import describe, onednn_matmul
 from protege_worker import build_ours  # benchmarks/protege_worker.py
 from vs_lerobot import CASES, COMMON  # benchmarks/vs_lerobot.py
 
@@ -153,7 +154,7 @@ def profile_case(case: dict, steps: int) -> dict:
     }
 
 
-def main() -> None:
+def _main(onednn: bool) -> None:
     args = profile_args(__doc__, "step_profile.json", "steps", 3, "timed steps, then as many profiled ones")
     peak = {"float32": gemm_gflops(torch.float32)}
     rows = []
@@ -176,7 +177,16 @@ def main() -> None:
         print(f"\n{r['case']['name']}: the operators with the most time of their own, ms per step")
         for o in r["top_operators"]:
             print(f"  {o['ms']:8.1f}  {o['name']} ({o['category']}, {o['calls']} calls)")
-    write_result(args.out, "step_profile", threads=args.threads, steps=args.steps, gemm_gflops=peak, rows=rows)
+    write_result(args.out, "step_profile", onednn_matmul=onednn, threads=args.threads, steps=args.steps,
+                 gemm_gflops=peak, rows=rows)
+
+
+
+def main() -> None:
+    """With float32 products as protege-train, -eval and -deploy run them (onednn_matmul=auto)."""
+    with onednn_matmul("auto") as onednn:
+        print(describe(onednn), flush=True)
+        _main(onednn)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from hydra import compose, initialize_config_module
 from machine import machine, pusht_store, write_result  # benchmarks/machine.py
 from protege.data.dataset import load_task_data
 from protege.policies.normalizer import Normalizer
+from protege.policies.onednn import describe, onednn_matmul
 from protege.policies.checkpoint import build_policy
 from protege.policies.tensors import select_device, to_torch
 from protege.policies.train import policy_kwargs
@@ -95,7 +96,7 @@ def bench(policy_name: str, task: str, data, batch_size: int, steps: int, latenc
     }
 
 
-def main() -> None:
+def _main(onednn: bool) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default=pusht_store())
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
@@ -115,8 +116,16 @@ def main() -> None:
             lat = "  ".join(f"{k[:-3]} {v:.1f} ms" for k, v in r.items() if k.endswith("_ms"))
             print(f"{r['task']:<12} {r['policy']:<16} {r['params_M']:6.1f}M  {r['batch_size']:>5}  "
                   f"{r['train_samples_per_s']:8.1f}  {r['loader_samples_per_s']:9.0f}  {lat}", flush=True)
-    write_result(args.out, "throughput", device=str(device), quick=args.quick, rows=rows)
+    write_result(args.out, "throughput", onednn_matmul=onednn, device=str(device), quick=args.quick, rows=rows)
     print(f"machine: {machine()}")
+
+
+
+def main() -> None:
+    """With float32 products as protege-train, -eval and -deploy run them (onednn_matmul=auto)."""
+    with onednn_matmul("auto") as onednn:
+        print(describe(onednn), flush=True)
+        _main(onednn)
 
 
 if __name__ == "__main__":
