@@ -134,7 +134,8 @@ def test_pretrained_backbone_loads_imagenet_layout_weights_and_fails_clearly(tmp
     img = torch.rand(2, 3, 64, 64) * 2 - 1
     reference.eval()
     expected = torch.nn.Sequential(*list(reference.children())[:-2])(policy.image_input(img))
-    torch.testing.assert_close(backbone(policy.image_input(img)), expected, atol=1e-5, rtol=1e-4)
+    # (the backbone runs channels-last, so oneDNN sums in another order: float32 rounding ~1e-5)
+    torch.testing.assert_close(backbone(policy.image_input(img)), expected, atol=5e-5, rtol=1e-4)
     assert torch.isfinite(policy.train().compute_loss(_batch()))
     with pytest.raises(PretrainedWeightsError, match="policy.pretrained_backbone=null"):
         ACTPolicy(META, _norm(), **{**kw, "pretrained_backbone": str(tmp_path / "missing.pth")}).init_pretrained()

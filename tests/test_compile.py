@@ -54,7 +54,7 @@ def _same_noise(policy) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("make", [_diffusion, _act], ids=["diffusion", "act"])
 def test_compiled_policy_predicts_what_the_eager_one_does_and_cannot_train(make):
-    """Eager with MKL's products, compiled as protege-eval and protege-deploy compile it (under
+    """Eager with MKL's products, compiled and run as protege-eval and protege-deploy do (under
     onednn_matmul=auto: oneDNN's products where its probe allows)."""
     policy = make()
     obs = _obs(2, policy.n_obs_steps)
@@ -62,12 +62,13 @@ def test_compiled_policy_predicts_what_the_eager_one_does_and_cannot_train(make)
     other = policy.predict_action(_obs(2, policy.n_obs_steps, seed=2), **_same_noise(policy))
     assert not torch.allclose(eager, other, atol=1e-3)  # the check below can tell observations apart
 
-    with onednn_matmul("auto"):
+    with onednn_matmul("auto"):  # as the CLIs run it: compiled and run under one setting (dynamo guards on it)
         assert policy.compile_for_inference(batch_size=2) > 0
-    graphs = counters["stats"]["unique_graphs"]
-    assert torch.allclose(policy.predict_action(obs, **_same_noise(policy)), eager, atol=1e-4)
-    assert counters["stats"]["unique_graphs"] == graphs  # compiled beforehand: the first real chunk compiles nothing
-    assert torch.allclose(policy.predict_action(_obs(2, policy.n_obs_steps, seed=2), **_same_noise(policy)), other, atol=1e-4)
+        graphs = counters["stats"]["unique_graphs"]
+        assert torch.allclose(policy.predict_action(obs, **_same_noise(policy)), eager, atol=1e-4)
+        assert counters["stats"]["unique_graphs"] == graphs  # compiled beforehand: the first real chunk compiles nothing
+        assert torch.allclose(policy.predict_action(_obs(2, policy.n_obs_steps, seed=2), **_same_noise(policy)), other,
+                              atol=1e-4)
     with pytest.raises(RuntimeError, match="compiled for inference"):
         policy.train()
 

@@ -17,8 +17,9 @@ also times the products both ways. ``auto`` turns the setting on only where they
 oneDNN is at least :data:`MIN_SPEEDUP` times faster (on an Intel CPU MKL is as fast, so nothing
 changes there).
 
-A program compiled while the setting is on (``Policy.compile_for_inference``) keeps oneDNN's
-float32 products after it is restored.
+A policy compiled under the setting (``Policy.compile_for_inference``) must also run under it:
+torch.compile guards on it and would compile again on the first call outside. protege-eval and
+protege-deploy hold one setting for the whole run.
 """
 
 from __future__ import annotations

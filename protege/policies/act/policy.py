@@ -84,6 +84,12 @@ class ACTPolicy(Policy):
         self.pretrained_backbone = pretrained_backbone
         norm = "group" if pretrained_backbone is None else "frozen_batch"
         self.backbones = nn.ModuleDict({k: resnet18_backbone(backbone_width, norm) for k in self.rgb_keys})
+        # Frozen-BatchNorm backbones run channels-last (weights here, images in _decode), oneDNN's
+        # layout for convolutions: faster training steps on the CPU (benchmarks/vs_lerobot.py's ACT
+        # cases have such backbones); with GroupNorm it made no difference, so those stay NCHW.
+        self.channels_last = norm == "frozen_batch"
+        if self.channels_last:
+            self.backbones.to(memory_format=torch.channels_last)
         self.image_input = ImageNetInput() if pretrained_backbone is not None else nn.Identity()
         self.feature_proj = nn.Conv2d(backbone_width * 8, d, kernel_size=1)
         self.state_proj = nn.Linear(state_dim, d) if state_dim else None
@@ -124,7 +130,10 @@ class ACTPolicy(Policy):
             pos.append(self.extra_pos.weight[1:])
         for k in self.rgb_keys:
             img = self.normalizer.normalize(k, obs[k][:, -1])
-            fmap = self.feature_proj(self.backbones[k](self.image_input(img)))  # (B, d, h, w)
+            img = self.image_input(img)
+            if self.channels_last:
+                img = img.contiguous(memory_format=torch.channels_last)
+            fmap = self.feature_proj(self.backbones[k](img))  # (B, d, h, w)
             tokens.append(fmap.flatten(2).transpose(1, 2))
             pos.append(sine_2d(fmap.shape[2], fmap.shape[3], fmap.shape[1], device=fmap.device))
         hidden = self.transformer(torch.cat(tokens, dim=1), torch.cat(pos, dim=0))
