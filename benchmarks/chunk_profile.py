@@ -29,8 +29,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from machine import write_result  # benchmarks/machine.py
-from protege.policies.onednn import describe, onednn_matmul
+from machine import run_as_the_clis_do, write_result  # benchmarks/machine.py
 from protege_worker import build_ours  # benchmarks/protege_worker.py
 from step_profile import gemm_gflops, profile_args, selected_cases  # benchmarks/step_profile.py
 
@@ -137,10 +136,7 @@ def _main(onednn: bool) -> None:
 
 
 def main() -> None:
-    """With float32 products as protege-train, -eval and -deploy run them (onednn_matmul=auto)."""
-    with onednn_matmul("auto") as onednn:
-        print(describe(onednn), flush=True)
-        _main(onednn)
+    run_as_the_clis_do(_main)
 
 
 if __name__ == "__main__":

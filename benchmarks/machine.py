@@ -73,3 +73,13 @@ def pusht_store() -> str:
         if c and Path(c).exists():
             return str(c)
     return str(in_checkout)
+
+
+def run_as_the_clis_do(main) -> None:
+    """``main(onednn)`` with float32 matrix products as protege-train, -eval and -deploy run them
+    (``onednn_matmul=auto``, logged; ``onednn``: whether oneDNN runs them)."""
+    from protege.policies.onednn import describe, onednn_matmul
+
+    with onednn_matmul("auto") as onednn:
+        print(describe(onednn), flush=True)
+        main(onednn)

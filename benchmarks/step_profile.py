@@ -26,8 +26,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from machine import write_result  # benchmarks/machine.py
-from protege.policies.onednn import describe, onednn_matmul
+from machine import run_as_the_clis_do, write_result  # benchmarks/machine.py
 from protege_worker import build_ours  # benchmarks/protege_worker.py
 from vs_lerobot import CASES, COMMON  # benchmarks/vs_lerobot.py
 
@@ -183,10 +182,7 @@ def _main(onednn: bool) -> None:
 
 
 def main() -> None:
-    """With float32 products as protege-train, -eval and -deploy run them (onednn_matmul=auto)."""
-    with onednn_matmul("auto") as onednn:
-        print(describe(onednn), flush=True)
-        _main(onednn)
+    run_as_the_clis_do(_main)
 
 
 if __name__ == "__main__":

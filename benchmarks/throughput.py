@@ -23,10 +23,9 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_module
 
-from machine import machine, pusht_store, write_result  # benchmarks/machine.py
+from machine import machine, pusht_store, run_as_the_clis_do, write_result  # benchmarks/machine.py
 from protege.data.dataset import load_task_data
 from protege.policies.normalizer import Normalizer
-from protege.policies.onednn import describe, onednn_matmul
 from protege.policies.checkpoint import build_policy
 from protege.policies.tensors import select_device, to_torch
 from protege.policies.train import policy_kwargs
@@ -122,10 +121,7 @@ def _main(onednn: bool) -> None:
 
 
 def main() -> None:
-    """With float32 products as protege-train, -eval and -deploy run them (onednn_matmul=auto)."""
-    with onednn_matmul("auto") as onednn:
-        print(describe(onednn), flush=True)
-        _main(onednn)
+    run_as_the_clis_do(_main)
 
 
 if __name__ == "__main__":

@@ -48,8 +48,9 @@ from protege.policies.train import bf16_autocast, cpu_has_native_bf16
 HERE = Path(__file__).resolve().parent
 
 
-def build_act():
-    from protege.policies.act import ACTPolicy
+def pusht_image_shapes():
+    """PushT image's shape meta (one 96x96 camera, 2-D state and action) and a normalizer for it;
+    seeds torch's generator so every variant starts from the same weights."""
     from protege.policies.normalizer import Normalizer
 
     torch.manual_seed(0)
@@ -58,24 +59,25 @@ def build_act():
             "action": {"shape": [2]}}
     stats = {k: {"min": -torch.ones(2).numpy(), "max": torch.ones(2).numpy(), "mean": torch.zeros(2).numpy(),
                  "std": torch.ones(2).numpy()} for k in ("agent_pos", "action")}
+    return meta, Normalizer(stats, ["image"])
+
+
+def build_act():
+    from protege.policies.act import ACTPolicy
+
+    meta, normalizer = pusht_image_shapes()
     cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "protege" / "configs" / "policy" / "act.yaml")
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg).items() if k not in ("name", "_target_")}
-    policy = ACTPolicy(meta, Normalizer(stats, ["image"]), **kwargs)
+    policy = ACTPolicy(meta, normalizer, **kwargs)
     return policy, torch.optim.AdamW(policy.parameters(), lr=1e-4)
 
 
 def build(channels_last: bool, fused: bool):
     from protege.policies import encoders
     from protege.policies.diffusion import DiffusionPolicy
-    from protege.policies.normalizer import Normalizer
 
-    torch.manual_seed(0)
-    s = 96
-    meta = {"obs": {"image": {"shape": [s, s, 3], "type": "rgb"}, "agent_pos": {"shape": [2], "type": "low_dim"}},
-            "action": {"shape": [2]}}
-    stats = {k: {"min": -torch.ones(2).numpy(), "max": torch.ones(2).numpy(), "mean": torch.zeros(2).numpy(),
-                 "std": torch.ones(2).numpy()} for k in ("agent_pos", "action")}
-    policy = DiffusionPolicy(meta, Normalizer(stats, ["image"]), unet={"down_dims": [64, 128, 256], "diffusion_step_embed_dim": 128},
+    meta, normalizer = pusht_image_shapes()
+    policy = DiffusionPolicy(meta, normalizer, unet={"down_dims": [64, 128, 256], "diffusion_step_embed_dim": 128},
                              image_encoder={"crop_shape": [84, 84], "feature_dim": 64, "num_kp": 32, "width": 32})
     if channels_last:
         for m in policy.modules():
