@@ -73,6 +73,7 @@ def test_a_bad_onednn_setting_is_refused_before_the_data_loads(tmp_path):
 
 def test_describe_names_the_library_and_why():
     assert "MKL (onednn_matmul=false)" in onednn.describe(False, False)
+    assert "cuda's libraries" in onednn.describe(False, "auto", "cuda")
     found = probe()
     assert onednn.describe(found.usable, "auto").startswith(
         "float32 matrix products: oneDNN" if found.usable else "float32 matrix products: MKL (")

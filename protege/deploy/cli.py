@@ -52,7 +52,7 @@ def deploy(cfg: DictConfig) -> int:
     if cfg.torch_threads:
         torch.set_num_threads(int(cfg.torch_threads))
     with onednn_matmul(cfg.onednn_matmul, device) as on:  # a bad setting fails here, before the robot connects
-        print(f"protege-deploy: {describe(on, cfg.onednn_matmul)}", flush=True)
+        print(f"protege-deploy: {describe(on, cfg.onednn_matmul, device)}", flush=True)
         return _deploy(cfg, device)
 
 

@@ -251,7 +251,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     out_dir = Path(cfg.out_dir) if cfg.out_dir else ckpt_path.parent.parent / "eval" / ckpt_path.stem
     compile_seconds = None
     with onednn_matmul(cfg.onednn_matmul, device) as onednn:
-        print(f"protege-eval: {describe(onednn, cfg.onednn_matmul)}", flush=True)
+        print(f"protege-eval: {describe(onednn, cfg.onednn_matmul, device)}", flush=True)
         if cfg.compile:
             print("protege-eval: compiling the policy for inference ...", flush=True)
             compile_seconds = policy.compile_for_inference(min(cfg.batch_envs, cfg.n_episodes))

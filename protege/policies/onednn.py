@@ -160,8 +160,10 @@ def onednn_matmul(setting: Any = "auto", device: torch.device | str = "cpu", nam
         yield True
 
 
-def describe(on: bool, setting: Any = "auto") -> str:
+def describe(on: bool, setting: Any = "auto", device: torch.device | str = "cpu") -> str:
     """One line for a CLI's log: which library runs the float32 products, and why."""
+    if torch.device(device).type != "cpu":
+        return f"float32 matrix products: {torch.device(device).type}'s libraries (onednn_matmul is for the CPU)"
     if on:
         return f"float32 matrix products: oneDNN ({probe().speedup:.1f}x MKL's speed on this CPU, exact)"
     if setting == "auto":

@@ -243,7 +243,7 @@ class Trainer:
     def run(self) -> Path:
         """Train until ``train.steps``, ``train.max_minutes`` or Ctrl-C; returns the last checkpoint."""
         with onednn_matmul(self.cfg.train.onednn_matmul, self.device, "train.onednn_matmul") as on:
-            log.info(describe(on, self.cfg.train.onednn_matmul))
+            log.info(describe(on, self.cfg.train.onednn_matmul, self.device))
             return self._run()
 
     def _run(self) -> Path:
