@@ -100,6 +100,9 @@ def probe() -> Probe:
     """Run the probe products once per process (~0.2 s on 2 cores); see the module docstring."""
     if not torch.backends.mkldnn.is_available():
         return Probe(False, float("nan"), float("nan"), "this PyTorch build has no oneDNN")
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():  # PyTorch's own condition for that route
+        return Probe(False, float("nan"), float("nan"),
+                     "PyTorch routes float32 products to oneDNN only on CPUs with AVX-512 or AVX-NE-CONVERT")
     g = torch.Generator().manual_seed(0)
     operands = []
     for m, k, n in PROBE_SHAPES:
