@@ -15,7 +15,7 @@ operands, as the backward pass has them) under it and compares each with float64
 within ~1e-7 of it, bfloat16 rounding ~1e-3 away: anything beyond 1e-5 counts as rounded. It
 also times the products both ways. ``auto`` turns the setting on only where they are exact and
 oneDNN is at least :data:`MIN_SPEEDUP` times faster (MKL is tuned for Intel CPUs, where the probe
-should keep it; on CPUs without AVX-512 PyTorch never takes that route).
+should keep it; on CPUs without AVX-512 or AVX-NE-CONVERT PyTorch never takes that route).
 
 A policy compiled under the setting (``Policy.compile_for_inference``) must also run under it:
 torch.compile guards on it and would compile again on the first call outside. protege-eval and
