@@ -197,7 +197,7 @@ def _frozen_compile(method, cpp_wrapper: bool, autotune_gemms: bool = False):
     ATen's kernel against its C++ GEMM template, whose micro-kernels are generated for the
     product's shape with the frozen weight prepacked, and keeps the faster. At batch 1, where a
     Diffusion Policy U-Net product has 4 to 16 rows, the template halves a compiled chunk
-    (``benchmarks/chunk_profile.py``, which records the compile time too, now longer). torch 2.14.1
+    (``benchmarks/chunk_profile.py``, which also records the compile time, longer with it). torch 2.14.1
     computes a wrong product with it when the weight is a slice of a parameter at a storage
     offset, as ``nn.MultiheadAttention``'s packed in-projection makes when queries, keys and
     values differ (ACT): :meth:`Policy.compile_for_inference`'s check catches that."""

@@ -97,7 +97,7 @@ def _median_time(fn, reps: int = 5) -> float:
 
 @functools.cache
 def probe() -> Probe:
-    """Run the probe products once per process (~0.2 s on 2 cores); see the module docstring."""
+    """Run the probe products once per process (a few dozen products); see the module docstring."""
     if not torch.backends.mkldnn.is_available():
         return Probe(False, float("nan"), float("nan"), "this PyTorch build has no oneDNN")
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():  # PyTorch's own condition for that route

@@ -85,8 +85,9 @@ class ACTPolicy(Policy):
         norm = "group" if pretrained_backbone is None else "frozen_batch"
         self.backbones = nn.ModuleDict({k: resnet18_backbone(backbone_width, norm) for k in self.rgb_keys})
         # Frozen-BatchNorm backbones run channels-last (weights here, images in _decode), oneDNN's
-        # layout for convolutions: faster training steps on the CPU (benchmarks/vs_lerobot.py's ACT
-        # cases have such backbones); with GroupNorm it made no difference, so those stay NCHW.
+        # layout for convolutions. An ad-hoc A/B of vs_lerobot.py's ACT training step (such a
+        # backbone) found it faster on the CPU, and no difference with GroupNorm, which stays NCHW;
+        # no benchmark measures it on its own yet.
         self.channels_last = norm == "frozen_batch"
         if self.channels_last:
             self.backbones.to(memory_format=torch.channels_last)
