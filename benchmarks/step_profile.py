@@ -180,7 +180,6 @@ def _main(onednn: bool) -> None:
                  gemm_gflops=peak, rows=rows)
 
 
-
 def main() -> None:
     run_as_the_clis_do(_main)
 

@@ -43,7 +43,7 @@ from omegaconf import OmegaConf
 
 from machine import write_result  # benchmarks/machine.py
 from protege.policies.onednn import onednn_matmul, probe
-from protege.policies.train import bf16_autocast, cpu_has_native_bf16
+from protege.policies.train import bf16_autocast, cpu_has_native_bf16, policy_kwargs
 
 HERE = Path(__file__).resolve().parent
 
@@ -67,8 +67,7 @@ def build_act():
 
     meta, normalizer = pusht_image_shapes()
     cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "protege" / "configs" / "policy" / "act.yaml")
-    kwargs = {k: v for k, v in OmegaConf.to_container(cfg).items() if k not in ("name", "_target_")}
-    policy = ACTPolicy(meta, normalizer, **kwargs)
+    policy = ACTPolicy(meta, normalizer, **policy_kwargs(cfg))
     return policy, torch.optim.AdamW(policy.parameters(), lr=1e-4)
 
 
@@ -160,7 +159,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['variant']} | {r['median_ms']:.0f} ({r['min_ms']:.0f}-{r['max_ms']:.0f}) | {r['speedup']:.2f}x | "
-              f"{r['first_step_s']:.1f} | {100 * r['first_grad_rel_diff']:.2f}% |")
+              f"{r['first_step_s']:.1f} | {100 * r['first_grad_rel_diff']:.2g}% |")
     write_result(out, "train_speed", policy=args.policy, threads=args.threads, batch_size=b, rows=rows,
                  onednn_probe=dataclasses.asdict(probe()))
 
