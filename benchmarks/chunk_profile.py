@@ -134,7 +134,6 @@ def _main(onednn: bool) -> None:
                  gemm_gflops=rate, rows=rows)
 
 
-
 def main() -> None:
     run_as_the_clis_do(_main)
 

@@ -6,7 +6,8 @@ Then it answers commands, one per line on stdin, each with one JSON line ``{"s":
 shapes), ``train_onednn`` (the same step with float32 products in oneDNN, when ``case["onednn"]``:
 what protege's ``onednn_matmul=auto`` chose on this machine), ``chunk`` (one action chunk at batch
 1, eager), ``compile`` (compile the per-chunk networks as protege compiles its own, with the same
-oneDNN setting, and predict the first chunk) and ``chunk_compiled``; ``quit`` ends it. So ``vs_lerobot.py`` can interleave LeRobot's repetitions with its own one by one.
+oneDNN setting, and predict the first chunk) and ``chunk_compiled``; ``quit`` ends it. So
+``vs_lerobot.py`` can interleave LeRobot's repetitions with its own one by one.
 """
 
 from __future__ import annotations
