@@ -12,7 +12,7 @@ from protege.policies.base import CompileError
 from protege.policies.diffusion import DiffusionPolicy
 from protege.policies.diffusion.unet import TemporalConv1d
 from protege.policies.normalizer import Normalizer
-from protege.policies.onednn import onednn_matmul
+from protege.policies.onednn import onednn_matmul, probe
 from protege.policies.tensors import obs_to_torch
 
 META = {"obs": {"image": {"shape": [32, 32, 3], "type": "rgb"}, "pos": {"shape": [2], "type": "low_dim"}},
@@ -137,3 +137,36 @@ def test_a_compiled_policy_that_predicts_other_actions_is_refused_and_left_eager
     torch._dynamo.reset()
     assert not set(policy.inference_methods) & set(policy.__dict__) and policy.compiled_batch_size is None
     assert torch.equal(policy.predict_action(obs), eager)
+
+
+@pytest.mark.slow
+def test_a_compiled_policy_runs_its_weights_in_onednn_and_its_attention_in_mkl(capfd):
+    """Under onednn_matmul (where its probe finds it exact): the weights inductor prepacked when it
+    compiled run in oneDNN (its log's inner_product primitives), while the attention's products of
+    two activations go to MKL once compiled (runtime_products_in_mkl): no oneDNN matmul primitive
+    in the log, where the same compiled code without it logs the attention's blocks as such.
+    Nothing compiles again, and the actions agree to float32 rounding."""
+    if not probe().exact:
+        pytest.skip(f"oneDNN's float32 products are not exact on this CPU: {probe().reason}")
+    torch.manual_seed(0)  # 20 queries of 16 per head: blocks above the size PyTorch keeps out of oneDNN (16^3)
+    policy = ACTPolicy(META, _norm(), chunk_size=20, n_action_steps=4, hidden_dim=64, dim_feedforward=64, n_heads=4,
+                       enc_layers=1, dec_layers=1, vae_enc_layers=1, dropout=0.1, backbone_width=8).eval()
+    obs = _obs(1, policy.n_obs_steps)
+
+    def chunk_and_log(mkl: bool):
+        policy.runtime_products_in_mkl = mkl
+        capfd.readouterr()
+        with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+            actions = policy.predict_action(obs)
+        return actions, capfd.readouterr().out
+
+    with onednn_matmul(True):
+        policy.compile_for_inference()
+        graphs = counters["stats"]["unique_graphs"]
+        all_onednn, without = chunk_and_log(False)
+        actions, log = chunk_and_log(True)
+    assert ",exec,cpu,matmul," in without, without[-2000:]
+    assert ",exec,cpu,matmul," not in log and ",exec,cpu,inner_product," in log, log[-2000:]
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert torch.allclose(actions, all_onednn, atol=1e-5)
+    assert torch.backends.mkldnn.matmul.fp32_precision == "none"  # restored

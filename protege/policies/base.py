@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils import _pytree as pytree
 
 from .normalizer import Normalizer
 from .tensors import obs_to_torch
@@ -40,6 +42,9 @@ class Policy(nn.Module):
     # against its C++ GEMM template (prepacked weights, micro-kernels sized to the product), see
     # :func:`_frozen_compile`; off where torch miscompiles the policy (ACT)
     autotune_gemms: bool = False
+    # once compiled, run the products of two activations (attention, bmm) in MKL where
+    # onednn_matmul is on (see protege.policies.onednn.runtime_products_in_mkl); off only to measure it
+    runtime_products_in_mkl: bool = True
 
     def __init__(self, shape_meta: Mapping[str, Any], normalizer: Normalizer):
         super().__init__()
@@ -106,7 +111,8 @@ class Policy(nn.Module):
             for name, fn in eager.items():
                 setattr(self, name, _frozen_compile(fn, cpp_wrapper=self.device.type == "cpu",
                                                     autotune_gemms=self.autotune_gemms and self.device.type == "cpu"))
-            got = self._seeded_prediction(probe)
+            self._seeded_prediction(probe)  # compiles
+            got = self._seeded_prediction(probe)  # as every later call runs (see _frozen_compile)
         except Exception as e:  # noqa: BLE001 - any failure means: run uncompiled
             self._uncompile()
             first = (str(e).strip().splitlines() or [""])[0][:300]
@@ -200,10 +206,17 @@ def _frozen_compile(method, cpp_wrapper: bool, autotune_gemms: bool = False):
     (``benchmarks/chunk_profile.py``, which also records the compile time, longer with it). torch 2.14.1
     computes a wrong product with it when the weight is a slice of a parameter at a storage
     offset, as ``nn.MultiheadAttention``'s packed in-projection makes when queries, keys and
-    values differ (ACT): :meth:`Policy.compile_for_inference`'s check catches that."""
+    values differ (ACT): :meth:`Policy.compile_for_inference`'s check catches that.
+
+    Each call with inputs of a layout (shapes, strides, dtypes) compiled before runs under
+    :func:`~protege.policies.onednn.runtime_products_in_mkl` when the policy's
+    ``runtime_products_in_mkl`` is set; a call that compiles runs under the setting as it is, so
+    the weights are prepacked for the library ``onednn_matmul`` chose."""
     import types
 
     import torch._inductor.config as inductor
+
+    from .onednn import runtime_products_in_mkl
 
     f = method.__func__
     own = types.FunctionType(f.__code__.replace(), f.__globals__, f.__name__, f.__defaults__, f.__closure__)
@@ -213,8 +226,23 @@ def _frozen_compile(method, cpp_wrapper: bool, autotune_gemms: bool = False):
     compiled = torch.compile(types.MethodType(own, method.__self__),
                              options={"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe})
 
+    compiled_for: set = set()  # the input layouts compiled so far
+    policy = method.__self__
+
     def call(*args, **kwargs):
-        with inductor.patch(freezing=True, cpp_wrapper=cpp_wrapper, layout_optimization=False, **autotune):
-            return compiled(*args, **kwargs)
+        layout = _layout((args, kwargs))
+        mkl = layout in compiled_for and policy.runtime_products_in_mkl
+        with (inductor.patch(freezing=True, cpp_wrapper=cpp_wrapper, layout_optimization=False, **autotune),
+              runtime_products_in_mkl() if mkl else contextlib.nullcontext()):
+            out = compiled(*args, **kwargs)
+        compiled_for.add(layout)
+        return out
 
     return call
+
+
+def _layout(inputs) -> tuple:
+    """What dynamo's guards see of a call's inputs: each tensor's shape, strides, dtype and device
+    (other values by type)."""
+    return tuple((x.shape, x.stride(), x.dtype, x.device) if isinstance(x, torch.Tensor) else type(x)
+                 for x in pytree.tree_leaves(inputs))

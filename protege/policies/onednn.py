@@ -19,7 +19,10 @@ should keep it; on CPUs without AVX-512 or AVX-NE-CONVERT PyTorch never takes th
 
 A policy compiled under the setting (``Policy.compile_for_inference``) must also run under it:
 torch.compile guards on it and would compile again on the first call outside. protege-eval and
-protege-deploy hold one setting for the whole run.
+protege-deploy hold one setting for the whole run. The setting decides, when inductor compiles,
+which library the weights are prepacked for (oneDNN's ``inner_product`` under it, MKL's packed
+GEMM without), and those products stay there. Once compiled, a policy runs the products it
+computes between two activations (attention, ``bmm``) in MKL: :func:`runtime_products_in_mkl`.
 """
 
 from __future__ import annotations
@@ -126,6 +129,31 @@ def probe() -> Probe:
               else f"oneDNN would round float32 products (error {worst:.1e} against float64)" if not exact
               else f"oneDNN's float32 products are not faster than MKL's here ({speedup:.2f}x)")
     return Probe(exact, worst, speedup, reason)
+
+
+@contextlib.contextmanager
+def runtime_products_in_mkl() -> Iterator[None]:
+    """Within the block, float32 products whose operands are both computed at run time go to MKL
+    even where the oneDNN setting is on; nothing changes where it is off.
+
+    For a compiled policy at batch 1 (``Policy.compile_for_inference`` applies it to every call
+    after the one that compiled): its weights were prepacked for oneDNN when inductor compiled it
+    under the setting and stay there, and what the setting still routes at run time are products
+    of two activations, above all the many small blocks inside PyTorch's CPU attention kernel
+    (``_scaled_dot_product_flash_attention_for_cpu``), each a oneDNN call of its own whose fixed
+    cost outweighs oneDNN's speed at these sizes (``benchmarks/chunk_profile.py`` times both).
+    Only oneDNN's own flag changes: CUDA's, on which dynamo guards compiled code
+    (``allow_tf32``), stays, so nothing compiles again.
+    """
+    flag = torch.backends.mkldnn.matmul
+    if flag.fp32_precision != "bf16":
+        yield
+        return
+    flag.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        flag.fp32_precision = "bf16"
 
 
 def check_setting(setting: Any, name: str = "onednn_matmul") -> None:
