@@ -13,7 +13,10 @@ ResNet), inductor's fused kernels (normalizations, activations, copies; compiled
 names, which costs a little), the compiled code's runtime (dynamo's guards, the graph wrappers)
 and the rest. The chunk's arithmetic is counted
 with ``torch.utils.flop_counter`` on the eager policy and set against a float32 matrix product's
-rate measured in the same run (1024^3). Prints a table, writes ``results/chunk_profile.json``
+rate measured in the same run (1024^3). Where ``onednn_matmul=auto`` runs products in oneDNN, the
+compiled chunk is also timed with its products of two activations in oneDNN as well
+(``Policy.runtime_products_in_mkl`` off), alternating with the chunk as ``compile=true`` runs it
+(those in MKL). Prints a table, writes ``results/chunk_profile.json``
 with the command, commit and machine.
 
 Why: issue 10 asks for a chunk at <= 0.5x of LeRobot's; this shows how much of ours is
@@ -70,7 +73,7 @@ def chunk_flops(policy, one) -> float:
     return counter.get_total_flops()
 
 
-def profile_case(case: dict, chunks: int) -> dict:
+def profile_case(case: dict, chunks: int, onednn: bool) -> dict:
     import torch._inductor.config as inductor
 
     policy, _, one = build_ours(case)
@@ -81,6 +84,16 @@ def profile_case(case: dict, chunks: int) -> dict:
         compile_s = policy.compile_for_inference()
     out = {"eager_chunk_ms": eager_ms, "compile_s": compile_s, "gflop_per_chunk": flops / 1e9,
            "chunk_ms": median_ms(lambda: policy.predict_action(one), chunks)}
+    if onednn:  # the same compiled code with its products of two activations in oneDNN too, alternating
+        times = {True: [], False: []}
+        for _ in range(chunks):
+            for mkl in times:
+                policy.runtime_products_in_mkl = mkl
+                times[mkl].append(median_ms(lambda: policy.predict_action(one), 1))
+        policy.runtime_products_in_mkl = True
+        out["runtime_products"] = {"mkl_chunk_ms": statistics.median(times[True]),
+                                   "onednn_chunk_ms": statistics.median(times[False]),
+                                   "onednn_over_mkl": statistics.median(o / m for m, o in zip(times[True], times[False]))}
     if case["policy"] == "diffusion":
         with torch.no_grad():
             cond = policy._condition(one)
@@ -109,7 +122,7 @@ def _main(onednn: bool) -> None:
     rows = []
     for case in selected_cases(args):
         print(f"{case['name']} ...", flush=True)
-        rows.append({"case": case, **profile_case(case, args.chunks)})
+        rows.append({"case": case, **profile_case(case, args.chunks, onednn)})
     rate = max(rate, gemm_gflops(torch.float32))
     for r in rows:
         math_ms = r["categories"]["matrix products"]["ms"] + r["categories"]["convolutions"]["ms"]
@@ -123,6 +136,13 @@ def _main(onednn: bool) -> None:
         shares = " | ".join(f"{100 * cat[k]['share']:.0f}%" for k in CATEGORIES)
         print(f"| {r['case']['name']} | {r['eager_chunk_ms']:.1f} / {r['chunk_ms']:.1f} | {r['gflop_per_chunk']:.2f} | "
               f"{shares} | {r['math_gflops'] or 0:.0f} ({100 * (r['math_gflops'] or 0) / rate:.0f}%) |")
+    if onednn:
+        print("\nThe compiled chunk with its products of two activations (attention, bmm) in MKL, as "
+              "compile=true runs it, and in oneDNN (runtime_products_in_mkl off), alternating:")
+        for r in rows:
+            rp = r["runtime_products"]
+            print(f"  {r['case']['name']}: {rp['mkl_chunk_ms']:.1f} / {rp['onednn_chunk_ms']:.1f} ms, "
+                  f"oneDNN's / MKL's per pair {rp['onednn_over_mkl']:.2f}")
     for r in rows:
         if "unet_call_ms" in r:
             print(f"\n{r['case']['name']}: observation encoder {r['condition_ms']:.1f} ms, one U-Net call "

@@ -6,7 +6,8 @@ Then it answers commands, one per line on stdin, each with one JSON line ``{"s":
 shapes), ``train_onednn`` (the same step with float32 products in oneDNN, when ``case["onednn"]``:
 what protege's ``onednn_matmul=auto`` chose on this machine), ``chunk`` (one action chunk at batch
 1, eager), ``compile`` (compile the per-chunk networks as protege compiles its own, with the same
-oneDNN setting, and predict the first chunk) and ``chunk_compiled``; ``quit`` ends it. So
+oneDNN setting, and predict the first chunk) and ``chunk_compiled`` (then with the products of
+two activations in MKL, as protege runs its compiled policies); ``quit`` ends it. So
 ``vs_lerobot.py`` can interleave LeRobot's repetitions with its own one by one.
 """
 
@@ -55,6 +56,21 @@ def onednn(on: bool):
         torch.set_float32_matmul_precision(legacy)
         for b, value in zip(backends, previous):
             b.fp32_precision = value
+
+
+@contextlib.contextmanager
+def runtime_products_in_mkl(on: bool):
+    """Within ``onednn(True)``, a compiled chunk's products of two activations (attention, bmm) in
+    MKL, its prepacked weights staying in oneDNN, as protege's compiled policies run after their
+    first call (protege.policies.onednn.runtime_products_in_mkl; repeated here, see ``onednn``)."""
+    if not on:
+        yield
+        return
+    torch.backends.mkldnn.matmul.fp32_precision = "ieee"  # CUDA's flag, which dynamo guards on, stays
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.matmul.fp32_precision = "bf16"
 
 
 def main() -> None:
@@ -143,7 +159,7 @@ def main() -> None:
         infer_compiled()  # compiles here, under the setting
 
     def chunk_compiled():
-        with onednn(case["onednn"]):
+        with onednn(case["onednn"]), runtime_products_in_mkl(case["onednn"]):
             return infer_compiled()
 
     def infer_compiled():
