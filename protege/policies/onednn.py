@@ -133,8 +133,9 @@ def probe() -> Probe:
 
 @contextlib.contextmanager
 def runtime_products_in_mkl() -> Iterator[None]:
-    """Within the block, float32 products whose operands are both computed at run time go to MKL
-    even where the oneDNN setting is on; nothing changes where it is off.
+    """Within the block, float32 products go to MKL even where the oneDNN setting is on, all but
+    those whose weights inductor prepacked for oneDNN when it compiled; nothing changes where the
+    setting is off.
 
     For a compiled policy at batch 1 (``Policy.compile_for_inference`` applies it to every call
     after the one that compiled): its weights were prepacked for oneDNN when inductor compiled it
