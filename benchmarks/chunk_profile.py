@@ -13,8 +13,8 @@ ResNet), inductor's fused kernels (normalizations, activations, copies; compiled
 names, which costs a little), the compiled code's runtime (dynamo's guards, the graph wrappers)
 and the rest. The chunk's arithmetic is counted
 with ``torch.utils.flop_counter`` on the eager policy and set against a float32 matrix product's
-rate measured in the same run (1024^3). Where ``onednn_matmul=auto`` runs products in oneDNN, the
-compiled chunk is also timed with its products of two activations in oneDNN as well
+rate measured in the same run (1024^3). Where ``onednn_matmul=auto`` runs products in oneDNN, a
+compiled ACT chunk is also timed with its attention's products in oneDNN as well
 (``Policy.runtime_products_in_mkl`` off), alternating with the chunk as ``compile=true`` runs it
 (those in MKL). Prints a table, writes ``results/chunk_profile.json``
 with the command, commit and machine.
@@ -84,7 +84,7 @@ def profile_case(case: dict, chunks: int, onednn: bool) -> dict:
         compile_s = policy.compile_for_inference()
     out = {"eager_chunk_ms": eager_ms, "compile_s": compile_s, "gflop_per_chunk": flops / 1e9,
            "chunk_ms": median_ms(lambda: policy.predict_action(one), chunks)}
-    if onednn:  # the same compiled code with its products of two activations in oneDNN too, alternating
+    if onednn and policy.runtime_products_in_mkl:  # the same compiled code with those in oneDNN, alternating
         times = {True: [], False: []}
         for _ in range(chunks):
             for mkl in times:
@@ -136,10 +136,10 @@ def _main(onednn: bool) -> None:
         shares = " | ".join(f"{100 * cat[k]['share']:.0f}%" for k in CATEGORIES)
         print(f"| {r['case']['name']} | {r['eager_chunk_ms']:.1f} / {r['chunk_ms']:.1f} | {r['gflop_per_chunk']:.2f} | "
               f"{shares} | {r['math_gflops'] or 0:.0f} ({100 * (r['math_gflops'] or 0) / rate:.0f}%) |")
-    if onednn:
-        print("\nThe compiled chunk with its products of two activations (attention, bmm) in MKL, as "
+    if any("runtime_products" in r for r in rows):
+        print("\nThe compiled ACT chunk with its attention's products in MKL, as "
               "compile=true runs it, and in oneDNN (runtime_products_in_mkl off), alternating:")
-        for r in rows:
+        for r in (r for r in rows if "runtime_products" in r):
             rp = r["runtime_products"]
             print(f"  {r['case']['name']}: {rp['mkl_chunk_ms']:.1f} / {rp['onednn_chunk_ms']:.1f} ms, "
                   f"oneDNN's / MKL's per pair {rp['onednn_over_mkl']:.2f}")

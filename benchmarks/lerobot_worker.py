@@ -6,8 +6,8 @@ Then it answers commands, one per line on stdin, each with one JSON line ``{"s":
 shapes), ``train_onednn`` (the same step with float32 products in oneDNN, when ``case["onednn"]``:
 what protege's ``onednn_matmul=auto`` chose on this machine), ``chunk`` (one action chunk at batch
 1, eager), ``compile`` (compile the per-chunk networks as protege compiles its own, with the same
-oneDNN setting, and predict the first chunk) and ``chunk_compiled`` (then with the products of
-two activations in MKL, as protege runs its compiled policies); ``quit`` ends it. So
+oneDNN setting, and predict the first chunk) and ``chunk_compiled`` (for ACT then with the
+attention's products in MKL, as protege runs its compiled ACT); ``quit`` ends it. So
 ``vs_lerobot.py`` can interleave LeRobot's repetitions with its own one by one.
 """
 
@@ -60,9 +60,8 @@ def onednn(on: bool):
 
 @contextlib.contextmanager
 def runtime_products_in_mkl(on: bool):
-    """Within ``onednn(True)``, a compiled chunk's products of two activations (attention, bmm) in
-    MKL, its prepacked weights staying in oneDNN, as protege's compiled policies run after their
-    first call (protege.policies.onednn.runtime_products_in_mkl; repeated here, see ``onednn``)."""
+    """Within ``onednn(True)``, a compiled ACT chunk's attention products in MKL, its prepacked
+    weights staying in oneDNN, as protege's compiled ACT runs after its first call (protege.policies.onednn.runtime_products_in_mkl; repeated here, see ``onednn``)."""
     if not on:
         yield
         return
@@ -159,7 +158,7 @@ def main() -> None:
         infer_compiled()  # compiles here, under the setting
 
     def chunk_compiled():
-        with onednn(case["onednn"]), runtime_products_in_mkl(case["onednn"]):
+        with onednn(case["onednn"]), runtime_products_in_mkl(case["onednn"] and case["policy"] == "act"):
             return infer_compiled()
 
     def infer_compiled():

@@ -28,8 +28,8 @@ eager one), interleaved with LeRobot's eager chunk as it ships,
 timed in the eager phase's process, which never compiles. Both sides' float32 products run as
 protege's ``onednn_matmul=auto`` runs them on this machine (oneDNN where its probe finds it exact
 and faster, else MKL): ours everywhere, LeRobot's in its compiled chunk and in an extra training
-step (``train_onednn``) next to its step as it ships; both compiled chunks run their products of
-two activations in MKL, as ``compile=true`` does (``onednn.runtime_products_in_mkl``). Goals (issue 10): our training step
+step (``train_onednn``) next to its step as it ships; both compiled ACT chunks run their
+attention's products in MKL, as ``compile=true`` does (``onednn.runtime_products_in_mkl``). Goals (issue 10): our training step
 <= 0.8x and our inference <= 0.5x of LeRobot's. Prints a table, writes
 ``results/vs_lerobot.json`` with the command, commit, machine and both torch versions.
 """

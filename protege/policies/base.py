@@ -42,9 +42,10 @@ class Policy(nn.Module):
     # against its C++ GEMM template (prepacked weights, micro-kernels sized to the product), see
     # :func:`_frozen_compile`; off where torch miscompiles the policy (ACT)
     autotune_gemms: bool = False
-    # once compiled, run the products of two activations (attention, bmm) in MKL where
-    # onednn_matmul is on (see protege.policies.onednn.runtime_products_in_mkl); off only to measure it
-    runtime_products_in_mkl: bool = True
+    # once compiled, run the products that read onednn_matmul's flag at run time in MKL (see
+    # protege.policies.onednn.runtime_products_in_mkl): ACT sets it (there those are its attention's);
+    # not where products with weights are left to ATen's kernels (Diffusion Policy's, autotuned)
+    runtime_products_in_mkl: bool = False
 
     def __init__(self, shape_meta: Mapping[str, Any], normalizer: Normalizer):
         super().__init__()

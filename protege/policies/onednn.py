@@ -21,8 +21,8 @@ A policy compiled under the setting (``Policy.compile_for_inference``) must also
 torch.compile guards on it and would compile again on the first call outside. protege-eval and
 protege-deploy hold one setting for the whole run. The setting decides, when inductor compiles,
 which library the weights are prepacked for (oneDNN's ``inner_product`` under it, MKL's packed
-GEMM without), and those products stay there. Once compiled, a policy runs the products it
-computes between two activations (attention, ``bmm``) in MKL: :func:`runtime_products_in_mkl`.
+GEMM without), and those products stay there. Once compiled, ACT runs its attention's products
+in MKL: :func:`runtime_products_in_mkl`.
 """
 
 from __future__ import annotations
@@ -137,12 +137,15 @@ def runtime_products_in_mkl() -> Iterator[None]:
     those whose weights inductor prepacked for oneDNN when it compiled; nothing changes where the
     setting is off.
 
-    For a compiled policy at batch 1 (``Policy.compile_for_inference`` applies it to every call
-    after the one that compiled): its weights were prepacked for oneDNN when inductor compiled it
-    under the setting and stay there, and what the setting still routes at run time are products
-    of two activations, above all the many small blocks inside PyTorch's CPU attention kernel
-    (``_scaled_dot_product_flash_attention_for_cpu``), each a oneDNN call of its own whose fixed
-    cost outweighs oneDNN's speed at these sizes (``benchmarks/chunk_profile.py`` times both).
+    For a compiled policy at batch 1 whose ``runtime_products_in_mkl`` is set (ACT;
+    ``Policy.compile_for_inference`` applies it to every call after the one that compiled): its
+    weights were prepacked for oneDNN when inductor compiled it under the setting and stay there,
+    and what the setting still routes at run time are the many small blocks inside PyTorch's CPU
+    attention kernel (``_scaled_dot_product_flash_attention_for_cpu``), each a oneDNN call of its
+    own whose fixed cost outweighs oneDNN's speed at these sizes (``benchmarks/chunk_profile.py``
+    times both). Not for policies whose weight products inductor leaves to ATen's kernels
+    (Diffusion Policy's, autotuned against its GEMM template): those read the flag at run time
+    too, and large ones are faster in oneDNN.
     Only oneDNN's own flag changes: CUDA's, on which dynamo guards compiled code
     (``allow_tf32``), stays, so nothing compiles again.
     """

@@ -47,6 +47,9 @@ class ACTPolicy(Policy):
 
     n_obs_steps = 1
     inference_methods = ("_decode",)
+    # compiled, every weight is prepacked for oneDNN's inner product: what is left to the run-time
+    # flag is the attention kernel's blocks, which run faster in MKL (benchmarks/chunk_profile.py)
+    runtime_products_in_mkl = True
     # autotune_gemms stays off: torch 2.14.1's C++ GEMM template gets the attention's in-projection
     # wrong (a slice of the packed weight; see _frozen_compile), which compile_for_inference refuses
 
