@@ -165,8 +165,8 @@ def test_a_compiled_policy_runs_its_weights_in_onednn_and_its_attention_in_mkl(c
         graphs = counters["stats"]["unique_graphs"]
         all_onednn, without = chunk_and_log(False)
         actions, log = chunk_and_log(True)
+        assert torch.backends.mkldnn.matmul.fp32_precision == "bf16"  # the setting back after the chunk
     assert ",exec,cpu,matmul," in without, without[-2000:]
     assert ",exec,cpu,matmul," not in log and ",exec,cpu,inner_product," in log, log[-2000:]
     assert counters["stats"]["unique_graphs"] == graphs
     assert torch.allclose(actions, all_onednn, atol=1e-5)
-    assert torch.backends.mkldnn.matmul.fp32_precision == "none"  # restored

@@ -9,7 +9,6 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 from torch import nn
-from torch.utils import _pytree as pytree
 
 from .normalizer import Normalizer
 from .tensors import obs_to_torch
@@ -209,10 +208,11 @@ def _frozen_compile(method, cpp_wrapper: bool, autotune_gemms: bool = False):
     offset, as ``nn.MultiheadAttention``'s packed in-projection makes when queries, keys and
     values differ (ACT): :meth:`Policy.compile_for_inference`'s check catches that.
 
-    Each call with inputs of a layout (shapes, strides, dtypes) compiled before runs under
+    The first call compiles, under the ``onednn_matmul`` setting as it is, so the weights are
+    prepacked for the library it chose; every later call runs under
     :func:`~protege.policies.onednn.runtime_products_in_mkl` when the policy's
-    ``runtime_products_in_mkl`` is set; a call that compiles runs under the setting as it is, so
-    the weights are prepacked for the library ``onednn_matmul`` chose."""
+    ``runtime_products_in_mkl`` is set (a later compilation, at another batch size, would then
+    prepack for MKL: slower, not wrong; the CLIs keep to ``compiled_batch_size``)."""
     import types
 
     import torch._inductor.config as inductor
@@ -227,23 +227,15 @@ def _frozen_compile(method, cpp_wrapper: bool, autotune_gemms: bool = False):
     compiled = torch.compile(types.MethodType(own, method.__self__),
                              options={"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe})
 
-    compiled_for: set = set()  # the input layouts compiled so far
-    policy = method.__self__
+    policy, compiled_once = method.__self__, False
 
     def call(*args, **kwargs):
-        layout = _layout((args, kwargs))
-        mkl = layout in compiled_for and policy.runtime_products_in_mkl
+        nonlocal compiled_once
+        mkl = compiled_once and policy.runtime_products_in_mkl
         with (inductor.patch(freezing=True, cpp_wrapper=cpp_wrapper, layout_optimization=False, **autotune),
               runtime_products_in_mkl() if mkl else contextlib.nullcontext()):
             out = compiled(*args, **kwargs)
-        compiled_for.add(layout)
+        compiled_once = True
         return out
 
     return call
-
-
-def _layout(inputs) -> tuple:
-    """What dynamo's guards see of a call's inputs: each tensor's shape, strides, dtype and device
-    (other values by type)."""
-    return tuple((x.shape, x.stride(), x.dtype, x.device) if isinstance(x, torch.Tensor) else type(x)
-                 for x in pytree.tree_leaves(inputs))
