@@ -1,21 +1,26 @@
 """LeRobot's side of ``vs_lerobot.py``: run in LeRobot's own virtual environment (it imports
-``lerobot``, never ``protege``). Reads one case as JSON from argv[1], builds LeRobot's
-DiffusionPolicy or ACTPolicy at those sizes and prints one JSON line (``params_M``, ``torch``).
-Then it answers commands, one per line on stdin, each with one JSON line ``{"s": seconds}``:
-``train`` (one training step: forward + backward + AdamW step on random tensors of the case's
-shapes), ``train_onednn`` (the same step with float32 products in oneDNN, when ``case["onednn"]``:
-what protege's ``onednn_matmul=auto`` chose on this machine), ``chunk`` (one action chunk at batch
-1, eager), ``compile`` (compile the per-chunk networks as protege compiles its own, with the same
-oneDNN setting, and predict the first chunk) and ``chunk_compiled`` (for ACT then with the
-attention's products in MKL, as protege runs its compiled ACT); ``quit`` ends it. So
-``vs_lerobot.py`` can interleave LeRobot's repetitions with its own one by one.
+``lerobot``; of protege it loads only ``protege/policies/onednn.py`` and ``malloc.py`` by their
+paths, which import nothing but torch and the standard library). Reads one case as JSON from
+argv[1], builds LeRobot's DiffusionPolicy or ACTPolicy at those sizes and prints one JSON line
+(``params_M``, ``torch``). Then it answers commands, one per line on stdin, each with one JSON
+line ``{"s": seconds}``: ``train`` (one training step: forward + backward + AdamW step on random
+tensors of the case's shapes), ``chunk`` (one action chunk at batch 1, eager), ``compile`` (compile
+the per-chunk networks as protege compiles its own, with the same oneDNN setting, and predict the
+first chunk) and ``chunk_compiled`` (for ACT then with the attention's products in MKL, as
+protege runs its compiled ACT); ``quit`` ends it. So ``vs_lerobot.py`` can interleave LeRobot's
+repetitions with its own one by one. With ``case["tuned"]`` the process trains with protege's
+CPU settings for its whole life: float32 products in oneDNN (when ``case["onednn"]``: what
+protege's ``onednn_matmul=auto`` chose on this machine), glibc keeping freed memory
+(``train.keep_freed_memory``) and PyTorch's fused AdamW (protege's ``train.adamw``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -39,37 +44,31 @@ def frozen_compile(fn, autotune_gemms: bool):
     return call
 
 
-@contextlib.contextmanager
+def protege_module(name: str):
+    """``protege/policies/<name>.py`` loaded by its path, without the protege package (not
+    installed in LeRobot's venv): onednn.py and malloc.py import only torch and the standard
+    library."""
+    path = Path(__file__).resolve().parents[1] / "protege" / "policies" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"protege_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+onednn_module, malloc = protege_module("onednn"), protege_module("malloc")
+
+
 def onednn(on: bool):
     """Float32 products in oneDNN within the block when ``on`` (protege's ``onednn_matmul``, which
-    vs_lerobot.py found exact and faster here; this process cannot import protege)."""
-    if not on:
-        yield
-        return
-    legacy = torch.get_float32_matmul_precision()  # set as protege.policies.onednn sets it
-    backends = (torch.backends.mkldnn.matmul, torch.backends.cuda.matmul)
-    previous = [b.fp32_precision for b in backends]
-    torch.set_float32_matmul_precision("medium")
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(legacy)
-        for b, value in zip(backends, previous):
-            b.fp32_precision = value
+    vs_lerobot.py found exact and faster here)."""
+    return onednn_module._onednn_products() if on else contextlib.nullcontext()
 
 
-@contextlib.contextmanager
 def runtime_products_in_mkl(on: bool):
     """Within ``onednn(True)``, a compiled ACT chunk's attention products in MKL, its prepacked
-    weights staying in oneDNN, as protege's compiled ACT runs after its first call (protege.policies.onednn.runtime_products_in_mkl; repeated here, see ``onednn``)."""
-    if not on:
-        yield
-        return
-    torch.backends.mkldnn.matmul.fp32_precision = "ieee"  # CUDA's flag, which dynamo guards on, stays
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+    weights staying in oneDNN, as protege's compiled ACT runs after its first call."""
+    return onednn_module.runtime_products_in_mkl() if on else contextlib.nullcontext()
 
 
 def main() -> None:
@@ -125,7 +124,8 @@ def main() -> None:
             with torch.no_grad():
                 return policy.predict_action_chunk(one)
 
-    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
+    tuned = case.get("tuned", False)
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4, fused=True if tuned else None)
 
     def step():
         policy.train()
@@ -170,12 +170,12 @@ def main() -> None:
             for obj, name, _ in compiled:
                 vars(obj).pop(name)
 
-    def step_onednn():
-        with onednn(case["onednn"]):
-            step()
-
-    serve(policy, {"train": step, "train_onednn": step_onednn, "chunk": infer, "compile": compile_chunk,
-                   "chunk_compiled": chunk_compiled})
+    commands = {"train": step, "chunk": infer, "compile": compile_chunk, "chunk_compiled": chunk_compiled}
+    if not tuned:
+        serve(policy, commands)
+        return
+    with onednn(case["onednn"]), malloc.keep_freed_memory() as kept:
+        serve(policy, commands, {"tuned": {"onednn": case["onednn"], "keep_freed_memory": kept, "fused_adamw": True}})
 
 
 if __name__ == "__main__":

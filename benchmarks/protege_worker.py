@@ -5,7 +5,9 @@ stdin, each with one JSON line ``{"s": seconds}``: ``train`` (forward + backward
 random tensors of the case's shapes), ``chunk`` (one action chunk at batch 1, eager), ``compile``
 (``Policy.compile_for_inference``, the ``compile=true`` of protege-eval and protege-deploy, which
 predicts its first chunk as part of it) and ``chunk_compiled``; ``quit`` ends it. All of it with
-float32 products in oneDNN when ``case["onednn"]`` (what ``onednn_matmul=auto`` chose).
+float32 products in oneDNN when ``case["onednn"]`` (what ``onednn_matmul=auto`` chose); a
+process of the training phase (``case["phase"] == "train"``) also steps as protege-train does,
+with glibc keeping freed memory (``train.keep_freed_memory``) and the trainer's fused AdamW.
 """
 
 from __future__ import annotations
@@ -60,12 +62,14 @@ def build_ours(case: dict) -> tuple[torch.nn.Module, dict, dict]:
 
 
 def main() -> None:
+    from protege.policies import malloc
     from protege.policies.onednn import onednn_matmul
+    from protege.policies.train import adamw
 
     case = json.loads(sys.argv[1])
     torch.set_num_threads(case["threads"])
     policy, batch, one = build_ours(case)
-    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
+    opt = adamw(policy.parameters(), torch.device("cpu"), lr=1e-4)
 
     def step():
         policy.train()
@@ -79,10 +83,10 @@ def main() -> None:
         policy.predict_action(one)  # no_grad by its decorator
 
     # float32 products as protege-train, -eval and -deploy run them (onednn_matmul=auto, whose
-    # probe vs_lerobot.py ran: case["onednn"])
-    with onednn_matmul(case["onednn"]) as on:
+    # probe vs_lerobot.py ran: case["onednn"]); memory as protege-train keeps it
+    with onednn_matmul(case["onednn"]) as on, malloc.keep_freed_memory(case.get("phase") == "train") as kept:
         serve(policy, {"train": step, "chunk": chunk, "compile": policy.compile_for_inference, "chunk_compiled": chunk},
-              {"onednn_matmul": on})
+              {"onednn_matmul": on, "keep_freed_memory": kept})
 
 
 if __name__ == "__main__":

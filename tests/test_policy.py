@@ -37,6 +37,26 @@ def test_conv_as_matmul_computes_the_convolution(cin, cout, k, stride, pad, batc
     torch.testing.assert_close(conv(x), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_a_temporal_conv_in_training_on_the_cpu_is_a_matrix_product_with_the_convolutions_gradients():
+    """Training (gradients recorded) takes the matrix-product form, whose backward must give the
+    convolution's gradients for the weight, the bias and the input; inference (no_grad) keeps
+    the convolution's kernels."""
+    torch.manual_seed(0)
+    conv = TemporalConv1d(6, 4, 5, stride=2, padding=2)
+    x = torch.randn(3, 6, 16, requires_grad=True)
+    upstream = torch.randn(3, 4, 8)
+    y = conv(x)
+    assert y.grad_fn is not None and "Convolution" not in type(y.grad_fn).__name__
+    grads = torch.autograd.grad(y, (conv.weight, conv.bias, x), upstream)
+    expected = torch.autograd.grad(F.conv1d(x, conv.weight, conv.bias, stride=2, padding=2), (conv.weight, conv.bias, x), upstream)
+    for g, e in zip(grads, expected):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        torch.testing.assert_close(conv(x), y.detach())
+    ops = {e.name for e in prof.events()}
+    assert "aten::convolution" in ops and "aten::linear" not in ops, ops
+
+
 def test_unet_with_convs_as_matmul_predicts_the_same_noise():
     torch.manual_seed(0)
     net = ConditionalUnet1D(2, 4, down_dims=[16, 32, 64], diffusion_step_embed_dim=8).eval()

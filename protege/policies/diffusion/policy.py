@@ -82,8 +82,8 @@ class DiffusionPolicy(Policy):
     def _compiled_form(self, on: bool) -> None:
         """On the CPU the compiled U-Net computes its convolutions as matrix products
         (:class:`~.unet.TemporalConv1d`: PyTorch's batch-1 1-D convolutions are slow; inductor's
-        autotuned GEMMs are not)."""
-        self.model.convs_as_matmul(on and self.device.type == "cpu")
+        autotuned GEMMs are not); off, back to TemporalConv1d's default."""
+        self.model.convs_as_matmul(True if on and self.device.type == "cpu" else None)
 
     def _condition(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Normalized, encoded features of the first n_obs_steps observation steps -> (B, To*F)."""

@@ -30,23 +30,29 @@ class SinusoidalPosEmb(nn.Module):
 
 
 class TemporalConv1d(nn.Conv1d):
-    """``nn.Conv1d`` (zero padding, no groups or dilation) over the time axis that, with
-    ``as_matmul`` set, computes the same convolution as one matrix product: the input's sliding
-    windows (B, L_out, C_in * K) times the flattened weight (C_out, C_in * K) transposed.
+    """``nn.Conv1d`` (zero padding, no groups or dilation) over the time axis that can compute the
+    same convolution as one matrix product: the input's sliding windows (B, L_out, C_in * K)
+    times the flattened weight (C_out, C_in * K) transposed. ``as_matmul``: None (the default)
+    takes that form on the CPU whenever gradients are being recorded (training) and
+    ``nn.Conv1d``'s kernels otherwise (eager inference, any GPU); True always takes it (a
+    compiled policy's inference); False never (``benchmarks/train_speed.py``'s baseline).
 
-    Why: at batch 1 and the short horizons of a policy's U-Net (L = 16, 8, 4), PyTorch's CPU
-    convolution (``_slow_conv2d_forward``: im2col, then a GEMM with L columns) runs at a fraction
-    of the rate of the same product in this orientation; compiled with frozen weights (inductor
-    lowers the product to a prepacked kernel, the CPU math library's or its own C++ GEMM
-    template's, whichever times faster, and fuses the windowing into the kernel before it), a
-    U-Net call takes a fraction of the time (``DiffusionPolicy.compile_for_inference``). The
-    result equals the convolution's up to float rounding; the weights and state dict are
-    ``nn.Conv1d``'s. Off by default (training and eager inference use ``nn.Conv1d``'s kernels).
+    Why, in training: the matrix product's backward is two matrix products, which the CPU's math
+    library runs at its full rate, while PyTorch's convolution backward over these short sequences
+    (L = 16, 8, 4, the U-Net's levels) and wide channels runs at a fraction of it
+    (``benchmarks/train_speed.py --size paper`` times both). At inference, batch 1: PyTorch's
+    CPU convolution (``_slow_conv2d_forward``: im2col, then a GEMM with L columns) is slow too;
+    compiled with frozen weights (inductor lowers the product to a prepacked kernel, the CPU math
+    library's or its own C++ GEMM template's, whichever times faster, and fuses the windowing into
+    the kernel before it), a U-Net call takes a fraction of the time
+    (``DiffusionPolicy.compile_for_inference``); eager, the windowing's copy makes it a little
+    slower than the convolution, so eager inference keeps the convolution. The result equals the
+    convolution's up to float rounding; the weights and state dict are ``nn.Conv1d``'s.
 
     Shapes: (B, C_in, L) float -> (B, C_out, L_out), ``L_out = (L + 2p - K) // stride + 1``.
     """
 
-    as_matmul = False
+    as_matmul: bool | None = None
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -54,7 +60,8 @@ class TemporalConv1d(nn.Conv1d):
             raise ValueError("TemporalConv1d supports zero padding given as a number, no groups and no dilation")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.as_matmul:
+        matmul = self.as_matmul if self.as_matmul is not None else torch.is_grad_enabled() and x.device.type == "cpu"
+        if not matmul:
             return super().forward(x)
         (k,), (stride,), (pad,) = self.kernel_size, self.stride, self.padding
         windows = F.pad(x, (pad, pad)).unfold(2, k, stride).transpose(1, 2)  # (B, L_out, C_in, K)
@@ -137,9 +144,10 @@ class ConditionalUnet1D(nn.Module):
         self.final = nn.Sequential(Conv1dBlock(down_dims[0], down_dims[0], kernel_size, n_groups), TemporalConv1d(down_dims[0], input_dim, 1))
         self.downsampling = 2 ** (len(down_dims) - 1)
 
-    def convs_as_matmul(self, on: bool) -> None:
-        """Compute every convolution except the upsampling ones as a matrix product
-        (:class:`TemporalConv1d`) or, with ``on=False``, with ``nn.Conv1d``'s kernels."""
+    def convs_as_matmul(self, on: bool | None) -> None:
+        """Compute every convolution except the upsampling ones as a matrix product (``True``),
+        with ``nn.Conv1d``'s kernels (``False``), or as :class:`TemporalConv1d` chooses by default
+        (``None``: matrix products in training on the CPU)."""
         for m in self.modules():
             if isinstance(m, TemporalConv1d):
                 m.as_matmul = on
