@@ -3,11 +3,12 @@
     python benchmarks/step_profile.py [--steps 3] [--threads 2] [--cases NAME ...]
 
 For each case of ``vs_lerobot.py`` (the same shapes and random tensors; by default the two CPU
-defaults), a few training steps (forward, backward, AdamW step) after a warm-up step are timed
-phase by phase, then profiled with ``torch.profiler``; each operator's own CPU time is sorted
+defaults), a few training steps (forward, backward, AdamW step) after a warm-up step, as
+protege-train takes them (its fused AdamW, glibc keeping freed memory), are timed phase by phase, then profiled with ``torch.profiler``; each operator's own CPU time is sorted
 into convolutions (forward and backward), matrix products (linear layers, attention),
-normalization, the optimizer's arithmetic and the rest. The convolutions' arithmetic is counted
-from their shapes (2 * multiply-adds; the backward pass's as twice the forward's: the input's and
+normalization, the optimizer's arithmetic and the rest. The arithmetic of the convolutions that run
+as convolutions in training (the U-Net's run as matrix products on the CPU, ``TemporalConv1d``,
+and count as those) is counted from their shapes (2 * multiply-adds; the backward pass's as twice the forward's: the input's and
 the weights' gradients) and set against a float32 matrix product's rate measured in the same run
 (1024^3, the best this CPU's BLAS does: MKL or oneDNN, as ``onednn_matmul=auto`` picks). Prints
 the tables, writes ``results/step_profile.json`` with the command, commit and machine.
@@ -27,6 +28,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from machine import run_as_the_clis_do, write_result  # benchmarks/machine.py
+from protege.policies import malloc
+from protege.policies.train import adamw
 from protege_worker import build_ours  # benchmarks/protege_worker.py
 from vs_lerobot import CASES, COMMON  # benchmarks/vs_lerobot.py
 
@@ -53,7 +56,11 @@ def category(name: str) -> str:
 
 
 def conv_flops(model: torch.nn.Module, run) -> float:
-    """Forward FLOPs (2 * multiply-adds) of every convolution in one call of ``run``."""
+    """Forward FLOPs (2 * multiply-adds) of the convolutions in one call of ``run`` that a CPU
+    training step runs as convolutions (not the ``TemporalConv1d`` ones that take the
+    matrix-product form there)."""
+    from protege.policies.diffusion.unet import TemporalConv1d
+
     total = [0.0]
 
     def hook(m, inp, out):
@@ -66,7 +73,8 @@ def conv_flops(model: torch.nn.Module, run) -> float:
             total[0] += 2 * out.numel() * (m.in_channels // m.groups) * k
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d))]
+               if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d))
+               and not (isinstance(m, TemporalConv1d) and m.as_matmul is not False)]
     try:
         with torch.no_grad():
             run()
@@ -107,8 +115,13 @@ def selected_cases(args: argparse.Namespace) -> list[dict]:
 
 
 def profile_case(case: dict, steps: int) -> dict:
+    with malloc.keep_freed_memory():  # as protege-train
+        return _profile_case(case, steps)
+
+
+def _profile_case(case: dict, steps: int) -> dict:
     policy, batch, _ = build_ours(case)
-    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
+    opt = adamw(policy.parameters(), torch.device("cpu"), lr=1e-4)
     policy.train()
     phases = {"forward": [], "backward": [], "optimizer": []}
 

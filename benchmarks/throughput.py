@@ -4,7 +4,8 @@
 
 For the state and image models at the paper's sizes (policy=diffusion_paper, act_paper) and at
 the CPU defaults we ship (policy=diffusion, act): training throughput in samples/s (data
-included), the data loader's samples/s alone (sampling + tensor conversion: what the trainer
+included, stepped as protege-train steps: fused AdamW, glibc keeping freed memory), the data
+loader's samples/s alone (sampling + tensor conversion: what the trainer
 consumes), and the latency of one action chunk at batch 1 (Diffusion Policy with DDIM 10 and 16
 steps; ACT one forward pass). Batch 256 (state) and 64 (image), Diffusion Policy's, except ACT at
 the paper's size, which takes ACT's own batch of 8. Training: median (and min, max) of 10 steps after 2 warm-up steps;
@@ -28,7 +29,8 @@ from protege.data.dataset import load_task_data
 from protege.policies.normalizer import Normalizer
 from protege.policies.checkpoint import build_policy
 from protege.policies.tensors import select_device, to_torch
-from protege.policies.train import policy_kwargs
+from protege.policies import malloc
+from protege.policies.train import adamw, policy_kwargs
 
 HERE = Path(__file__).resolve().parent
 PAPER_BATCH = {"act_paper": 8}  # ACT's paper trains with batch 8 (Zhao et al., RSS 2023, appendix)
@@ -44,7 +46,7 @@ def bench(policy_name: str, task: str, data, batch_size: int, steps: int, latenc
     p = cfg.policy
     policy = build_policy(p._target_, policy_kwargs(p), data.shape_meta, Normalizer(data.stats, data.image_keys)).to(device)
     train, _ = data.samplers(policy.horizon, policy.n_obs_steps, *policy.sampler_padding, 0.0, 0)
-    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
+    opt = adamw(policy.parameters(), device, lr=1e-4)  # as protege-train steps
     rng = np.random.default_rng(0)
     obs_keys = data.shape_meta["obs"]
 
@@ -58,16 +60,17 @@ def bench(policy_name: str, task: str, data, batch_size: int, steps: int, latenc
     # training steps (data included), after 2 warm-up steps
     policy.train()
     times = []
-    for i in range(steps + 2):
-        t = time.perf_counter()
-        batch = to_torch(train.sample(rng.integers(0, len(train), batch_size)), obs_keys, data.image_keys, device)
-        loss = policy.compute_loss(batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
+    with malloc.keep_freed_memory(device.type == "cpu"):  # as protege-train (train.keep_freed_memory)
+        for i in range(steps + 2):
+            t = time.perf_counter()
+            batch = to_torch(train.sample(rng.integers(0, len(train), batch_size)), obs_keys, data.image_keys, device)
+            loss = policy.compute_loss(batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
     train_rate = batch_size / statistics.median(times[2:])
     train_min, train_max = batch_size / max(times[2:]), batch_size / min(times[2:])
 

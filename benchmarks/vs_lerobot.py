@@ -154,6 +154,7 @@ def measure(case: dict, pythons: dict) -> tuple[dict, dict]:
         theirs.close()  # one LeRobot process at a time: the paper sizes take gigabytes each
         tuned = Worker("lerobot", pythons["lerobot"], {**training, "tuned": True})
         stack.callback(tuned.close)
+        info["lerobot"] = {**theirs.info, "tuned_process": tuned.info}  # what the tuned process ran with
         interleaved(times, [("ours", ours, "train", "train_next_to_tuned"), ("lerobot", tuned, "train", "train_tuned")],
                     case["steps"], 2)
         ours.close()  # the training phase's memory goes with its processes

@@ -78,8 +78,10 @@ def _set(libc: ctypes.CDLL, params: dict[int, int]) -> None:
             raise OSError(f"glibc's mallopt({param}, {value}) failed")
 
 
-def describe(on: bool, setting: bool = True) -> str:
-    """One line for a CLI's log."""
+def describe(on: bool, setting: bool = True, device: str | object = "cpu") -> str:
+    """One line for a CLI's log (``device``: where the policy trains; the setting is the CPU's)."""
+    if str(device).split(":")[0] != "cpu":
+        return f"memory: the system allocator as is (keep_freed_memory is for training on the CPU, not {device})"
     if on:
         return "memory: freed memory kept for reuse (glibc malloc; no page faults on each step's large tensors)"
     if setting:
