@@ -23,6 +23,9 @@ worth of page faults once). Variants:
 - ``keep_freed_memory``: glibc's malloc keeps freed memory for the next step
   (``train.keep_freed_memory``);
 - ``trainer``: all four, as ``protege-train`` runs a step now (oneDNN where ``auto`` chooses it);
+- ``trainer_without_<setting>`` (with ``--leave-one-out``): the trainer's settings less that one,
+  so what each adds to the others shows (they interact: the convolutions as matrix products pay
+  most with oneDNN's products);
 - ``channels_last`` (Diffusion Policy, CPU default): the ResNet's weights and its input (after
   the crop) in channels-last memory format (oneDNN's preferred layout for 2-D convolutions);
 - ``bf16`` (Diffusion Policy, CPU default): the step under ``torch.autocast("cpu",
@@ -114,14 +117,18 @@ class Variant:
     compile: bool = False
 
 
-def variants_for(policy: str, size: str, with_compile: bool) -> dict[str, Variant]:
+def variants_for(policy: str, size: str, with_compile: bool, leave_one_out: bool) -> dict[str, Variant]:
     onednn = probe().usable  # what train.onednn_matmul=auto chooses here
     v = {"baseline": Variant(), "onednn_matmul": Variant(onednn=probe().exact)}
     if policy == "diffusion":
         v["matmul_convs"] = Variant(matmul_convs=True)
     v["fused_adamw"] = Variant(fused=True)
     v["keep_freed_memory"] = Variant(keep_memory=True)
-    v["trainer"] = Variant(onednn=onednn, matmul_convs=policy == "diffusion", fused=True, keep_memory=True)
+    v["trainer"] = trainer = Variant(onednn=onednn, matmul_convs=policy == "diffusion", fused=True, keep_memory=True)
+    if leave_one_out:  # what each setting adds to the other three
+        for field in ("onednn", "matmul_convs", "fused", "keep_memory"):
+            if getattr(trainer, field):
+                v[f"trainer_without_{field}"] = dataclasses.replace(trainer, **{field: False})
     if policy == "diffusion" and size == "default":
         v["channels_last"] = Variant(channels_last=True)
         if cpu_has_native_bf16():
@@ -145,6 +152,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="timed steps per variant per round (after one untimed)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--compile", action="store_true", help="add the torch.compile variant (minutes of compilation)")
+    ap.add_argument("--leave-one-out", action="store_true",
+                    help="add the trainer's settings less one each (trainer_without_<setting>)")
     ap.add_argument("--variants", default=None, help="comma-separated subset of the variants (the baseline always runs)")
     ap.add_argument("--out", default=None, help="default: results/train_speed.json (_paper / _act for the others)")
     args = ap.parse_args()
@@ -158,7 +167,7 @@ def main() -> None:
               + ("turns it on anyway (exact here)" if probe().exact else "leaves it off too (the baseline again)"))
     if not malloc.available():
         print("this C library is not glibc: keep_freed_memory changes nothing")
-    variants = variants_for(args.policy, args.size, args.compile)
+    variants = variants_for(args.policy, args.size, args.compile, args.leave_one_out)
     if args.variants:
         unknown = set(args.variants.split(",")) - set(variants)
         if unknown:
