@@ -34,7 +34,7 @@ from protege_worker import build_ours  # benchmarks/protege_worker.py
 from vs_lerobot import CASES, COMMON  # benchmarks/vs_lerobot.py
 
 HERE = Path(__file__).resolve().parent
-OPTIMIZER_OPS = ("_foreach_", "addcdiv", "addcmul", "lerp", "sqrt", "Optimizer.")
+OPTIMIZER_OPS = ("_foreach_", "_fused_adam", "addcdiv", "addcmul", "lerp", "sqrt", "Optimizer.")
 
 
 def category(name: str) -> str:
