@@ -11,7 +11,9 @@ counts the faults).
 :func:`keep_freed_memory` sets, through glibc's ``mallopt``, ``M_MMAP_MAX = 0`` (every allocation
 from the heap) and ``M_TRIM_THRESHOLD = INT_MAX`` (the heap's free top is never given back). The
 cost: the process's resident memory stays near its peak, as PyTorch's CUDA caching allocator
-keeps a GPU's. Nothing changes in the arithmetic. Only where glibc's ``mallopt`` exists (Linux
+keeps a GPU's, and the first few steps may grow the heap past one step's need before its freed
+blocks merge and are reused (a 64 MiB tensor allocated over and over: 4-9 fresh blocks, then one
+reused, in ``tests/test_malloc.py``'s fresh processes). Nothing changes in the arithmetic. Only where glibc's ``mallopt`` exists (Linux
 with glibc); elsewhere it does nothing and says so.
 """
 
