@@ -29,6 +29,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from machine import run_as_the_clis_do, write_result  # benchmarks/machine.py
 from protege.policies import malloc
+from protege.policies.diffusion.unet import TemporalConv1d
 from protege.policies.train import adamw
 from protege_worker import build_ours  # benchmarks/protege_worker.py
 from vs_lerobot import CASES, COMMON  # benchmarks/vs_lerobot.py
@@ -59,8 +60,6 @@ def conv_flops(model: torch.nn.Module, run) -> float:
     """Forward FLOPs (2 * multiply-adds) of the convolutions in one call of ``run`` that a CPU
     training step runs as convolutions (not the ``TemporalConv1d`` ones that take the
     matrix-product form there)."""
-    from protege.policies.diffusion.unet import TemporalConv1d
-
     total = [0.0]
 
     def hook(m, inp, out):
@@ -115,11 +114,6 @@ def selected_cases(args: argparse.Namespace) -> list[dict]:
 
 
 def profile_case(case: dict, steps: int) -> dict:
-    with malloc.keep_freed_memory():  # as protege-train
-        return _profile_case(case, steps)
-
-
-def _profile_case(case: dict, steps: int) -> dict:
     policy, batch, _ = build_ours(case)
     opt = adamw(policy.parameters(), torch.device("cpu"), lr=1e-4)
     policy.train()
@@ -170,9 +164,10 @@ def _main(onednn: bool) -> None:
     args = profile_args(__doc__, "step_profile.json", "steps", 3, "timed steps, then as many profiled ones")
     peak = {"float32": gemm_gflops(torch.float32)}
     rows = []
-    for case in selected_cases(args):
-        print(f"{case['name']} ...", flush=True)
-        rows.append({"case": case, **profile_case(case, args.steps)})
+    with malloc.keep_freed_memory():  # as protege-train
+        for case in selected_cases(args):
+            print(f"{case['name']} ...", flush=True)
+            rows.append({"case": case, **profile_case(case, args.steps)})
     peak["float32_after"] = gemm_gflops(torch.float32)
     fp32 = max(peak["float32"], peak["float32_after"])
     cats = sorted({k for r in rows for k in r["categories"]})

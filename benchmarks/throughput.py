@@ -60,7 +60,7 @@ def bench(policy_name: str, task: str, data, batch_size: int, steps: int, latenc
     # training steps (data included), after 2 warm-up steps
     policy.train()
     times = []
-    with malloc.keep_freed_memory(device.type == "cpu"):  # as protege-train (train.keep_freed_memory)
+    with malloc.keep_freed_memory(True, device):  # as protege-train (train.keep_freed_memory)
         for i in range(steps + 2):
             t = time.perf_counter()
             batch = to_torch(train.sample(rng.integers(0, len(train), batch_size)), obs_keys, data.image_keys, device)

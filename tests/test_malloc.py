@@ -74,3 +74,11 @@ def test_a_bad_keep_freed_memory_setting_is_refused_before_the_data_loads(tmp_pa
     p = run("protege-train", "train.keep_freed_memory=sometimes", f"dataset={tmp_path / 'missing.zarr'}", check=False, cwd=tmp_path)
     out = p.stderr + p.stdout
     assert p.returncode == 2 and "train.keep_freed_memory must be true or false" in out and "Traceback" not in out, out
+
+
+def test_the_setting_is_the_cpus_only():
+    with malloc.keep_freed_memory(True, "cuda:0") as kept:
+        assert kept is False
+    assert "not cuda:0" in malloc.describe(kept, True, "cuda:0")
+    with malloc.keep_freed_memory(True, "cpu") as kept:
+        assert kept is True

@@ -51,9 +51,10 @@ def available() -> bool:
 
 
 @contextlib.contextmanager
-def keep_freed_memory(on: bool = True) -> Iterator[bool]:
+def keep_freed_memory(on: bool = True, device: str | object = "cpu") -> Iterator[bool]:
     """Within the block, glibc's malloc keeps freed memory for reuse (module docstring); yields
-    whether it does (False where ``on`` is false or the C library is not glibc). On exit the free
+    whether it does (False where ``on`` is false, ``device``, where the policy trains, is not the
+    CPU, whose steps' tensors this is for, or the C library is not glibc). On exit the free
     memory is returned to the OS (``malloc_trim``) and glibc's limits are set where its adaptive
     thresholds settle in a process that frees large blocks (allocations above 32 MiB mapped
     afresh each time): any ``mallopt`` call turns the adaptation off for good, and its starting
@@ -62,7 +63,7 @@ def keep_freed_memory(on: bool = True) -> Iterator[bool]:
     Raises:
         OSError: glibc refused a setting (it does not for these values).
     """
-    libc = _libc() if on else None
+    libc = _libc() if on and _is_cpu(device) else None
     if libc is None:
         yield False
         return
@@ -74,6 +75,10 @@ def keep_freed_memory(on: bool = True) -> Iterator[bool]:
         libc.malloc_trim(0)
 
 
+def _is_cpu(device: str | object) -> bool:
+    return str(device).split(":")[0] == "cpu"
+
+
 def _set(libc: ctypes.CDLL, params: dict[int, int]) -> None:
     for param, value in params.items():
         if libc.mallopt(param, value) != 1:
@@ -82,7 +87,7 @@ def _set(libc: ctypes.CDLL, params: dict[int, int]) -> None:
 
 def describe(on: bool, setting: bool = True, device: str | object = "cpu") -> str:
     """One line for a CLI's log (``device``: where the policy trains; the setting is the CPU's)."""
-    if str(device).split(":")[0] != "cpu":
+    if not _is_cpu(device):
         return f"memory: the system allocator as is (keep_freed_memory is for training on the CPU, not {device})"
     if on:
         return "memory: freed memory kept for reuse (glibc malloc; no page faults on each step's large tensors)"

@@ -257,7 +257,7 @@ class Trainer:
         """Train until ``train.steps``, ``train.max_minutes`` or Ctrl-C; returns the last checkpoint."""
         t = self.cfg.train
         with onednn_matmul(t.onednn_matmul, self.device, "train.onednn_matmul") as on, \
-                malloc.keep_freed_memory(t.keep_freed_memory and self.device.type == "cpu") as kept:
+                malloc.keep_freed_memory(t.keep_freed_memory, self.device) as kept:
             log.info(describe(on, t.onednn_matmul, self.device))
             log.info(malloc.describe(kept, t.keep_freed_memory, self.device))
             return self._run()
