@@ -142,14 +142,14 @@ def test_robotiq_urcap_protocol_moves_detects_and_faults(standin):
         states = g.gripper_states(100)
         assert len(states) > 20 and np.all(np.diff([s.timestamp for s in states]) > 0)
         assert not g.object_detected
-    # the raw protocol: a move before activation is a fault the driver reports
+    # the raw protocol, as the URCap frames it (no line ending on a reply): a move before
+    # activation is a fault the driver reports
     import socket
     with socket.create_connection((standin.host, 63352), timeout=2) as s:
-        f = s.makefile("rb")
-        for line, want in [("SET ACT 0", "ack"), ("GET STA", "STA 0"), ("SET POS 200 GTO 1", "ack"), ("GET FLT", "FLT 7"),
-                           ("GET PRE", "PRE 200"), ("BOGUS", "?"), ("SET XYZ 1", "?")]:
+        for line, want in [("SET ACT 0", b"ack"), ("GET STA", b"STA 0"), ("SET POS 200 GTO 1", b"ack"),
+                           ("GET FLT", b"FLT 7"), ("GET PRE", b"PRE 200"), ("BOGUS", b"?"), ("SET XYZ 1", b"?")]:
             s.sendall((line + "\n").encode())
-            assert f.readline().decode().strip() == want, line
+            assert s.recv(1024) == want, line
     with RobotiqGripper(standin.host) as g:  # activation clears the fault: the gripper moves again
         g.set_width(0.07, time.monotonic())
         deadline = time.monotonic() + 3
@@ -194,3 +194,56 @@ def test_hardware_check_reports_the_stand_in_and_what_is_missing(standin, tmp_pa
     p = subprocess.run([str(BIN / "protege-hardware"), "check", "robot=ur5e", "robot.host=127.0.0.254"],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 1 and "no answer from 127.0.0.254" in p.stdout
+
+
+class CommonRobotiqClient:
+    """A Robotiq URCap client written the way labs commonly write it (after the ``robotiq_gripper.py``
+    of ur_rtde's docs): one ``recv`` per request, ``ack`` compared exactly, ``GET`` replies split."""
+
+    def __init__(self, host: str):
+        import socket
+        self.sock = socket.create_connection((host, 63352), timeout=2.0)
+
+    def set_vars(self, **regs) -> bool:
+        self.sock.sendall(("SET" + "".join(f" {k} {v}" for k, v in regs.items()) + "\n").encode())
+        return self.sock.recv(1024) == b"ack"
+
+    def get_var(self, name: str) -> int:
+        self.sock.sendall(f"GET {name}\n".encode())
+        var, value = self.sock.recv(1024).decode().split()
+        assert var == name
+        return int(value)
+
+    def activate(self) -> None:
+        assert self.set_vars(ACT=0) and self.set_vars(ATR=0)
+        while self.get_var("ACT") != 0 or self.get_var("STA") != 0:
+            time.sleep(0.01)
+        assert self.set_vars(ACT=1)
+        deadline = time.monotonic() + 5
+        while self.get_var("ACT") != 1 or self.get_var("STA") != 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+    def move_and_wait(self, pos: int) -> tuple[int, int]:
+        assert self.set_vars(POS=pos, SPE=255, FOR=50, GTO=1)
+        while self.get_var("PRE") != pos:
+            time.sleep(0.001)
+        deadline = time.monotonic() + 5
+        while (obj := self.get_var("OBJ")) == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        return self.get_var("POS"), obj
+
+
+def test_a_robotiq_client_written_the_common_way_drives_the_stand_in(standin):
+    """The URCap replies without a line ending: a client comparing ``recv() == b"ack"`` works on it,
+    as it does on a real gripper (and our driver above, which tolerates either)."""
+    c = CommonRobotiqClient(standin.host)
+    try:
+        c.activate()
+        pos, obj = c.move_and_wait(180)
+        assert obj == 3 and abs(pos - 180) <= 6
+        pos, obj = c.move_and_wait(0)
+        assert obj == 3 and pos <= 6
+    finally:
+        c.sock.close()

@@ -1,7 +1,8 @@
 """The Robotiq 2F-85 through the Robotiq URCap's socket on the UR controller (TCP port 63352).
 
-The URCap exposes the gripper's registers as ASCII lines (``SET POS 128 SPE 255 FOR 100 GTO 1``
--> ``ack``; ``GET POS`` -> ``POS 128``); see :mod:`protege.sim.robotiq_standin` for the
+The URCap exposes the gripper's registers as ASCII requests, one per line (``SET POS 128 SPE 255
+FOR 100 GTO 1`` -> ``ack``; ``GET POS`` -> ``POS 128``), whose replies come without a line ending;
+see :mod:`protege.sim.robotiq_standin` for the
 registers and Robotiq's "2F-85 & 2F-140 Instruction Manual", section 4.4.
 
 :class:`RobotiqGripper` activates the gripper, then one thread owns the socket: it sends the
@@ -13,6 +14,7 @@ network. Widths map linearly onto the position register: ``open_pos`` is the ful
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 import time
@@ -69,7 +71,6 @@ class RobotiqGripper(Gripper):
             raise DeviceError(f"no Robotiq URCap at {host}:{self.port} ({e}); is the URCap installed and the "
                               "gripper connected to the tool flange?") from e
         self._sock.settimeout(self.timeout_s)
-        self._rfile = self._sock.makefile("rb")
         try:
             self._activate()
         except (OSError, DeviceError) as e:
@@ -80,30 +81,52 @@ class RobotiqGripper(Gripper):
         self._thread.start()
 
     # -- protocol --------------------------------------------------------------------------------
-    def _ask(self, lines: list[str]) -> list[str]:
-        self._sock.sendall("".join(line + "\n" for line in lines).encode())
-        out = []
-        for _ in lines:
-            reply = self._rfile.readline()
-            if not reply:
+    def _ask(self, request: str) -> str:
+        """Send one request line, return its reply (stripped).
+
+        The URCap frames nothing: ``ack`` and ``POS 128`` come without a line ending, one reply per
+        request, written at once (ur_rtde's clients compare the reply to ``b"ack"`` and split it as
+        received). So one request is in flight at a time, and a reply is what has arrived once it
+        parses; a trailing newline (some URCap versions, some stand-ins) is tolerated.
+        """
+        self._sock.sendall((request + "\n").encode())
+        name = request.split()[1] if request.startswith("GET ") else None
+        buf = b""
+        while True:
+            chunk = self._sock.recv(1024)
+            if not chunk:
                 raise DeviceError("the URCap closed the connection")
-            out.append(reply.decode("ascii", "replace").strip())
-        return out
+            buf += chunk
+            reply = buf.decode("ascii", "replace").strip()
+            if not reply:
+                continue  # a stray line ending from an earlier reply
+            if name is not None and reply != "?":
+                if reply == name or (reply.startswith(name) and not reply.endswith(tuple("0123456789"))):
+                    continue  # the name arrived, the value not yet
+                # the value's last digits may still be on their way in another segment
+                while select.select([self._sock], [], [], 0)[0]:
+                    more = self._sock.recv(1024)
+                    if not more:
+                        break
+                    buf += more
+                reply = buf.decode("ascii", "replace").strip()
+            return reply
 
     def _get(self, *names: str) -> list[int]:
-        replies = self._ask([f"GET {n}" for n in names])
         values = []
-        for name, reply in zip(names, replies):
+        for name in names:
+            reply = self._ask(f"GET {name}")
             words = reply.split()
-            if len(words) != 2 or words[0] != name:
+            if len(words) != 2 or words[0] != name or not words[1].lstrip("-").isdigit():
                 raise DeviceError(f"unexpected reply {reply!r} to GET {name}")
             values.append(int(words[1]))
         return values
 
     def _set(self, **regs: int) -> None:
-        reply = self._ask(["SET " + " ".join(f"{k} {v}" for k, v in regs.items())])[0]
+        request = "SET " + " ".join(f"{k} {v}" for k, v in regs.items())
+        reply = self._ask(request)
         if reply != "ack":
-            raise DeviceError(f"the URCap refused SET {regs}: {reply!r}")
+            raise DeviceError(f"the URCap refused {request!r}: {reply!r}")
 
     def _activate(self) -> None:
         act, sta = self._get("ACT", "STA")

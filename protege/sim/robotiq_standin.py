@@ -6,7 +6,11 @@ the socket syntax is the one ur_rtde's ``robotiq_gripper.cpp`` and Diffusion Pol
 clients speak):
 
 * ``SET ACT 1`` / ``SET POS 128 SPE 255 FOR 100 GTO 1`` -> ``ack`` (one or more variables);
-* ``GET POS`` -> ``POS 128`` (one reply line per ``GET`` line).
+* ``GET POS`` -> ``POS 128`` (one reply per ``GET`` line).
+
+Requests end with a newline; replies end with nothing: the widely used clients (ur_rtde's
+``robotiq_gripper.cpp`` and the ``robotiq_gripper.py`` of its docs, copied by many labs) compare a
+reply to exactly ``ack`` and split ``GET`` replies as received, and they work on real grippers.
 
 Registers: ACT activate (0/1), GTO go-to (0/1), POS position (0 open ... 255 closed; actual on
 GET, request on SET), PRE the position request echo, SPE speed and FOR force (0-255), STA

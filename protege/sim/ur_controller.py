@@ -434,7 +434,7 @@ class URControllerSim:
     # -- Robotiq URCap socket ---------------------------------------------------------------------
     def _on_robotiq(self, conn: _Conn) -> None:
         for line in self._lines(conn):
-            self._send(conn, (self.gripper.handle(line) + "\n").encode())
+            self._send(conn, self.gripper.handle(line).encode())  # the URCap's replies end with nothing
 
     # -- script port ----------------------------------------------------------------------------
     def _on_script(self, conn: _Conn) -> None:
