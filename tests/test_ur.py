@@ -104,6 +104,14 @@ def test_emergency_stop_disconnect_and_a_silent_controller_are_raised_without_ha
         with pytest.raises(DeviceError, match="emergency stop"):
             _poll_until_error(robot)
     standin.send("release")
+    # the e-stop powered the robot off: the controller refuses a program until it is powered on and
+    # its brakes released
+    assert dashboard(standin.host, "robotmode") == ["Robotmode: POWER_OFF"]
+    with pytest.raises(DeviceError, match="cannot drive the UR"):
+        URRobot(host=standin.host, connect_timeout_s=3)
+    assert standin.wait_for("program refused: the robot is POWER_OFF")
+    assert dashboard(standin.host, "power on", "robotmode", "brake release", "robotmode") == [
+        "Powering on", "Robotmode: IDLE", "Brake releasing", "Robotmode: RUNNING"]
     robot = URRobot(host=standin.host, state_timeout_s=SLOW)
     standin.send("freeze")  # the controller hangs with its sockets open
     t = time.monotonic()
@@ -166,6 +174,19 @@ def test_robotiq_urcap_protocol_moves_detects_and_faults(standin):
             time.sleep(0.02)
     with pytest.raises(DeviceError, match="no Robotiq URCap"):
         RobotiqGripper("127.0.0.254", timeout_s=0.5)
+
+
+def dashboard(host: str, *requests: str) -> list[str]:
+    """The dashboard server's reply lines to ``requests``, over a plain socket."""
+    import socket
+    with socket.create_connection((host, 29999), timeout=3) as s:
+        f = s.makefile("rb")
+        assert f.readline().startswith(b"Connected: Universal Robots Dashboard Server")
+        replies = []
+        for r in requests:
+            s.sendall((r + "\n").encode())
+            replies.append(f.readline().decode().rstrip("\n"))
+        return replies
 
 
 def _poll_until_error(robot, timeout=8.0):

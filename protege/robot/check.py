@@ -23,6 +23,9 @@ import numpy as np
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, OmegaConf
 
+from protege.robot import robotiq
+from protege.robot.interfaces import DeviceError
+
 OK, FAIL = "ok  ", "FAIL"
 
 
@@ -146,14 +149,12 @@ def _check_gripper(cfg: DictConfig) -> bool:
     host, port = dev.host, int(dev.port)
     try:
         with socket.create_connection((host, port), timeout=float(dev.timeout_s)) as s:
-            f = s.makefile("rb")
             values, t = {}, time.perf_counter()
             for reg in ("ACT", "STA", "POS", "FLT", "OBJ"):
-                s.sendall(f"GET {reg}\n".encode())
-                words = f.readline().decode().split()
+                words = robotiq.ask(s, f"GET {reg}").split()
                 values[reg] = int(words[1]) if len(words) == 2 and words[0] == reg else None
             rtt = (time.perf_counter() - t) / 5 * 1e3
-    except OSError as e:
+    except (OSError, DeviceError) as e:
         _line(FAIL, f"gripper {port}", f"no Robotiq URCap at {host}:{port} ({e}): install the URCap, connect the gripper")
         return False
     active = values["STA"] == 3

@@ -30,6 +30,42 @@ FAULTS = {5: "action delayed: activation must finish first", 7: "activate the gr
           13: "activation fault: check for interference", 14: "overcurrent", 15: "automatic release completed"}
 
 
+def ask(sock: socket.socket, request: str) -> str:
+    """Send one request line to the URCap on ``sock``, return its reply (stripped).
+
+    The URCap frames nothing: ``ack`` and ``POS 128`` come without a line ending, one reply per
+    request, written at once (ur_rtde's clients compare the reply to ``b"ack"`` and split it as
+    received). So one request is in flight at a time, and a reply is what has arrived once it
+    parses; a trailing newline (some URCap versions, some stand-ins) is tolerated.
+
+    Raises:
+        DeviceError: the URCap closed the connection.
+        OSError: the socket's timeout passed (``TimeoutError``) or the connection failed.
+    """
+    sock.sendall((request + "\n").encode())
+    name = request.split()[1] if request.startswith("GET ") else None
+    buf = b""
+    while True:
+        chunk = sock.recv(1024)
+        if not chunk:
+            raise DeviceError("the URCap closed the connection")
+        buf += chunk
+        reply = buf.decode("ascii", "replace").strip()
+        if not reply:
+            continue  # a stray line ending from an earlier reply
+        if name is not None and reply != "?":
+            if reply == name or (reply.startswith(name) and not reply.endswith(tuple("0123456789"))):
+                continue  # the name arrived, the value not yet
+            # the value's last digits may still be on their way in another segment
+            while select.select([sock], [], [], 0)[0]:
+                more = sock.recv(1024)
+                if not more:
+                    break
+                buf += more
+            reply = buf.decode("ascii", "replace").strip()
+        return reply
+
+
 class RobotiqGripper(Gripper):
     """A 2F-85 (or 2F-140 with ``stroke=0.14``) on a UR's Robotiq URCap.
 
@@ -82,35 +118,7 @@ class RobotiqGripper(Gripper):
 
     # -- protocol --------------------------------------------------------------------------------
     def _ask(self, request: str) -> str:
-        """Send one request line, return its reply (stripped).
-
-        The URCap frames nothing: ``ack`` and ``POS 128`` come without a line ending, one reply per
-        request, written at once (ur_rtde's clients compare the reply to ``b"ack"`` and split it as
-        received). So one request is in flight at a time, and a reply is what has arrived once it
-        parses; a trailing newline (some URCap versions, some stand-ins) is tolerated.
-        """
-        self._sock.sendall((request + "\n").encode())
-        name = request.split()[1] if request.startswith("GET ") else None
-        buf = b""
-        while True:
-            chunk = self._sock.recv(1024)
-            if not chunk:
-                raise DeviceError("the URCap closed the connection")
-            buf += chunk
-            reply = buf.decode("ascii", "replace").strip()
-            if not reply:
-                continue  # a stray line ending from an earlier reply
-            if name is not None and reply != "?":
-                if reply == name or (reply.startswith(name) and not reply.endswith(tuple("0123456789"))):
-                    continue  # the name arrived, the value not yet
-                # the value's last digits may still be on their way in another segment
-                while select.select([self._sock], [], [], 0)[0]:
-                    more = self._sock.recv(1024)
-                    if not more:
-                        break
-                    buf += more
-                reply = buf.decode("ascii", "replace").strip()
-            return reply
+        return ask(self._sock, request)
 
     def _get(self, *names: str) -> list[int]:
         values = []

@@ -3,7 +3,8 @@
 Sources: Universal Robots, "Real-Time Data Exchange (RTDE) Guide" (protocol version 2: package
 types, recipes, field types) and its RTDE_Python_Client_Library (``serialize.py``); the facts the
 unmodified ``ur-rtde`` 1.6 client relies on are in ``shared/hardware/ur_rtde_protocol.md``
-(summarised in the :mod:`protege.sim.ur_controller` docstring).
+(summarised in the :mod:`protege.sim.ur_controller` docstring; the server is
+:mod:`protege.sim.ur_rtde_server`).
 
 A package is ``uint16 size`` (header included) ``+ uint8 type + payload``, big-endian. Fields are
 packed in recipe order with the formats of :data:`FIELD_FORMATS`.
@@ -51,8 +52,8 @@ OUTPUTS = {
     "input_bit_registers0_to_31": "UINT32", "input_bit_registers32_to_63": "UINT32", "tool_output_mode": "UINT8",
     "tool_digital_output0_mode": "UINT8", "tool_digital_output1_mode": "UINT8", "payload": "DOUBLE",
     "payload_cog": "VECTOR3D", "payload_inertia": _V6, "script_control_line": "UINT32", "ft_raw_wrench": _V6,
-    "joint_position_deviation_ratio": _V6, "collision_detection_ratio": "DOUBLE", "time_scale_source": "UINT32",
-    "actual_current_as_torque": _V6, "actual_current_window": _V6,
+    "joint_position_deviation_ratio": "DOUBLE", "collision_detection_ratio": "DOUBLE", "time_scale_source": "UINT32",
+    "actual_current_as_torque": _V6, "actual_current_window": _V6, "tcp_offset": _V6,
 }
 INPUTS = {
     "speed_slider_mask": "UINT32", "speed_slider_fraction": "DOUBLE", "standard_digital_output_mask": "UINT8",
