@@ -303,15 +303,15 @@ class URArm:
         v = self._vel
         if kind == "j":
             v = v * min(1.0, JOINT_SPEED_LIMIT / max(float(np.max(np.abs(v))), 1e-12))
-        now, lead = self.robot.now(), 0.05
+        now = self.robot.now()  # the next tick's target, reached at that tick: the velocity exactly
         if kind == "j":
-            self.robot.servo_joints(self.robot.commanded_joint_positions + v * lead, now + lead)
+            self.robot.servo_joints(self.robot.commanded_joint_positions + v * dt, now + dt)
         else:
             T = self.target_tcp_T()
             T2 = np.eye(4)
-            T2[:3, :3] = rotvec_to_matrix(v[3:] * lead) @ T[:3, :3]
-            T2[:3, 3] = T[:3, 3] + v[:3] * lead
-            self.robot.servo_tcp(*self.site_target(matrix_to_pose(T2)), now + lead)
+            T2[:3, :3] = rotvec_to_matrix(v[3:] * dt) @ T[:3, :3]
+            T2[:3, 3] = T[:3, 3] + v[:3] * dt
+            self.robot.servo_tcp(*self.site_target(matrix_to_pose(T2)), now + dt)
 
     # -- safety -----------------------------------------------------------------------------------
     def safety_violation(self) -> str | None:
