@@ -59,7 +59,7 @@ def test_refused_commands_stop_the_program_and_the_stand_in_keeps_serving(standi
                         lambda c: c.speedJ([0, math.inf, 0, 0, 0, 0], 0.5, 0.002)):
             c = _fresh(c, standin)
             command(c)
-            assert _wait(lambda: not c.isProgramRunning())
+            assert _wait(lambda c=c: not c.isProgramRunning())
         assert _count(standin, "is not finite") == 3
         # an unreachable pose: the inverse kinematics fails, the call returns False, nothing moves
         c = _fresh(c, standin)
@@ -182,10 +182,29 @@ def _rtde(sock, kind, payload=b""):
     return body
 
 
+# the recipe of examples/record_configuration.xml in UR's RTDE_Python_Client_Library, with its types:
+# UR's client refuses a recipe whose types the controller answers differently
+UR_RECORD_RECIPE = {
+    "timestamp": "DOUBLE", "target_q": "VECTOR6D", "target_qd": "VECTOR6D", "target_qdd": "VECTOR6D",
+    "target_current": "VECTOR6D", "target_moment": "VECTOR6D", "actual_q": "VECTOR6D", "actual_qd": "VECTOR6D",
+    "actual_current": "VECTOR6D", "joint_control_output": "VECTOR6D", "actual_TCP_pose": "VECTOR6D",
+    "actual_TCP_speed": "VECTOR6D", "actual_TCP_force": "VECTOR6D", "target_TCP_pose": "VECTOR6D",
+    "target_TCP_speed": "VECTOR6D", "actual_digital_input_bits": "UINT64", "joint_temperatures": "VECTOR6D",
+    "actual_execution_time": "DOUBLE", "robot_mode": "INT32", "joint_mode": "VECTOR6INT32", "safety_mode": "INT32",
+    "actual_tool_accelerometer": "VECTOR3D", "speed_scaling": "DOUBLE", "target_speed_fraction": "DOUBLE",
+    "actual_momentum": "DOUBLE", "actual_main_voltage": "DOUBLE", "actual_robot_voltage": "DOUBLE",
+    "actual_robot_current": "DOUBLE", "actual_joint_voltage": "VECTOR6D", "actual_digital_output_bits": "UINT64",
+    "runtime_state": "UINT32", "payload": "DOUBLE", "payload_cog": "VECTOR3D", "script_control_line": "UINT32",
+    "output_bit_registers0_to_31": "UINT32", "output_int_register_12": "INT32", "output_double_register_23": "DOUBLE",
+}
+
+
 def test_rtde_recipes_stream_on_the_controller_clock_with_the_controller_s_types(standin):
     # UR's RTDE client's wire format (protocol 2): the types as the controller gives them
     with socket.create_connection((standin.host, 30004), timeout=3) as s:
         assert _rtde(s, ord("V"), struct.pack(">H", 2)) == b"\x01"
+        body = _rtde(s, ord("O"), struct.pack(">d", 125.0) + ",".join(UR_RECORD_RECIPE).encode())
+        assert body[1:].decode().split(",") == list(UR_RECORD_RECIPE.values())
         body = _rtde(s, ord("O"), struct.pack(">d", 10.0) + b"timestamp,joint_position_deviation_ratio,tcp_offset,"
                                                                 b"actual_digital_output_bits,no_such_output")
         assert body[1:].decode().split(",") == ["DOUBLE", "DOUBLE", "VECTOR6D", "UINT64", "NOT_FOUND"]

@@ -47,13 +47,13 @@ import re
 import selectors
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
 from collections.abc import Callable
 
 import numpy as np
-from struct import error as struct_error
 
 from protege.sim import urscript
 from protege.sim.robotiq_standin import RobotiqStandIn
@@ -319,7 +319,7 @@ class URControllerSim:
             conn.rbuf += data
             try:
                 getattr(self, "_on_" + conn.kind)(conn)
-            except (ValueError, struct_error) as e:
+            except (ValueError, struct.error) as e:
                 self.log(f"{conn.kind}: closing a connection that sent garbage ({e})")
                 self.close_conn(conn)
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from protege.sim import rtde_protocol as rp
 from protege.sim.ur_arm import matrix_to_pose, matrix_to_rotvec
+from protege.sim.ur_script import ControlScript
 
 CONTROLLER_VERSION = (5, 11, 1, 108318)
 
@@ -129,7 +130,7 @@ class RTDEServer:
             m = rp.REGISTER.match(name)
             if m and m.group(2) == "int":
                 c.in_int[int(m.group(3))] = v
-                if c.script is not None and hasattr(c.script, "off_int") and int(m.group(3)) == c.script.off_int:
+                if isinstance(c.script, ControlScript) and int(m.group(3)) == c.script.off_int:
                     c.script.feed_watchdog()
             elif m and m.group(2) == "double":
                 c.in_double[int(m.group(3))] = v
