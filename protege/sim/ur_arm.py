@@ -97,8 +97,8 @@ class URArm:
         self._flange_body = int(m.site_bodyid[self._flange_site])
         self._table_geom = m.geom("table").id
         arm_root = m.body("shoulder_link").id
-        self._robot_geoms = {g for g in range(m.ngeom)
-                             if m.geom_bodyid[g] >= arm_root and m.body(m.geom_bodyid[g]).name not in self.scene.objects}
+        self._robot_geoms = np.array([g for g in range(m.ngeom)
+                                      if m.geom_bodyid[g] >= arm_root and m.body(m.geom_bodyid[g]).name not in self.scene.objects])
         # fixed transform flange -> the simulated TCP site (the 2F-85's pinch point)
         self._flange_to_site = np.linalg.inv(self._site_T(self._flange_site)) @ self._site_T(self.scene.tcp_site)
         self.limits = self.robot.joint_limits
@@ -322,13 +322,15 @@ class URArm:
             j = int(np.flatnonzero(near)[0])
             return f"joint {j} at {q[j]:.3f} rad, its limit"
         d = self.data
+        if d.ncon == 0:
+            return None
+        geom = d.contact.geom  # (ncon, 2)
+        table = (geom == self._table_geom).any(axis=1) & np.isin(geom, self._robot_geoms).any(axis=1)
         force = np.zeros(6)
-        for i in range(d.ncon):
-            c = d.contact[i]
-            if self._table_geom in (c.geom1, c.geom2) and (c.geom1 in self._robot_geoms or c.geom2 in self._robot_geoms):
-                mujoco.mj_contactForce(self.model, d, i, force)
-                if force[0] > self.table_force_limit:
-                    return f"the robot pushes on the table with {force[0]:.0f} N"
+        for i in np.flatnonzero(table):
+            mujoco.mj_contactForce(self.model, d, int(i), force)
+            if force[0] > self.table_force_limit:
+                return f"the robot pushes on the table with {force[0]:.0f} N"
         return None
 
     def steady(self) -> bool:

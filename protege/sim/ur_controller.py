@@ -161,6 +161,8 @@ class URControllerSim:
             while self.robot.now() + 0.5 * self.dt < due and steps < 25:
                 self.step()
                 steps += 1
+            if steps and not self.frozen:
+                self.rtde.publish(self.ticks, every_tick=True)
             next_t += self.dt
             now = time.monotonic()
             if next_t < now - 0.05:
@@ -168,7 +170,8 @@ class URControllerSim:
             time.sleep(max(0.0, next_t - now))
 
     def step(self) -> None:
-        """One servo tick of controller time: program, motion, physics, gripper, safety, RTDE outputs."""
+        """One servo tick of controller time: program, motion, physics, gripper, safety, RTDE outputs
+        slower than the servo rate (those at the rate go once per pass of :meth:`serve_forever`)."""
         if self.script is not None:
             try:
                 self.script.tick()
@@ -183,7 +186,7 @@ class URControllerSim:
                 self.trip_protective_stop(why)
         self.ticks += 1
         if not self.frozen:
-            self.rtde.publish(self.ticks)
+            self.rtde.publish(self.ticks, every_tick=False)
 
     def close(self) -> None:
         """Close every socket and the simulation (idempotent)."""

@@ -5,7 +5,8 @@ Wire format in :mod:`protege.sim.rtde_protocol`. What the stand-in does:
 * Output recipes stream on controller time: a recipe at ``f`` Hz is sent every ``round(rate / f)``
   servo ticks of the controller's clock, so its ``timestamp`` steps lie on the ``1 / f`` grid
   whatever the load on the machine (a loaded stand-in catches up and sends the late packages in a
-  burst, as their stamps say). Frequency <= 0 means the servo rate.
+  burst, as their stamps say). Frequency <= 0 means the servo rate; a loaded stand-in sends those
+  recipes the newest tick's state once per pass of its loop (stamps on the 2 ms grid, some skipped).
 * Inputs: the int / double / bit registers (the control script's), the standard, configurable and
   tool digital outputs with their masks (read back in ``actual_digital_output_bits``), the speed
   slider (mask bit 0, fraction 0-1: moves and speed commands slow down with it, as on the
@@ -123,21 +124,23 @@ class RTDEServer:
         c = self.ctrl
         i, fields = 0, {}
         for name in names:
-            n = 6 if rp.input_type(name) == "VECTOR6D" else 1
+            n = 6 if name == "external_force_torque" else 1  # the only VECTOR6D input
             fields[name] = values[i] if n == 1 else values[i:i + n]
             i += n
-        for name, v in fields.items():
-            m = rp.REGISTER.match(name)
-            if m and m.group(2) == "int":
-                c.in_int[int(m.group(3))] = v
-                if isinstance(c.script, ControlScript) and int(m.group(3)) == c.script.off_int:
+            if name.startswith("input_int_register_"):
+                k = int(name[19:])
+                c.in_int[k] = fields[name]
+                if isinstance(c.script, ControlScript) and k == c.script.off_int:
                     c.script.feed_watchdog()
-            elif m and m.group(2) == "double":
-                c.in_double[int(m.group(3))] = v
-            elif name == "input_bit_registers0_to_31":
-                c.in_bits = (c.in_bits & ~0xFFFFFFFF) | int(v)
-            elif name == "input_bit_registers32_to_63":
-                c.in_bits = (c.in_bits & 0xFFFFFFFF) | (int(v) << 32)
+            elif name.startswith("input_double_register_"):
+                c.in_double[int(name[22:])] = fields[name]
+            elif name.startswith("input_bit_register_"):
+                bit = 1 << int(name[19:])  # bit registers 64-127 above the 64 bits of the two words
+                c.in_bits = (c.in_bits | bit) if fields[name] else (c.in_bits & ~bit)
+        if "input_bit_registers0_to_31" in fields:
+            c.in_bits = (c.in_bits & ~0xFFFFFFFF) | int(fields["input_bit_registers0_to_31"])
+        if "input_bit_registers32_to_63" in fields:
+            c.in_bits = (c.in_bits & ~(0xFFFFFFFF << 32)) | (int(fields["input_bit_registers32_to_63"]) << 32)
         for prefix, shift in (("standard", 0), ("configurable", 8), ("tool", 16)):
             if f"{prefix}_digital_output" in fields:
                 mask = int(fields.get(f"{prefix}_digital_output_mask", 0)) << shift
@@ -151,12 +154,16 @@ class RTDEServer:
                 if mask & (1 << k):
                     c.analog_out[k] = float(fields[f"standard_analog_output_{k}"])
 
-    def publish(self, tick: int) -> None:
-        """Send the output recipes due at servo tick ``tick`` of the controller's clock."""
+    def publish(self, tick: int, every_tick: bool) -> None:
+        """Send the output recipes due at servo tick ``tick`` of the controller's clock: those of
+        ``every_tick`` recipes (the servo rate) or of the slower ones, on their grid. The
+        controller's loop sends the slower ones at each tick and the servo-rate ones once per pass
+        (a loaded stand-in catching up on several ticks sends their newest state only, a sample
+        per pass, rather than spend the time it is behind on the older ones)."""
         c = self.ctrl
         due = [k.data[1] for k in c.sel.get_map().values()
                if k.data[0] == "conn" and k.data[1].kind == "rtde" and k.data[1].started
-               and tick % k.data[1].out_every == 0]
+               and (k.data[1].out_every == 1) == every_tick and tick % k.data[1].out_every == 0]
         if not due:
             return
         values = self.snapshot({n for conn in due for n in conn.out_names})
@@ -178,7 +185,7 @@ class RTDEServer:
         if m:
             n = int(m.group(3))
             if m.group(2) == "bit":
-                return bool((c.in_bits >> (n - 64)) & 1) if m.group(1) == "input" else False
+                return bool((c.in_bits >> n) & 1) if m.group(1) == "input" else False
             regs = {("output", "int"): c.out_int, ("output", "double"): c.out_double,
                     ("input", "int"): c.in_int, ("input", "double"): c.in_double}[(m.group(1), m.group(2))]
             return regs[n].item()
@@ -224,5 +231,5 @@ class RTDEServer:
             "payload": mass, "payload_cog": cog, "actual_execution_time": 0.1,
             "actual_digital_output_bits": c.digital_out, "tcp_offset": arm.tcp_offset,
             "standard_analog_output0": c.analog_out[0], "standard_analog_output1": c.analog_out[1],
-            "input_bit_registers0_to_31": c.in_bits & 0xFFFFFFFF, "input_bit_registers32_to_63": c.in_bits >> 32,
+            "input_bit_registers0_to_31": c.in_bits & 0xFFFFFFFF, "input_bit_registers32_to_63": (c.in_bits >> 32) & 0xFFFFFFFF,
         }
