@@ -13,10 +13,11 @@ import pytest
 
 pytest.importorskip("mujoco")
 
-from protege.deploy.loop import ControlLoop, CycleLog, LoopSettings, StopReason  # noqa: E402
-from protege.deploy.operator import StopKey  # noqa: E402
-from protege.deploy.safety import SafetyFilter, SafetyLimits  # noqa: E402
-from protege.deploy.schedulers import make_scheduler  # noqa: E402
+from protege.control.cyclelog import CycleLog  # noqa: E402
+from protege.control.loop import ControlLoop, LoopSettings, StopReason  # noqa: E402
+from protege.control.operator import StopKey  # noqa: E402
+from protege.control.safety import SafetyFilter, SafetyLimits  # noqa: E402
+from protege.control.schedulers import make_scheduler  # noqa: E402
 from protege.robot.actions import pose_to_action  # noqa: E402
 from protege.robot.frames import ThreadedCamera  # noqa: E402
 from protege.robot.interfaces import Frame  # noqa: E402

@@ -10,7 +10,7 @@ def test_wilson_interval():
 
 
 def test_unknown_scheduler_name():
-    from protege.deploy.schedulers import make_scheduler
+    from protege.control.schedulers import make_scheduler
 
     with pytest.raises(ValueError, match="temporal_ensembling"):
         make_scheduler("nope", 8)

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
 
-from protege.deploy.safety import SafetyFilter, SafetyLimits, SafetyViolation, UnsafeAction
+from protege.control.safety import SafetyFilter, SafetyLimits, SafetyViolation, UnsafeAction
 from protege.robot.actions import pose_to_action
 from protege.robot.interfaces import RobotState
 from protege.robot.trajectory import quat_angle

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protege.deploy.schedulers import RecedingHorizon, TemporalEnsembling, make_scheduler
+from protege.control.schedulers import RecedingHorizon, TemporalEnsembling, make_scheduler
 
 DT = 0.1
 

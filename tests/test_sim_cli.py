@@ -68,7 +68,10 @@ def test_deploy_in_realtime_simulation_records_and_reports(lift_run, tmp_path):
     cycles = [r for r in records if r["type"] == "cycle"]
     if p.returncode == 0:
         assert len([r for r in records if r["type"] == "episode"]) == 2
-        assert 25 <= len(cycles) <= 42  # 10 Hz for about 2 s per episode (minus the first inference)
+        assert len(cycles) <= 42  # 10 Hz for about 2 s per episode
+        for e in (1, 2):  # from the first chunk (its inference time varies with the machine's load) to the end
+            ts = [c["t"] for c in cycles if c["episode"] == e]
+            assert ts[-1] - ts[0] >= 0.8 and len(ts) >= 10 * (ts[-1] - ts[0]) + 1 - 2, ts  # 2 overruns at most
     assert all(c["cmd_speed"] <= 0.3 + 1e-9 for c in cycles)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["cycles"] == len(cycles) >= (5 if p.returncode == 0 else 1), p.stdout

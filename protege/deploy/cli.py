@@ -20,13 +20,14 @@ from ..policies.checkpoint import load_policy
 from ..policies.onednn import describe, onednn_matmul
 from ..policies.tensors import select_device
 from ..robot.observation import ObservationAssembler
-from ..teleop.session import camera_info
-from .inference import PolicyRunner
-from .loop import ControlLoop, CycleLog, EpisodeResult, LoopSettings, StopReason
-from .operator import StopKey
-from .report import format_summary, main as report_main, read_log, summarize
-from .safety import SafetyFilter, SafetyLimits
-from .schedulers import make_scheduler
+from ..control.cyclelog import CycleLog, read_log
+from ..control.inference import PolicyRunner
+from ..control.loop import ControlLoop, EpisodeResult, LoopSettings, StopReason
+from ..control.operator import StopKey
+from ..control.safety import SafetyFilter, SafetyLimits
+from ..control.schedulers import make_scheduler
+from ..robot.backend import Backend, EpisodicBackend, camera_info
+from .report import format_summary, main as report_main, summarize
 
 log = logging.getLogger("protege.deploy")
 
@@ -80,6 +81,10 @@ def _deploy(cfg: DictConfig, device: torch.device) -> int:
         backend = hydra.utils.instantiate(cfg.robot.backend)
     except InstantiationException as e:
         raise ConfigError(f"robot={cfg.robot.get('name')}: {root_cause(e)}") from e
+    if not isinstance(backend, Backend):
+        backend.close()
+        raise ConfigError(f"robot={cfg.robot.get('name')}: its backend {type(backend).__name__} is not a "
+                          "protege.robot.backend.Backend (robot, gripper, cameras, clock, time_limit_s, close)")
     writer = loop = stop_key = None
     results: list[EpisodeResult] = []
     run_dir = Path(cfg.run_dir)
@@ -89,7 +94,8 @@ def _deploy(cfg: DictConfig, device: torch.device) -> int:
         if missing:
             raise ConfigError(f"the policy reads {sorted(missing)}, which robot={cfg.robot.name} camera={cfg.camera.name} "
                               f"does not give (it gives {list(assembler.store_keys)})")
-        time_limit = float(cfg.time_limit_s or getattr(backend, "time_limit_s", 60.0))
+        episodic = isinstance(backend, EpisodicBackend)
+        time_limit = float(cfg.time_limit_s or backend.time_limit_s)
         if cfg.record:
             writer = BackgroundWriter(cfg.record, fps=fps, key_meta=assembler.key_meta, image_codec=cfg.image_codec)
         stop_key = StopKey() if cfg.stop_key else None
@@ -98,7 +104,7 @@ def _deploy(cfg: DictConfig, device: torch.device) -> int:
         loop = ControlLoop(
             backend.robot, backend.gripper, backend.cameras, backend.clock, runner, assembler, runner.store_keys, scheduler,
             safety, settings, inference_delay_s=cfg.inference_delay_s, log=CycleLog(run_dir / "deploy.jsonl"),
-            stop_requested=stop_key or (lambda: False), status=getattr(backend, "status", None),
+            stop_requested=stop_key or (lambda: False), status=backend.status if episodic else None,
             on_step=(lambda obs, action: writer.add_step({**obs, "action": action})) if writer else None,
         )
         print(f"protege-deploy: {task['name']} on robot={cfg.robot.name}, {cfg.episodes} episode(s) at {fps:g} Hz, "
@@ -106,7 +112,7 @@ def _deploy(cfg: DictConfig, device: torch.device) -> int:
               flush=True)
         for i in range(cfg.episodes):
             seed = int(cfg.seed) + i
-            t_start = backend.reset(seed) if hasattr(backend, "reset") else backend.clock.now()
+            t_start = backend.reset(seed) if episodic else backend.clock.now()
             start_wall = time.time()
             res = loop.run_episode(t_start, time_limit, seed)
             results.append(res)

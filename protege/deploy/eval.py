@@ -34,7 +34,7 @@ from ..policies.base import Policy
 from ..policies.checkpoint import load_policy
 from ..policies.onednn import describe, onednn_matmul
 from ..policies.tensors import obs_to_torch, select_device
-from .schedulers import make_scheduler
+from ..control.schedulers import make_scheduler
 
 log = logging.getLogger("protege.eval")
 

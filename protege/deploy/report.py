@@ -1,6 +1,6 @@
 """``protege-deploy report <run_dir>``: the summary and plots of a deployment's cycle log.
 
-Reads ``<run_dir>/deploy.jsonl`` (see :class:`~protege.deploy.loop.CycleLog`), prints a summary,
+Reads ``<run_dir>/deploy.jsonl`` (see :class:`~protege.control.cyclelog.CycleLog`), prints a summary,
 writes it to ``report.json`` and plots ``report.png``: the cycle period and its jitter, the
 observation-to-action latency of every chunk, and the commanded vs measured TCP position.
 """
@@ -15,32 +15,7 @@ from typing import Any
 
 import numpy as np
 
-
-def read_log(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a ``deploy.jsonl`` (a run folder or the file).
-
-    Raises:
-        FileNotFoundError: no log there.
-        ValueError: a line that is not JSON (its number is named); a truncated last line (a
-            killed run) is skipped.
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "deploy.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no deployment log (protege-deploy writes <run_dir>/deploy.jsonl)")
-    lines = path.read_text().splitlines()
-    out = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            if i == len(lines) - 1:
-                break
-            raise ValueError(f"{path}:{i + 1}: not a log record ({e})") from e
-    return out
+from ..control.cyclelog import read_log
 
 
 def _pct(x, qs=(50, 99)) -> dict[str, float]:

@@ -1,20 +1,57 @@
-"""The hardware backend: a real arm, its gripper and cameras, built from the ``robot=``,
-``gripper=`` and ``camera=`` configs (``robot=ur5e gripper=robotiq_2f85 camera=realsense``).
+"""What the control loop and the recorders run on: the :class:`Backend` protocol, and the hardware
+backend, a real arm, its gripper and cameras, built from the ``robot=``, ``gripper=`` and
+``camera=`` configs (``robot=ur5e gripper=robotiq_2f85 camera=realsense``).
 
-It offers what :class:`~protege.sim.env.SimBackend` offers the control loop and the recorder
-(``robot``, ``gripper``, ``cameras``, ``clock``, ``close()``) and nothing a real lab does not
-have: no seeded reset and no success check (the operator resets the scene and judges).
+:class:`HardwareBackend` is a :class:`Backend` and nothing a real lab does not have: no seeded
+reset and no success check (the operator resets the scene and judges).
+:class:`~protege.sim.env.SimBackend` is also an :class:`EpisodicBackend`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import hydra
 
-from protege.robot.clock import HostClock
+from protege.robot.clock import Clock, HostClock
 from protege.robot.interfaces import Camera, Gripper, Robot
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A robot, its gripper (or None) and named cameras on one clock.
+
+    Attributes:
+        robot, gripper, cameras: the devices (name -> :class:`~protege.robot.interfaces.Camera`).
+        clock: the clock every sample and target is stamped on.
+        time_limit_s: an episode's default length, s.
+    """
+
+    robot: Robot
+    gripper: Gripper | None
+    cameras: Mapping[str, Camera]
+    clock: Clock
+    time_limit_s: float
+
+    def close(self) -> None:
+        """Stop and close every device (idempotent)."""
+
+
+@runtime_checkable
+class EpisodicBackend(Backend, Protocol):
+    """A backend that can start an episode from a seed and judge it (the simulator)."""
+
+    def reset(self, seed: int) -> float:
+        """Start the episode of ``seed``; returns its start time on :attr:`clock`."""
+
+    def status(self) -> Any:
+        """The task's status now (``success``, ``reward``, ``done``), once per cycle."""
+
+
+def camera_info(cameras: Mapping[str, Camera]) -> dict[str, dict]:
+    """{name: camera.info()} (driver, serial, size, fps, intrinsics), stored with each episode."""
+    return {name: cam.info() for name, cam in cameras.items()}
 
 
 class HardwareBackend:

@@ -1,11 +1,11 @@
 """Recording on a live robot: a teleop device drives the arm through the real-time control loop.
 
 On a real arm (``protege-record robot=ur5e teleop=keyboard``) there is no lockstep environment to
-step: the device takes the place of the policy in :class:`~protege.deploy.loop.ControlLoop`, so a
+step: the device takes the place of the policy in :class:`~protege.control.loop.ControlLoop`, so a
 demonstration passes the same safety filter, watchdogs, smooth stop and timestamped observation
 assembly as a deployed policy does. Each cycle (at the task's fps) the device sees the newest
 observation and returns the TCP target for the end of the cycle (a chunk of one action, computed
-in the loop's own thread: :class:`~protege.deploy.inference.InlineWorker`); the observation at
+in the loop's own thread: :class:`~protege.control.inference.InlineWorker`); the observation at
 ``t_k`` and the action sent (after the safety filter) are one step of the episode.
 
 The operator ends an episode with the device's keys (keep, discard, quit); an episode that reaches
@@ -24,11 +24,13 @@ from typing import Any
 import numpy as np
 
 from ..data.writer import BackgroundWriter
-from ..deploy.loop import ControlLoop, CycleLog, LoopSettings, StopReason
-from ..deploy.safety import SafetyFilter, SafetyLimits
-from ..deploy.schedulers import RecedingHorizon
+from ..control.cyclelog import CycleLog
+from ..control.loop import ControlLoop, LoopSettings, StopReason
+from ..control.safety import SafetyFilter, SafetyLimits
+from ..control.schedulers import RecedingHorizon
 from ..robot.observation import ObservationAssembler
-from .session import DISCARD, KEEP, QUIT, SessionReport, camera_info
+from ..robot.backend import camera_info
+from .session import DISCARD, KEEP, QUIT, SessionReport
 
 
 class TeleopActor:
@@ -74,7 +76,7 @@ def record_live(backend, device, writer: BackgroundWriter, episodes: int, *, fps
         writer: the episode store's writer; each kept episode is committed with its metadata
             (task, operator, start time, success = kept by the operator's key, steps, cameras).
         fps: the control and recording rate, Hz.
-        safety: the robot config's ``safety`` (:class:`~protege.deploy.safety.SafetyLimits`).
+        safety: the robot config's ``safety`` (:class:`~protege.control.safety.SafetyLimits`).
         time_limit_s: an episode's longest duration, s.
         keep: ``all`` keeps an episode that reached the time limit with no key; else it is discarded.
         latency: the robot config's ``latency`` (observation assembly).

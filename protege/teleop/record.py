@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..errors import job, root_cause
 from ..data.writer import BackgroundWriter
-from ..deploy.operator import StopKey
+from ..control.operator import StopKey
 from ..robot.interfaces import DeviceError
 from ..robot.observation import ObservationAssembler
 from .live import record_live
@@ -61,7 +61,7 @@ def _record_live(cfg: DictConfig) -> int:
         key_meta = ObservationAssembler(backend.robot, backend.gripper, backend.cameras).key_meta
         writer = BackgroundWriter(cfg.out, fps=cfg.task.fps, key_meta=key_meta, image_codec=cfg.image_codec)
         stop_key = StopKey(keys=False)  # the teleop device owns the keyboard; Ctrl-C stops the arm
-        time_limit = float(cfg.time_limit_s or getattr(backend, "time_limit_s", 60.0))
+        time_limit = float(cfg.time_limit_s or backend.time_limit_s)
         print(f"protege-record: {cfg.task.name} on robot={cfg.robot.name} with teleop={cfg.teleop.name}, "
               f"{cfg.episodes} episode(s) of at most {time_limit:g} s at {cfg.task.fps:g} Hz -> {cfg.out}; "
               "Ctrl-C stops the arm", flush=True)

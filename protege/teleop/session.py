@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..data.writer import BackgroundWriter
+from ..robot.backend import camera_info
 
 KEEP, DISCARD, QUIT = "keep", "discard", "quit"
 
@@ -52,11 +53,6 @@ class SessionReport:
     @property
     def episodes_per_minute(self) -> float:
         return 60.0 * len(self.kept) / self.seconds if self.seconds else 0.0
-
-
-def camera_info(cameras: Mapping[str, Any]) -> dict[str, dict]:
-    """{name: camera.info()} (driver, serial, size, fps, intrinsics), stored with each episode."""
-    return {name: cam.info() for name, cam in cameras.items()}
 
 
 def record(env, device: TeleopDevice, writer: BackgroundWriter, episodes: int, seed: int = 0, task: str = "",

@@ -29,7 +29,7 @@ class ACTPolicy(Policy):
         shape_meta, normalizer: as for every policy.
         chunk_size: actions predicted per query (the paper's k, 100).
         n_action_steps: steps executed per chunk under receding horizon (temporal ensembling
-            queries every step instead, see :class:`~protege.deploy.schedulers.TemporalEnsembling`).
+            queries every step instead, see :class:`~protege.control.schedulers.TemporalEnsembling`).
         kl_weight: beta of the KL term (10).
         latent_dim: size of z (32).
         hidden_dim, dim_feedforward, n_heads, enc_layers, dec_layers, dropout: transformer sizes

@@ -1,10 +1,10 @@
-"""The real-time control loop: one loop for every backend (DESIGN.md, "Deploy loop").
+"""The real-time control loop: one loop for every backend (ARCHITECTURE.md, "One control cycle").
 
 Each cycle ``k`` at ``t_k = t_0 + k dt`` on the backend's clock:
 
 1. watchdogs: the operator's stop, the robot's state (a lost connection or protective stop is a
    :class:`~protege.robot.interfaces.DeviceError`), the joint limits and speeds
-   (:meth:`~protege.deploy.safety.SafetyFilter.check_state`) and every camera's newest frame
+   (:meth:`~protege.control.safety.SafetyFilter.check_state`) and every camera's newest frame
    (older than ``max_frame_age_s`` = stale);
 2. the observation window: the store's keys at ``t_k - (To - 1 - i) dt``, resampled from the
    devices' histories (:class:`~protege.robot.observation.ObservationAssembler`);
@@ -16,7 +16,7 @@ Each cycle ``k`` at ``t_k = t_0 + k dt`` on the backend's clock:
    reach at ``t_k + dt``. No action for it (the queue ran dry) means the policy stalled.
 
 Any watchdog stops the episode and the run: the arm decelerates within the safety limits, then
-holds (:meth:`~protege.deploy.safety.SafetyFilter.stop_targets`), and the reason is returned
+holds (:meth:`~protege.control.safety.SafetyFilter.stop_targets`), and the reason is returned
 (:class:`StopReason`, whose value is the process's exit code). A cycle log records, per cycle,
 the observation time, inference start and end, actions scheduled, dropped and clipped, and the
 commanded and measured TCP (:class:`CycleLog`, read by ``protege-deploy report``).
@@ -25,13 +25,11 @@ commanded and measured TCP (:class:`CycleLog`, read by ``protege-deploy report``
 from __future__ import annotations
 
 import enum
-import json
 import math
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 
@@ -39,6 +37,7 @@ from ..robot.actions import action_to_pose, pose_to_action
 from ..robot.clock import Clock
 from ..robot.interfaces import Camera, DeviceError, Gripper, Robot
 from ..robot.observation import ObservationAssembler
+from .cyclelog import CycleLog
 from .inference import InferenceResult, InferenceWorker, InlineWorker
 from .safety import SafetyFilter, SafetyViolation, UnsafeAction
 from .schedulers import ActionScheduler
@@ -109,47 +108,6 @@ class EpisodeResult:
         return {**self.__dict__, "stop": self.stop.name.lower()}
 
 
-class CycleLog:
-    """Per-cycle records as JSON lines (``deploy.jsonl``), one object per line:
-
-    ``{"type": "cycle", "episode", "k", "t" (scheduled cycle time), "wake" (when the cycle ran),
-    "t_obs", "request" (a chunk was requested this cycle), "chunk": {"t_obs", "t_start", "t_end",
-    "scheduled", "dropped"} or null, "dropped" (late actions dropped this cycle, total),
-    "clipped": [kinds], "cmd": [x, y, z], "cmd_speed" m/s, "width", "meas": [x, y, z]}``, plus
-    ``{"type": "episode", ...}`` (:class:`EpisodeResult`), ``{"type": "stop", "reason", "message"}``
-    and the smooth stop's ``{"type": "stop_target", "t", "cmd"}`` records.
-    Times are s on the loop's clock.
-    """
-
-    def __init__(self, path: str | Path | None):
-        self.path = Path(path) if path is not None else None
-        self._f: TextIO | None = None
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._f = self.path.open("a", buffering=1)  # line-buffered: a killed run keeps its log
-
-    def write(self, record: Mapping[str, Any]) -> None:
-        if self._f is not None:
-            self._f.write(json.dumps(record, default=_json_default) + "\n")
-
-    def flush(self) -> None:
-        if self._f is not None:
-            self._f.flush()
-
-    def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
-
-
-def _json_default(x):
-    if isinstance(x, np.ndarray):
-        return [round(float(v), 6) for v in x.ravel()]
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    raise TypeError(type(x))
-
-
 class _Stop(Exception):
     def __init__(self, reason: StopReason, message: str, smooth: bool = True):
         super().__init__(message)
@@ -163,8 +121,8 @@ class ControlLoop:
         robot, gripper, cameras: the devices (any backend: the simulator or real drivers).
         clock: the devices' clock (``now``, ``sleep_until``).
         predict: ``predict(window) -> chunk (Ta, Da)``, e.g. a
-            :class:`~protege.deploy.inference.PolicyRunner`; it runs in an
-            :class:`~protege.deploy.inference.InferenceWorker`.
+            :class:`~protege.control.inference.PolicyRunner`; it runs in an
+            :class:`~protege.control.inference.InferenceWorker`.
         assembler: the observation assembly over the same devices.
         obs_keys: the store keys the policy reads.
         scheduler: receding horizon or temporal ensembling, with the loop's ``dt``.
