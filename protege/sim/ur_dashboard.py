@@ -45,12 +45,15 @@ class Dashboard:
                   "close popup": "closing popup", "restart safety": "Restarting safety"}
         if low in simple:
             return simple[low]
-        if low == "stop":
-            c.stop_program("dashboard stop")
-            return "Stopped"
-        if low == "pause":
-            c.stop_program("dashboard pause")
-            return "Pausing program"
+        actions = {"stop": ("Stopped", lambda: c.stop_program("dashboard stop")),
+                   "pause": ("Pausing program", lambda: c.stop_program("dashboard pause")),
+                   "power on": ("Powering on", lambda: c.power("on")),
+                   "power off": ("Powering off", lambda: c.power("off")),
+                   "brake release": ("Brake releasing", lambda: c.power("brake release"))}
+        if low in actions:
+            answer, act = actions[low]
+            act()
+            return answer
         if low == "play":
             return "Failed to execute: play"  # no program loaded: the stand-in runs programs sent to port 30003
         if low.startswith("load "):
@@ -70,15 +73,6 @@ class Dashboard:
         if low in ("safetystatus", "safetymode"):
             name = ("ROBOT_EMERGENCY_STOP" if c.estop else "PROTECTIVE_STOP" if c.protective_stop else "NORMAL")
             return ("Safetystatus: " if low == "safetystatus" else "Safetymode: ") + name
-        if low == "power on":
-            c.power("on")
-            return "Powering on"
-        if low == "power off":
-            c.power("off")
-            return "Powering off"
-        if low == "brake release":
-            c.power("brake release")
-            return "Brake releasing"
         if low == "unlock protective stop":
             if c.protective_stop and c.clock() - c.protective_stop_at < UNLOCK_DELAY_S:
                 return ("Cannot unlock protective stop until 5s after occurrence. Always inspect cause of "
