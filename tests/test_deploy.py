@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("mujoco")
 
 from protege.control.cyclelog import CycleLog  # noqa: E402
-from protege.control.loop import ControlLoop, LoopSettings, StopReason  # noqa: E402
+from protege.control.loop import ActionSource, ControlLoop, Hooks, LoopSettings, StopReason  # noqa: E402
 from protege.control.operator import StopKey  # noqa: E402
 from protege.control.safety import SafetyFilter, SafetyLimits  # noqa: E402
 from protege.control.schedulers import make_scheduler  # noqa: E402
@@ -46,9 +46,10 @@ def make_loop(backend, predict, tmp_path, cameras=None, limits=None, settings=No
     cams = backend.cameras if cameras is None else cameras
     assembler = ObservationAssembler(backend.robot, backend.gripper, cams)
     lim = SafetyLimits(**{**LIMITS, **(limits or {})})
-    return ControlLoop(backend.robot, backend.gripper, cams, backend.clock, predict, assembler, LOW,
-                       make_scheduler(scheduler, n_action_steps, dt=DT), SafetyFilter(lim, DT),
-                       settings or LoopSettings(control_hz=HZ), log=CycleLog(tmp_path / "deploy.jsonl"), **kw)
+    delay = kw.pop("inference_delay_s", 0.0)
+    return ControlLoop(backend.robot, backend.gripper, cams, backend.clock, ActionSource(predict, LOW, inference_delay_s=delay),
+                       assembler, make_scheduler(scheduler, n_action_steps, dt=DT), SafetyFilter(lim, DT),
+                       settings or LoopSettings(control_hz=HZ), Hooks(**kw), log=CycleLog(tmp_path / "deploy.jsonl"))
 
 
 def records(tmp_path, kind):

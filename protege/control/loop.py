@@ -27,7 +27,7 @@ from __future__ import annotations
 import enum
 import math
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,52 +114,109 @@ class _Stop(Exception):
         self.reason, self.message, self.smooth = reason, message, smooth
 
 
+@dataclass
+class ActionSource:
+    """What gives the loop its action chunks.
+
+    Attributes:
+        predict: ``predict(window) -> chunk (Ta, Da)`` from an observation window of store keys,
+            e.g. a :class:`~protege.control.inference.PolicyRunner` or a teleop device's actor.
+        obs_keys: the store keys ``predict`` reads.
+        inline: run ``predict`` in the loop's own thread when asked (a teleop device:
+            :class:`~protege.control.inference.InlineWorker`), not in an inference thread.
+        inference_delay_s: added to every inference in the thread (rehearse a slower policy).
+    """
+
+    predict: Callable[[Mapping[str, np.ndarray]], np.ndarray]
+    obs_keys: Sequence[str]
+    inline: bool = False
+    inference_delay_s: float = 0.0
+
+
+class EpisodeHooks:
+    """An episode's life cycle as the loop's caller sees it, polled once per cycle. The defaults
+    do nothing; :class:`Hooks` builds one from callables.
+
+    Attributes:
+        records: :meth:`on_step` wants every store key of the cycle's observation (recording), not
+            only the policy's.
+    """
+
+    records = False
+
+    def stop_requested(self) -> bool:
+        """True stops the run (the operator's stop key): the arm stops smoothly, StopReason.OPERATOR."""
+        return False
+
+    def end_requested(self) -> bool:
+        """True ends the episode as COMPLETED after this cycle's action (a teleop keep / discard key)."""
+        return False
+
+    def status(self) -> Any:
+        """The task's status (``reward``, ``success``) or None (no task judges: a real arm)."""
+        return None
+
+    def on_step(self, obs: dict, action: np.ndarray) -> None:
+        """Each executed cycle: its observation (store keys at ``t_k``) and the action sent (10,) float32."""
+
+
+class Hooks(EpisodeHooks):
+    """:class:`EpisodeHooks` from callables; any left None does nothing (``on_step`` given: recording)."""
+
+    def __init__(self, stop_requested: Callable[[], bool] | None = None, end_requested: Callable[[], bool] | None = None,
+                 status: Callable[[], Any] | None = None, on_step: Callable[[dict, np.ndarray], None] | None = None):
+        self._stop, self._end, self._status, self._step = stop_requested, end_requested, status, on_step
+        self.records = on_step is not None
+
+    def stop_requested(self) -> bool:
+        return bool(self._stop and self._stop())
+
+    def end_requested(self) -> bool:
+        return bool(self._end and self._end())
+
+    def status(self) -> Any:
+        return self._status() if self._status else None
+
+    def on_step(self, obs: dict, action: np.ndarray) -> None:
+        if self._step:
+            self._step(obs, action)
+
+
 class ControlLoop:
     """Runs a policy on a robot in real time (see the module docstring).
 
     Args:
         robot, gripper, cameras: the devices (any backend: the simulator or real drivers).
         clock: the devices' clock (``now``, ``sleep_until``).
-        predict: ``predict(window) -> chunk (Ta, Da)``, e.g. a
-            :class:`~protege.control.inference.PolicyRunner`; it runs in an
-            :class:`~protege.control.inference.InferenceWorker`.
+        source: where the action chunks come from (:class:`ActionSource`: a policy, in an
+            inference thread, or a teleop device, inline).
         assembler: the observation assembly over the same devices.
-        obs_keys: the store keys the policy reads.
         scheduler: receding horizon or temporal ensembling, with the loop's ``dt``.
         safety: the robot's safety filter, with the loop's ``dt``.
         settings: :class:`LoopSettings`.
-        inference_delay_s: added to every inference (rehearsal of a slower policy).
+        hooks: the episode's life cycle (:class:`EpisodeHooks`: stop, end, task status, each step).
         log: the :class:`CycleLog` (None: no log).
-        stop_requested: polled every cycle; True stops the run (the operator's stop key).
-        status: ``status() -> TaskStatus or None`` once per cycle, for a task's success (simulation).
-        on_step: ``on_step(obs, action)`` per executed cycle, with the cycle's observation (store
-            keys at ``t_k``) and the action sent (10,) float32 (recording the rollout).
-        end_requested: polled every cycle after the action is sent; True ends the episode as
-            COMPLETED (the teleop operator's keep / discard keys).
-        inline: run ``predict`` in the loop's own thread when it is asked (:class:`InlineWorker`:
-            a teleop device), not in an inference thread.
+
+    Raises:
+        ValueError: a clock that is not real time, or a scheduler / filter at another ``dt``.
     """
 
     def __init__(self, robot: Robot, gripper: Gripper | None, cameras: Mapping[str, Camera], clock: Clock,
-                 predict: Callable[[Mapping[str, np.ndarray]], np.ndarray], assembler: ObservationAssembler,
-                 obs_keys, scheduler: ActionScheduler, safety: SafetyFilter, settings: LoopSettings,
-                 inference_delay_s: float = 0.0, log: CycleLog | None = None,
-                 stop_requested: Callable[[], bool] = lambda: False, status: Callable[[], Any] | None = None,
-                 on_step: Callable[[dict, np.ndarray], None] | None = None,
-                 end_requested: Callable[[], bool] = lambda: False, inline: bool = False):
+                 source: ActionSource, assembler: ObservationAssembler, scheduler: ActionScheduler,
+                 safety: SafetyFilter, settings: LoopSettings, hooks: EpisodeHooks | None = None,
+                 log: CycleLog | None = None):
         if not clock.realtime:
             raise ValueError("the control loop runs on a real-time clock (robot=sim uses clock: realtime)")
         self.robot, self.gripper, self.cameras, self.clock = robot, gripper, dict(cameras), clock
-        self.assembler, self.obs_keys = assembler, list(obs_keys)
+        self.assembler, self.obs_keys = assembler, list(source.obs_keys)
         self.scheduler, self.safety, self.settings = scheduler, safety, settings
         self.dt = 1.0 / settings.control_hz
         if abs(scheduler.dt - self.dt) > 1e-9 or abs(safety.dt - self.dt) > 1e-9:
             raise ValueError(f"scheduler dt {scheduler.dt} and safety dt {safety.dt} must equal 1 / control_hz = {self.dt}")
-        self.worker = (InlineWorker(predict, clock.now) if inline
-                       else InferenceWorker(predict, clock.now, inference_delay_s))
+        self.worker = (InlineWorker(source.predict, clock.now) if source.inline
+                       else InferenceWorker(source.predict, clock.now, source.inference_delay_s))
         self.log = log or CycleLog(None)
-        self.stop_requested, self.status, self.on_step = stop_requested, status, on_step
-        self.end_requested = end_requested
+        self.hooks = hooks or EpisodeHooks()
         self.latencies: deque[float] = deque(maxlen=10)
         self.episode = 0
         self._t_start = -math.inf
@@ -174,7 +231,7 @@ class ControlLoop:
         return [t - (n - 1 - i) * self.dt for i in range(n)]
 
     def _watchdogs(self, now: float):
-        if self.stop_requested():
+        if self.hooks.stop_requested():
             raise _Stop(StopReason.OPERATOR, "the operator stopped the arm")
         try:
             state = self.robot.state()
@@ -302,16 +359,16 @@ class ControlLoop:
                     "clipped": list(target.clipped), "cmd": target.position, "cmd_speed": float(np.linalg.norm(self.safety.velocity)),
                     "width": target.width, "meas": state.tcp_position,
                 })
-                if self.on_step is not None:
+                if self.hooks.records:
                     step_obs = {key: v[-1] for key, v in obs.items()}
-                    self.on_step(step_obs, pose_to_action(target.position, target.quat, target.width))
+                    self.hooks.on_step(step_obs, pose_to_action(target.position, target.quat, target.width))
                 result.steps += 1
-                if self.status is not None and (st := self.status()) is not None:
+                if (st := self.hooks.status()) is not None:
                     result.max_reward = max(result.max_reward, float(st.reward))
                     result.success = result.success or bool(st.success)
                     if st.success:
                         break
-                if self.end_requested():
+                if self.hooks.end_requested():
                     break
                 k += 1
             self.smooth_stop()
@@ -336,7 +393,7 @@ class ControlLoop:
     @property
     def obs_keys_all(self) -> list[str]:
         """The keys assembled each cycle: the policy's, plus everything when recording."""
-        return list(self.assembler.store_keys) if self.on_step is not None else self.obs_keys
+        return list(self.assembler.store_keys) if self.hooks.records else self.obs_keys
 
     def _first_chunk(self) -> float:
         """Ask for the episode's first chunk, keep the watchdogs running while it comes, pass the

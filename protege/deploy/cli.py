@@ -22,7 +22,7 @@ from ..policies.tensors import select_device
 from ..robot.observation import ObservationAssembler
 from ..control.cyclelog import CycleLog, read_log
 from ..control.inference import PolicyRunner
-from ..control.loop import ControlLoop, EpisodeResult, LoopSettings, StopReason
+from ..control.loop import ActionSource, ControlLoop, EpisodeResult, Hooks, LoopSettings, StopReason
 from ..control.operator import StopKey
 from ..control.safety import SafetyFilter, SafetyLimits
 from ..control.schedulers import make_scheduler
@@ -101,12 +101,11 @@ def _deploy(cfg: DictConfig, device: torch.device) -> int:
         stop_key = StopKey() if cfg.stop_key else None
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-        loop = ControlLoop(
-            backend.robot, backend.gripper, backend.cameras, backend.clock, runner, assembler, runner.store_keys, scheduler,
-            safety, settings, inference_delay_s=cfg.inference_delay_s, log=CycleLog(run_dir / "deploy.jsonl"),
-            stop_requested=stop_key or (lambda: False), status=backend.status if episodic else None,
-            on_step=(lambda obs, action: writer.add_step({**obs, "action": action})) if writer else None,
-        )
+        hooks = Hooks(stop_requested=stop_key, status=backend.status if episodic else None,
+                      on_step=(lambda obs, action: writer.add_step({**obs, "action": action})) if writer else None)
+        loop = ControlLoop(backend.robot, backend.gripper, backend.cameras, backend.clock,
+                           ActionSource(runner, runner.store_keys, inference_delay_s=cfg.inference_delay_s),
+                           assembler, scheduler, safety, settings, hooks, log=CycleLog(run_dir / "deploy.jsonl"))
         print(f"protege-deploy: {task['name']} on robot={cfg.robot.name}, {cfg.episodes} episode(s) at {fps:g} Hz, "
               f"{cfg.scheduler}, log {run_dir / 'deploy.jsonl'}" + ("; stop: s, space, Esc or Ctrl-C" if stop_key else ""),
               flush=True)

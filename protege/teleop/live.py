@@ -25,7 +25,7 @@ import numpy as np
 
 from ..data.writer import BackgroundWriter
 from ..control.cyclelog import CycleLog
-from ..control.loop import ControlLoop, LoopSettings, StopReason
+from ..control.loop import ActionSource, ControlLoop, Hooks, LoopSettings, StopReason
 from ..control.safety import SafetyFilter, SafetyLimits
 from ..control.schedulers import RecedingHorizon
 from ..robot.observation import ObservationAssembler
@@ -96,11 +96,12 @@ def record_live(backend, device, writer: BackgroundWriter, episodes: int, *, fps
     def on_step(obs, action):
         writer.add_step({**obs, "action": action.astype(np.float32)})
 
-    loop = ControlLoop(backend.robot, backend.gripper, backend.cameras, backend.clock, actor, assembler,
-                       assembler.store_keys, RecedingHorizon(1, dt, offset=1.0), SafetyFilter(SafetyLimits.from_config(safety), dt),
+    loop = ControlLoop(backend.robot, backend.gripper, backend.cameras, backend.clock,
+                       ActionSource(actor, assembler.store_keys, inline=True), assembler,
+                       RecedingHorizon(1, dt, offset=1.0), SafetyFilter(SafetyLimits.from_config(safety), dt),
                        LoopSettings(control_hz=fps, n_obs_steps=1, max_frame_age_s=max_frame_age_s, latency_margin_s=0.0),
-                       log=CycleLog(log_path), stop_requested=stop_requested, on_step=on_step,
-                       end_requested=actor.end_requested, inline=True)
+                       Hooks(stop_requested=stop_requested, end_requested=actor.end_requested, on_step=on_step),
+                       log=CycleLog(log_path))
     cameras = camera_info(backend.cameras)
     t_session = time.monotonic()
     try:
