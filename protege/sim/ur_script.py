@@ -75,17 +75,18 @@ class ControlScript:
     Args:
         ctrl: the controller (:class:`~protege.sim.ur_controller.URControllerSim`): its registers,
             arm, clock and program state.
-        text: the uploaded script (its register offsets and any injected move path are read from it).
-
-    Raises:
-        urscript.ScriptError: the injected move path holds a line the stand-in cannot run.
+        text: the uploaded script (its register offsets and any injected move path are read from it;
+            a path the stand-in cannot run stops the program when it is run).
     """
 
     def __init__(self, ctrl, text: str):
         self.ctrl, self.arm = ctrl, ctrl.arm
         self.off_int = self._offset(text, "reg_offset_int")
         self.off_float = self._offset(text, "reg_offset_float")
-        self.path = urscript.path_of(text)
+        try:
+            self.path, self.path_error = urscript.path_of(text), None
+        except urscript.ScriptError as e:  # refused when the path is run (MOVE_PATH), as a runtime error
+            self.path, self.path_error = None, f"move_path: {e}"
         self.executing = False
         self.busy = None  # callable: True when the running command is done
         self.watchdog_period: float | None = None
@@ -159,6 +160,8 @@ class ControlScript:
                 arm.start_path([(kind, target, speed, accel)])
                 self._await(asynchronous)
             elif cmd == MOVE_PATH:
+                if self.path_error:
+                    raise ScriptStopped(self.path_error)
                 if not self.path:
                     raise ScriptStopped("move_path: the uploaded script holds no path")
                 moves = []
