@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from collections.abc import Mapping
 from typing import Any, Protocol
 
 import numpy as np
