@@ -187,13 +187,14 @@ class URArm:
         return bool(np.all(q >= self.limits[0] + LIMIT_MARGIN) and np.all(q <= self.limits[1] - LIMIT_MARGIN))
 
     # -- motions ----------------------------------------------------------------------------------
-    def check_line(self, pose, start=None, samples: int = 8) -> None:
-        """Raise :class:`MotionError` unless the straight TCP line from ``start`` (default: the
-        commanded TCP) to ``pose`` has inverse kinematics at ``samples`` points along it."""
+    def check_line(self, pose, start=None, samples: int = 8, q_start=None) -> np.ndarray:
+        """Joints (6,) at ``pose``, solved along the straight TCP line from ``start`` (default: the
+        commanded TCP; ``q_start`` its joints) at ``samples`` points; :class:`MotionError` where a
+        point has no inverse kinematics."""
         start = matrix_to_pose(self.target_tcp_T()) if start is None else np.asarray(start, float)
         A, B = pose_to_matrix(start), pose_to_matrix(pose)
         dR = matrix_to_rotvec(A[:3, :3].T @ B[:3, :3])
-        q = self.robot.commanded_joint_positions
+        q = self.robot.commanded_joint_positions if q_start is None else q_start
         for s in np.linspace(0.0, 1.0, samples + 1)[1:]:
             T = np.eye(4)
             T[:3, :3] = A[:3, :3] @ rotvec_to_matrix(s * dR)
@@ -202,6 +203,7 @@ class URArm:
             if q is None:
                 raise MotionError(f"movel: no inverse kinematics for the pose {np.round(matrix_to_pose(T), 4).tolist()} "
                                   f"on the line to {np.round(np.asarray(pose), 4).tolist()}")
+        return q
 
     def check_joints(self, q) -> None:
         """Raise :class:`MotionError` when joints ``q`` (6,) lie beyond the joint limits."""
@@ -217,8 +219,7 @@ class URArm:
                 self.check_joints(target)
                 q, pose = np.asarray(target, float), self.forward_kinematics(target)
             else:
-                self.check_line(target, pose)
-                q, pose = self.inverse_kinematics(target, q, 1e-4, 1e-3), np.asarray(target, float)
+                q, pose = self.check_line(target, pose, q_start=q), np.asarray(target, float)
         self.stop_speed()
         self._path = list(moves)
         return self._next_move()

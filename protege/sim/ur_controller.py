@@ -253,8 +253,7 @@ class URControllerSim:
         except urscript.ScriptError as e:
             self.log(f"program refused (compile error): {e}")
             return
-        self.stop_program("replaced by a new program")
-        self.arm.stop()
+        self.stop_program("replaced by a new program")  # stops the arm too
         self.script, self.program_name = new, name
         self.log(f"program started: {name} ({len(text)} bytes of URScript)")
 
