@@ -37,7 +37,7 @@ def main() -> None:
     for v in args.variant:
         name, sep, overrides = v.partition(":")
         if not sep or not name:
-            ap.error(f"--variant {v!r}: expected NAME:OVERRIDES (e.g. Ta4:n_action_steps=4, or Ta8: for the defaults)")
+            ap.error(f"--variant {v!r}: expected NAME:OVERRIDES (e.g. Ta4:scheduler.n_action_steps=4, or Ta8: for the defaults)")
         variants.append((name, [o for o in overrides.split(",") if o]))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

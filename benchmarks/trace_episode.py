@@ -1,7 +1,7 @@
 """One evaluation episode step by step: the observed and commanded gripper width (m), TCP height (m)
 and the cube's height (m) after the step, with the task stage; for diagnosing how a policy's grasps fail.
 
-    python benchmarks/trace_episode.py CHECKPOINT SEED [receding_horizon|temporal_ensembling]
+    python benchmarks/trace_episode.py CHECKPOINT SEED [receding_horizon|receding_horizon_blend|temporal_ensembling]
 
 Rolls the checkpoint out with protege-eval's own evaluator (:class:`protege.deploy.eval.SimEvaluator`,
 one episode of seed SEED, the named action scheduler, the eval config's defaults otherwise) and
@@ -29,9 +29,9 @@ if len(sys.argv) < 3:
 ck, seed = sys.argv[1], int(sys.argv[2])
 sched = sys.argv[3] if len(sys.argv) > 3 else "receding_horizon"
 with initialize_config_module("protege.configs", version_base=None):
-    cfg = compose("eval", overrides=[f"checkpoint={ck}"])
+    cfg = compose("eval", overrides=[f"checkpoint={ck}", f"scheduler={sched}"])
 policy, ckpt = load_policy(ck, use_ema=cfg.use_ema)
 task = ckpt["config"]["task"]
 torch.manual_seed(0)
-SimEvaluator(env_config(task, cfg), task["obs"], n_episodes=1, seed=seed, scheduler=sched, batch_envs=1,
-             temporal_ensembling_k=cfg.temporal_ensembling_k, fps=task.get("fps", 10), on_step=line)(policy)
+SimEvaluator(env_config(task, cfg), task["obs"], n_episodes=1, seed=seed, scheduler=cfg.scheduler, batch_envs=1,
+             fps=task.get("fps", 10), on_step=line)(policy)

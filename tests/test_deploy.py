@@ -17,7 +17,7 @@ from protege.control.cyclelog import CycleLog  # noqa: E402
 from protege.control.loop import ActionSource, ControlLoop, Hooks, LoopSettings, StopReason  # noqa: E402
 from protege.control.operator import StopKey  # noqa: E402
 from protege.control.safety import SafetyFilter, SafetyLimits  # noqa: E402
-from protege.control.schedulers import make_scheduler  # noqa: E402
+from protege.control.schedulers import RecedingHorizon, TemporalEnsembling  # noqa: E402
 from protege.robot.actions import pose_to_action  # noqa: E402
 from protege.robot.frames import ThreadedCamera  # noqa: E402
 from protege.robot.interfaces import Frame  # noqa: E402
@@ -41,6 +41,10 @@ def backend():
     b.close()
 
 
+SCHEDULERS = {"receding_horizon": lambda n: RecedingHorizon(n, dt=DT),
+              "temporal_ensembling": lambda n: TemporalEnsembling(dt=DT)}
+
+
 def make_loop(backend, predict, tmp_path, cameras=None, limits=None, settings=None, scheduler="receding_horizon",
               n_action_steps=8, **kw):
     cams = backend.cameras if cameras is None else cameras
@@ -48,7 +52,7 @@ def make_loop(backend, predict, tmp_path, cameras=None, limits=None, settings=No
     lim = SafetyLimits(**{**LIMITS, **(limits or {})})
     delay = kw.pop("inference_delay_s", 0.0)
     return ControlLoop(backend.robot, backend.gripper, cams, backend.clock, ActionSource(predict, LOW, inference_delay_s=delay),
-                       assembler, make_scheduler(scheduler, n_action_steps, dt=DT), SafetyFilter(lim, DT),
+                       assembler, SCHEDULERS[scheduler](n_action_steps), SafetyFilter(lim, DT),
                        settings or LoopSettings(control_hz=HZ), Hooks(**kw), log=CycleLog(tmp_path / "deploy.jsonl"))
 
 

@@ -9,19 +9,20 @@ def test_wilson_interval():
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
 
 
-def test_unknown_scheduler_name():
-    from protege.control.schedulers import make_scheduler
-
-    with pytest.raises(ValueError, match="temporal_ensembling"):
-        make_scheduler("nope", 8)
-
-
 # -- the evaluator's aggregation on a tiny fake environment with known answers ----------------------
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from protege.deploy.eval import SimEvaluator  # noqa: E402
+
+
+def test_a_bad_scheduler_config_is_refused_before_any_rollout():
+    with pytest.raises(ValueError, match="n_action_steps must be >= 1"):
+        SimEvaluator({"_target_": "x"}, {}, scheduler={"_target_": "protege.control.schedulers.RecedingHorizon",
+                                                       "n_action_steps": 0})
+    with pytest.raises(ValueError, match="not an action scheduler"):
+        SimEvaluator({"_target_": "x"}, {}, scheduler={"_target_": "collections.OrderedDict"})
 
 # seed -> (rewards per step, the step (0-based) whose info says success or None, the episode's length)
 SCRIPT = {0: ([0.1, 0.7, 0.2, 0.0], 1, 4), 1: ([0.0, 0.0, 0.3], None, 3), 2: ([0.5, 0.9, 0.95, 0.4, 0.2, 0.1], 2, 6)}

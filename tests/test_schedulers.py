@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protege.control.schedulers import RecedingHorizon, TemporalEnsembling, make_scheduler
+from protege.control.schedulers import RecedingHorizon, TemporalEnsembling, build_scheduler
 
 DT = 0.1
 
@@ -90,9 +90,24 @@ def test_temporal_ensembling_matches_a_hand_computed_example():
     assert s.action_at(0.6) is None
 
 
-def test_unknown_scheduler_name():
-    with pytest.raises(ValueError, match="temporal_ensembling"):
-        make_scheduler("nope", 8)
+def test_the_scheduler_config_group_builds_each_scheduler():
+    """Every file of configs/scheduler/ composes and builds; n_action_steps: null is the policy's."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("protege.configs", version_base=None):
+        rh = compose("deploy", overrides=["checkpoint=x"]).scheduler
+        plain = compose("eval", overrides=["checkpoint=x"]).scheduler
+        te = compose("eval", overrides=["checkpoint=x", "scheduler=temporal_ensembling", "scheduler.k=0.5"]).scheduler
+        ta4 = compose("eval", overrides=["checkpoint=x", "scheduler.n_action_steps=4"]).scheduler
+    s = build_scheduler(rh, 8, dt=DT, offset=0.0)
+    assert isinstance(s, RecedingHorizon) and (s.n_action_steps, s.blend_steps, s.dt, s.offset) == (8, 2, DT, 0.0)
+    s = build_scheduler(plain, 8)
+    assert isinstance(s, RecedingHorizon) and (s.n_action_steps, s.blend_steps) == (8, 0)
+    assert build_scheduler(ta4, 8).n_action_steps == 4
+    s = build_scheduler(te, 8)
+    assert isinstance(s, TemporalEnsembling) and s.k == 0.5 and s.name == "temporal_ensembling"
+    with pytest.raises(ValueError, match="k must be >= 0"):
+        build_scheduler({**te, "k": -1}, 8)
 
 
 @settings(max_examples=60, deadline=None)

@@ -25,6 +25,8 @@ Pure: no clock, no threads; the caller passes the times.
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -51,6 +53,7 @@ class ActionScheduler(abc.ABC):
         ValueError: ``dt`` <= 0.
     """
 
+    name = ""  # the scheduler's name in reports (its file in configs/scheduler/)
     _counts_skips = True  # an action the caller stepped over (never asked for) was dropped
 
     def __init__(self, dt: float, offset: float = 1.0):
@@ -143,6 +146,8 @@ class RecedingHorizon(ActionScheduler):
         ValueError: n_action_steps < 1, blend_steps < 0, or dt <= 0.
     """
 
+    name = "receding_horizon"
+
     def __init__(self, n_action_steps: int, dt: float = 0.1, offset: float = 1.0, blend_steps: int = 0):
         if n_action_steps < 1:
             raise ValueError(f"n_action_steps must be >= 1, got {n_action_steps}")
@@ -195,6 +200,7 @@ class TemporalEnsembling(ActionScheduler):
         ValueError: k < 0, or dt <= 0.
     """
 
+    name = "temporal_ensembling"
     _counts_skips = False  # overlapping predictions are averaged, not skipped
 
     def __init__(self, k: float = 0.01, dt: float = 0.1, offset: float = 1.0):
@@ -223,19 +229,32 @@ class TemporalEnsembling(ActionScheduler):
         return True
 
 
-SCHEDULERS = ("receding_horizon", "temporal_ensembling")
+def build_scheduler(cfg: Mapping[str, Any], n_action_steps: int, dt: float = 0.1, offset: float = 1.0) -> ActionScheduler:
+    """A fresh scheduler from an entry of the ``scheduler`` config group (``configs/scheduler/``:
+    a ``_target_`` class and its parameters), for a policy whose own ``n_action_steps`` fills an
+    ``n_action_steps: null`` of the config.
 
-
-def make_scheduler(name: str, n_action_steps: int, k: float = 0.01, dt: float = 0.1, offset: float = 1.0,
-                   blend_steps: int = 0) -> ActionScheduler:
-    """A fresh scheduler by name: ``receding_horizon`` (uses n_action_steps, blend_steps) or
-    ``temporal_ensembling`` (uses k).
+    Args:
+        cfg: the group's entry, e.g. ``{"_target_": "protege.control.schedulers.RecedingHorizon",
+            "n_action_steps": None, "blend_steps": 2}``.
+        n_action_steps: the policy's.
+        dt: control period, s; offset: see :class:`ActionScheduler`.
 
     Raises:
-        ValueError: an unknown name or a bad parameter.
+        ValueError: a bad parameter, or a target that is not an :class:`ActionScheduler`.
     """
-    if name == "receding_horizon":
-        return RecedingHorizon(n_action_steps, dt, offset, blend_steps)
-    if name == "temporal_ensembling":
-        return TemporalEnsembling(k, dt, offset)
-    raise ValueError(f"unknown action scheduler {name!r}; choose one of {list(SCHEDULERS)}")
+    import hydra
+    from hydra.errors import InstantiationException
+    from omegaconf import DictConfig, OmegaConf
+
+    params = dict(OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg)
+    params.pop("_partial_", None)
+    if "n_action_steps" in params and params["n_action_steps"] is None:
+        params["n_action_steps"] = n_action_steps
+    try:
+        sched = hydra.utils.instantiate(params, dt=dt, offset=offset)
+    except InstantiationException as e:
+        raise ValueError(f"scheduler {params.get('_target_')}: {e.__cause__ or e}") from e
+    if not isinstance(sched, ActionScheduler):
+        raise ValueError(f"scheduler {params.get('_target_')!r} is not an action scheduler")
+    return sched

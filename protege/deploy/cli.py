@@ -25,7 +25,7 @@ from ..control.inference import PolicyRunner
 from ..control.loop import ActionSource, ControlLoop, EpisodeResult, Hooks, LoopSettings, StopReason
 from ..control.operator import StopKey
 from ..control.safety import SafetyFilter, SafetyLimits
-from ..control.schedulers import make_scheduler
+from ..control.schedulers import build_scheduler
 from ..robot.backend import Backend, EpisodicBackend, camera_info
 from .report import format_summary, main as report_main, summarize
 
@@ -71,8 +71,7 @@ def _deploy(cfg: DictConfig, device: torch.device) -> int:
     limits = SafetyLimits.from_config(cfg.robot.safety)
     fps = float(task["fps"])
     settings = LoopSettings(control_hz=fps, n_obs_steps=policy.n_obs_steps, **cfg.loop)
-    scheduler = make_scheduler(cfg.scheduler, cfg.n_action_steps or policy.n_action_steps, cfg.temporal_ensembling_k,
-                               dt=1.0 / fps, offset=cfg.action_offset, blend_steps=cfg.blend_steps)
+    scheduler = build_scheduler(cfg.scheduler, policy.n_action_steps, dt=1.0 / fps, offset=cfg.action_offset)
     safety = SafetyFilter(limits, 1.0 / fps)
     if "backend" not in cfg.robot:
         raise ConfigError(f"robot={cfg.robot.get('name')} has no backend to deploy on")
@@ -107,7 +106,7 @@ def _deploy(cfg: DictConfig, device: torch.device) -> int:
                            ActionSource(runner, runner.store_keys, inference_delay_s=cfg.inference_delay_s),
                            assembler, scheduler, safety, settings, hooks, log=CycleLog(run_dir / "deploy.jsonl"))
         print(f"protege-deploy: {task['name']} on robot={cfg.robot.name}, {cfg.episodes} episode(s) at {fps:g} Hz, "
-              f"{cfg.scheduler}, log {run_dir / 'deploy.jsonl'}" + ("; stop: s, space, Esc or Ctrl-C" if stop_key else ""),
+              f"{scheduler.name}, log {run_dir / 'deploy.jsonl'}" + ("; stop: s, space, Esc or Ctrl-C" if stop_key else ""),
               flush=True)
         for i in range(cfg.episodes):
             seed = int(cfg.seed) + i

@@ -34,7 +34,9 @@ from ..policies.base import Policy
 from ..policies.checkpoint import load_policy
 from ..policies.onednn import describe, onednn_matmul
 from ..policies.tensors import obs_to_torch, select_device
-from ..control.schedulers import make_scheduler
+from ..control.schedulers import build_scheduler
+
+DEFAULT_SCHEDULER = {"_target_": "protege.control.schedulers.RecedingHorizon", "n_action_steps": None, "blend_steps": 0}
 
 log = logging.getLogger("protege.eval")
 
@@ -83,10 +85,9 @@ class SimEvaluator:
         obs_spec: the task's observation spec (policy key -> store key).
         n_episodes: episodes, seeded ``seed, seed + 1, ...``.
         seed: first seed.
-        n_action_steps: override the policy's receding-horizon length (None: the policy's).
-        scheduler: ``receding_horizon`` or ``temporal_ensembling`` (queries the policy every step).
-        temporal_ensembling_k: the ensemble's weight decay k (ACT: 0.01).
-        blend_steps: receding horizon's blend between chunks, steps (0: none, the paper's protocol).
+        scheduler: an entry of the ``scheduler`` config group (``_target_`` and parameters; see
+            :func:`~protege.control.schedulers.build_scheduler`); default: receding horizon with
+            the policy's n_action_steps and no blending (the paper's protocol).
         num_inference_steps: override the diffusion policy's DDIM steps (None: the policy's).
         batch_envs: episodes run in lockstep per policy call.
         n_videos: record N episodes as mp4 into ``video_dir``.
@@ -102,16 +103,15 @@ class SimEvaluator:
     """
 
     def __init__(self, env: Mapping[str, Any], obs_spec: Mapping[str, Mapping], n_episodes: int = 50, seed: int = 100000,
-                 n_action_steps: int | None = None, num_inference_steps: int | None = None,
-                 scheduler: str = "receding_horizon", temporal_ensembling_k: float = 0.01, batch_envs: int = 10,
+                 num_inference_steps: int | None = None, scheduler: Mapping[str, Any] | None = None, batch_envs: int = 10,
                  n_videos: int = 0, video_dir: str | None = None, fps: float = 10.0, progress: bool = False,
-                 blend_steps: int = 0, videos: str = "first", on_step: Callable[..., None] | None = None):
+                 videos: str = "first", on_step: Callable[..., None] | None = None):
         self.env_cfg = OmegaConf.create(dict(env)) if not isinstance(env, DictConfig) else env
         self.obs_spec = {k: dict(v) for k, v in obs_spec.items()}
         self.n_episodes, self.seed, self.batch_envs = n_episodes, seed, max(1, batch_envs)
-        self.n_action_steps, self.num_inference_steps = n_action_steps, num_inference_steps
-        self.scheduler, self.k, self.blend_steps = scheduler, temporal_ensembling_k, blend_steps
-        make_scheduler(scheduler, 1, temporal_ensembling_k, blend_steps=blend_steps)  # fail on a bad name before any rollout
+        self.num_inference_steps = num_inference_steps
+        self.scheduler = scheduler if scheduler is not None else DEFAULT_SCHEDULER
+        build_scheduler(self.scheduler, 1)  # fail on a bad scheduler before any rollout
         self.n_videos, self.video_dir, self.fps, self.progress = n_videos, video_dir, fps, progress
         if n_videos and not video_dir:
             raise ValueError("n_videos > 0 needs a video_dir")
@@ -159,7 +159,6 @@ class SimEvaluator:
         """Run ``seeds`` in lockstep; returns their per-episode results and the seconds spent in
         ``predict_action``."""
         to = policy.n_obs_steps
-        n_act = self.n_action_steps or policy.n_action_steps
         dt = 1.0 / self.fps
         envs = [hydra.utils.instantiate(self.env_cfg) for _ in seeds]
         image_keys = [k for k, s in self.obs_spec.items() if s.get("type") == "rgb"]
@@ -168,7 +167,7 @@ class SimEvaluator:
             env.reset(seed)
             first = obs_from_step(env.observation(self.keys), self.obs_spec)
             history.append(deque([first] * to, maxlen=to))
-            scheds.append(make_scheduler(self.scheduler, n_act, self.k, dt=dt, blend_steps=self.blend_steps))
+            scheds.append(build_scheduler(self.scheduler, policy.n_action_steps, dt=dt))
             results.append({"seed": seed, "max_reward": 0.0, "success": False, "steps": 0})
             if (j if self.videos == "first" else 0) < videos_left:
                 frames[j] = [env.render()]  # "failed": every episode is filmed, the failed ones kept
@@ -190,7 +189,7 @@ class SimEvaluator:
             for j in list(live):
                 action = scheds[j].action_at((results[j]["steps"] + 1) * dt)
                 if action is None:
-                    raise RuntimeError(f"no action scheduled at step {results[j]['steps']} (scheduler {self.scheduler})")
+                    raise RuntimeError(f"no action scheduled at step {results[j]['steps']} (scheduler {scheds[j].name})")
                 reward, done, info = envs[j].step(action)
                 if self.on_step is not None:
                     self.on_step(seed=seeds[j], step=results[j]["steps"], obs=history[j][-1], action=action,
@@ -259,19 +258,20 @@ def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
         torch.manual_seed(cfg.seed)
         evaluator = SimEvaluator(
             env=cfg.env if cfg.env else env_config(task, cfg), obs_spec=task["obs"], n_episodes=cfg.n_episodes, seed=cfg.seed,
-            n_action_steps=cfg.n_action_steps, num_inference_steps=cfg.num_inference_steps, scheduler=cfg.scheduler,
-            temporal_ensembling_k=cfg.temporal_ensembling_k, batch_envs=cfg.batch_envs, blend_steps=cfg.blend_steps,
+            num_inference_steps=cfg.num_inference_steps, scheduler=cfg.scheduler, batch_envs=cfg.batch_envs,
             n_videos=cfg.n_videos, video_dir=str(out_dir / "videos"), fps=task.get("fps", 10), progress=True,
             videos=cfg.videos,
         )
         report = evaluator(policy)
+    sched = build_scheduler(cfg.scheduler, policy.n_action_steps)
     report = {
         "checkpoint": str(ckpt_path), "task": task["name"], "policy": ckpt["policy"]["target"],
         "train_step": ckpt["train_state"]["step"], "train_minutes": ckpt["train_state"]["train_seconds"] / 60,
         "device": str(device), "use_ema": cfg.use_ema, "compiled": bool(cfg.compile), "compile_seconds": compile_seconds,
         "onednn_matmul": onednn,
-        "scheduler": cfg.scheduler,
-        "n_action_steps": cfg.n_action_steps or policy.n_action_steps,
+        "scheduler": sched.name,
+        "scheduler_config": OmegaConf.to_container(cfg.scheduler, resolve=True),
+        "n_action_steps": getattr(sched, "n_action_steps", None),
         "num_inference_steps": policy.num_inference_steps,
         **report,
     }

@@ -28,14 +28,14 @@ def _pct(x, qs=(50, 99)) -> dict[str, float]:
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Figures of a run: cycles, period jitter (|period - dt|, ms; a period across cycles skipped
     after an overrun counts as that many dt) and lateness of each cycle (ms),
-    observation-to-action latency per chunk (ms), late actions dropped per minute, clips, the
+    cycles skipped after overruns, observation-to-action latency per chunk (ms), late actions dropped per minute, clips, the
     largest commanded TCP speed, tracking error (measured TCP one cycle after it was commanded,
     mm), and the episodes' outcomes."""
     cycles = [r for r in records if r.get("type") == "cycle"]
     episodes = [r for r in records if r.get("type") == "episode"]
     stops = [r for r in records if r.get("type") == "stop"]
     jitter, late, track = [], [], []
-    dt = None
+    dt, skipped = None, 0
     by_ep: dict[int, list[dict]] = {}
     for c in cycles:
         by_ep.setdefault(c["episode"], []).append(c)
@@ -43,6 +43,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         if len(cs) > 1:  # the schedule's period; cycles skipped after an overrun (k jumps) are not in the log
             dt = dt or (cs[1]["t"] - cs[0]["t"]) / (cs[1]["k"] - cs[0]["k"])
         for a, b in zip(cs, cs[1:]):
+            skipped += b["k"] - a["k"] - 1
             jitter.append(abs((b["wake"] - a["wake"]) - (b["k"] - a["k"]) * dt))
             if b["k"] == a["k"] + 1:
                 track.append(np.linalg.norm(np.subtract(b["meas"], a["cmd"])))
@@ -60,6 +61,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         "successes": sum(bool(e["success"]) for e in episodes),
         "stops": {s["reason"]: s["message"] for s in stops},
         "cycles": len(cycles),
+        "skipped_cycles": skipped,
         "dt_ms": round(dt * 1e3, 3) if dt else None,
         "period_jitter_ms": ms(_pct(jitter)) if dt else None,
         "cycle_lateness_ms": ms(_pct(late)),
@@ -121,7 +123,7 @@ def format_summary(s: dict[str, Any]) -> str:
     lines = [
         f"episodes {s['episodes']}, successes {s['successes']}, cycles {s['cycles']} at {s['dt_ms']} ms, {s['minutes']} min",
         f"cycle period jitter (ms): p50 {j.get('p50', float('nan')):.2f}, p99 {j.get('p99', float('nan')):.2f}, "
-        f"max {j.get('max', float('nan')):.2f}",
+        f"max {j.get('max', float('nan')):.2f}; cycles skipped after an overrun: {s['skipped_cycles']}",
         f"observation-to-action latency (ms): p50 {lat['p50']:.1f}, p99 {lat['p99']:.1f}, max {lat['max']:.1f} "
         f"over {s['chunks']} chunks",
         f"late actions dropped: {s['dropped_actions']} ({s['dropped_per_minute']} per minute)",
