@@ -135,6 +135,11 @@ class InferenceWorker:
             self._cond.notify_all()
 
 
+class ActionSourceLost(RuntimeError):
+    """An action source's device is gone (a teleop device unplugged, its driver stopped); the
+    message names it. The control loop stops the arm smoothly (StopReason.TELEOP_DEVICE)."""
+
+
 class InlineWorker:
     """:class:`InferenceWorker`'s interface, computed in the caller's thread at :meth:`submit`: for
     a teleop device, whose ``act`` takes microseconds and must see the newest observation (a
@@ -158,6 +163,8 @@ class InlineWorker:
     def poll(self) -> InferenceResult | None:
         if self._error is not None:
             err, self._error = self._error, None
+            if isinstance(err, ActionSourceLost):
+                raise err
             raise RuntimeError(f"teleop device failed: {err!r}") from err
         result, self._result = self._result, None
         return result

@@ -38,7 +38,7 @@ from ..robot.clock import Clock
 from ..robot.interfaces import Camera, DeviceError, Gripper, Robot
 from ..robot.observation import ObservationAssembler
 from .cyclelog import CycleLog
-from .inference import InferenceResult, InferenceWorker, InlineWorker
+from .inference import ActionSourceLost, InferenceResult, InferenceWorker, InlineWorker
 from .safety import SafetyFilter, SafetyViolation, UnsafeAction
 from .schedulers import ActionScheduler
 
@@ -55,6 +55,7 @@ class StopReason(enum.IntEnum):
     ROBOT_FAULT = 13       # lost connection, protective stop, or a diverged simulation
     NON_FINITE_ACTION = 14  # NaN / inf or a degenerate rotation from the policy
     SAFETY_LIMIT = 15      # a joint near its limit or too fast
+    TELEOP_DEVICE = 16     # the teleop device was unplugged or its driver went away
 
 
 @dataclass
@@ -269,6 +270,8 @@ class ControlLoop:
     def _poll(self) -> InferenceResult | None:
         try:
             res = self.worker.poll()
+        except ActionSourceLost as e:
+            raise _Stop(StopReason.TELEOP_DEVICE, str(e)) from e
         except RuntimeError as e:
             raise _Stop(StopReason.ERROR, str(e)) from e
         if res is not None and res.t_obs < self._t_start:

@@ -1,5 +1,6 @@
-"""Teleop devices: the terminal keyboard (the scripted expert lives with its simulator, in
-:mod:`protege.sim.expert`).
+"""Teleop devices: the terminal keyboard (the SpaceMouse and the gamepad are in
+:mod:`protege.teleop.spacemouse` and :mod:`protege.teleop.gamepad`; the scripted expert lives with
+its simulator, in :mod:`protege.sim.expert`).
 
 Devices implement :class:`~protege.teleop.session.TeleopDevice` and produce TCP-pose actions
 (:mod:`protege.robot.actions`: position m + 6-D rotation + gripper width m, base frame).
@@ -25,6 +26,41 @@ KEYMAP_HELP = """keyboard teleop (terminal):
   k    keep the episode    x  discard it    Q  quit (the open episode is discarded)"""
 
 
+class TerminalKeys:
+    """Keys typed on a terminal, read without blocking (cbreak mode while open).
+
+    Args:
+        stream: a file descriptor (default: stdin).
+    """
+
+    def __init__(self, stream: int | None = None):
+        self.fd = sys.stdin.fileno() if stream is None else stream
+        self._saved = None
+
+    def start(self) -> bool:
+        """Put a terminal in cbreak mode (once); returns whether it did so just now."""
+        if self._saved is None and os.isatty(self.fd):
+            self._saved = termios.tcgetattr(self.fd)
+            tty.setcbreak(self.fd)
+            return True
+        return False
+
+    def read(self) -> str:
+        """Every key typed since the last call ("" when none)."""
+        out = []
+        while select.select([self.fd], [], [], 0)[0]:
+            data = os.read(self.fd, 64)
+            if not data:
+                break
+            out.append(data.decode(errors="ignore"))
+        return "".join(out)
+
+    def close(self) -> None:
+        if self._saved is not None:
+            termios.tcsetattr(self.fd, termios.TCSADRAIN, self._saved)
+            self._saved = None
+
+
 class KeyboardDevice:
     """Drive the TCP from a terminal: each key press moves the target by ``step_m`` (or turns it by
     ``step_deg``); keys are read without blocking, so the arm holds its target between presses.
@@ -40,31 +76,20 @@ class KeyboardDevice:
 
     def __init__(self, step_m: float = 0.01, step_deg: float = 5.0, stream: int | None = None):
         self.step_m, self.step_deg = step_m, step_deg
-        self.fd = sys.stdin.fileno() if stream is None else stream
-        self._saved = None
+        self.keys = TerminalKeys(stream)
+        self.name = "keyboard"
         self._pending: str | None = None
 
     def reset(self, seed: int, obs, task_state=None) -> None:
-        if self._saved is None and os.isatty(self.fd):
-            self._saved = termios.tcgetattr(self.fd)
-            tty.setcbreak(self.fd)
+        if self.keys.start():
             print(KEYMAP_HELP, file=sys.stderr)
-        self._keys()  # keys pressed between episodes must not move the arm at its start
+        self.keys.read()  # keys pressed between episodes must not move the arm at its start
         pose = np.asarray(obs["tcp_pose"], float)
         self.position, self.rotation, self.width = pose[:3].copy(), Rotation.from_quat(pose[3:]), 0.085
         self._pending = None
 
-    def _keys(self) -> str:
-        out = []
-        while select.select([self.fd], [], [], 0)[0]:
-            data = os.read(self.fd, 64)
-            if not data:
-                break
-            out.append(data.decode(errors="ignore"))
-        return "".join(out)
-
     def act(self, obs) -> np.ndarray:
-        for key in self._keys():
+        for key in self.keys.read():
             if key in self.moves:
                 self.position = self.position + self.step_m * np.array(self.moves[key], float)
             elif key in "qe":
@@ -81,6 +106,4 @@ class KeyboardDevice:
         return decision
 
     def close(self) -> None:
-        if self._saved is not None:
-            termios.tcsetattr(self.fd, termios.TCSADRAIN, self._saved)
-            self._saved = None
+        self.keys.close()

@@ -14,6 +14,7 @@ from ..control.operator import StopKey
 from ..robot.interfaces import DeviceError
 from ..robot.observation import ObservationAssembler
 from .live import record_live
+from .velocity import TeleopDeviceLost
 from .session import record
 
 
@@ -45,15 +46,22 @@ def _record_live(cfg: DictConfig) -> int:
     """Recording on a live robot through the real-time control loop (:mod:`protege.teleop.live`)."""
     if cfg.teleop.name == "scripted":
         print(f"protege-record: teleop=scripted needs the simulator's object poses; on robot={cfg.robot.name} "
-              "record with a human device (teleop=keyboard) and task=real", file=sys.stderr)
+              "record with a human device (teleop=keyboard, spacemouse, gamepad) and task=real", file=sys.stderr)
         return 2
     if "backend" not in cfg.robot:
         print(f"protege-record: robot={cfg.robot.get('name')} has neither an environment nor a backend", file=sys.stderr)
         return 2
-    device = hydra.utils.instantiate(cfg.teleop.device)
+    try:  # the device's settings are checked and the device opened before the arm is connected
+        device = hydra.utils.instantiate(cfg.teleop.device)
+        if hasattr(device, "reader"):
+            device.reader.start()
+    except (InstantiationException, TeleopDeviceLost, ValueError) as e:
+        print(f"protege-record: teleop={cfg.teleop.name}: {root_cause(e)}", file=sys.stderr)
+        return 2
     try:
         backend = hydra.utils.instantiate(cfg.robot.backend)
     except (InstantiationException, DeviceError) as e:
+        getattr(device, "close", lambda: None)()
         print(f"protege-record: robot={cfg.robot.name}: {root_cause(e)}", file=sys.stderr)
         return 13
     writer = stop_key = None
@@ -67,7 +75,8 @@ def _record_live(cfg: DictConfig) -> int:
               "Ctrl-C stops the arm", flush=True)
         report = record_live(backend, device, writer, cfg.episodes, fps=float(cfg.task.fps),
                              safety=OmegaConf.to_container(cfg.robot.safety, resolve=True), time_limit_s=time_limit,
-                             task=cfg.task.name, operator=cfg.operator, keep=cfg.keep,
+                             task=cfg.task.name, operator=cfg.operator, keep=cfg.keep, device_name=cfg.teleop.name,
+                             seed=cfg.seed,
                              latency=OmegaConf.to_container(cfg.robot.get("latency", {}), resolve=True),
                              max_attempts=cfg.max_attempts, stop_requested=stop_key, log_path=cfg.get("log"))
     finally:
@@ -83,7 +92,10 @@ def _record_live(cfg: DictConfig) -> int:
 @hydra.main(config_path="../configs", config_name="record", version_base=None)
 @job
 def _hydra_main(cfg: DictConfig) -> None:
-    sys.exit(_record_sim(cfg) if cfg.robot.get("env") is not None else _record_live(cfg))
+    # a person in the loop (teleop.realtime) drives the arm through the real-time control loop, on
+    # the simulator as on a real arm; the scripted expert steps the simulator in lockstep
+    lockstep = cfg.robot.get("env") is not None and not (cfg.teleop.realtime and "backend" in cfg.robot)
+    sys.exit(_record_sim(cfg) if lockstep else _record_live(cfg))
 
 
 def main() -> None:

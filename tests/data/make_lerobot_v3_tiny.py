@@ -2,7 +2,7 @@
 #   python tests/data/make_lerobot_v3_tiny.py   (writes /tmp/lr/ds; copy it here)
 # Two episodes (5 and 6 frames): state = frame index, action = episode index, a 32x24 camera
 # whose frame t is a flat grey of 40 * t, AV1 video as LeRobot encodes by default.
-import numpy as np, sys
+import numpy as np
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 features = {
     "observation.state": {"dtype": "float32", "shape": (3,), "names": ["x", "y", "z"]},
