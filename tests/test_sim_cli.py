@@ -301,3 +301,65 @@ def test_record_with_a_spacemouse_in_realtime_simulation(tmp_path):
     # about 1 s at 5 cm/s to the right (the events' timing varies with the machine's load), nothing else
     assert 0.02 < dx[0] < 0.08 and abs(dx[1]) < 1e-6 and abs(dx[2]) < 1e-6, dx
     assert np.all(np.diff(act[:, 0]) >= -1e-6) and np.diff(act[:, 0]).max() <= 0.005 + 1e-6  # 5 cm/s x 0.1 s
+
+
+@pytest.mark.slow
+def test_record_with_a_gello_leader_arm_in_realtime_simulation(tmp_path):
+    """protege-record robot=sim teleop=gello: the real dynamixel-sdk reads our Protocol 2.0 stand-in on a
+    pseudo-terminal; the follower waits for the leader, then copies its joints through the joint
+    safety filter (servoJ); the store holds joint actions and names the device."""
+    import threading
+
+    pytest.importorskip("dynamixel_sdk")
+    from protege.sim.dynamixel_standin import DynamixelBusStandin
+    from protege.sim.env import SimBackend
+    from protege.teleop.gello import GelloCalibration
+
+    b = SimBackend("lift", cameras=(), clock="lockstep")
+    b.reset(0)
+    q_start = b.robot.state().joint_positions.copy()  # the follower's pose at the start of episode seed 0
+    b.close()
+    # calibrated so that 2048 ticks on every servo is that pose; the leader starts 0.6 rad off on joint 1
+    cal = GelloCalibration.fit([2048] * 6, q_start)
+    cal.save(tmp_path / "gello.json")
+    bus = DynamixelBusStandin().start()
+    tick = 2 * np.pi / 4096
+    bus.set_position(1, 2048 + round(0.6 / tick))
+    store = tmp_path / "demos.zarr"
+    lines: list[str] = []
+    try:
+        proc = subprocess.Popen(
+            [str(BIN / "protege-record"), "robot=sim", "task=lift", "teleop=gello", f"teleop.device.port={bus.port}",
+             f"teleop.device.calibration={tmp_path / 'gello.json'}", "teleop.device.ramp_s=0.5", "episodes=1",
+             "time_limit_s=20", f"out={store}", "camera.image_size=48"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+        threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+        deadline = time.monotonic() + 90
+        while not any("recording" in ln for ln in lines):
+            assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)
+            time.sleep(0.05)
+        time.sleep(1.0)                   # the follower holds: the leader is 0.6 rad away
+        for k in range(12, -1, -1):       # the user swings joint 1 onto the follower's pose ...
+            bus.set_position(1, 2048 + round(0.05 * k / tick))
+            time.sleep(0.05)
+        time.sleep(1.0)
+        for k in range(1, 11):            # ... then turns it 0.2 rad the other way
+            bus.set_position(1, 2048 - round(0.02 * k / tick))
+            time.sleep(0.1)
+        time.sleep(1.0)
+        proc.stdin.write("k")             # keep
+        proc.stdin.flush()
+        assert proc.wait(timeout=60) == 0, "".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        bus.close()
+    s = EpisodeStore(store)
+    assert s.n_episodes == 1 and s.episode_meta[0]["device"] == "gello" and s.episode_meta[0]["action_space"] == "joints"
+    ep = s.episode(0)
+    act, q = ep["action"].astype(np.float64), ep["joint_positions"].astype(np.float64)
+    assert act.shape[1] == 7  # 6 joints + gripper width
+    np.testing.assert_allclose(act[0, :6], q_start, atol=1e-4)  # held while the leader was far
+    np.testing.assert_allclose(act[-1, :6], q_start + [-0.2, 0, 0, 0, 0, 0], atol=2e-3)  # then copied it
+    np.testing.assert_allclose(q[-1], act[-1, :6], atol=0.02)  # and the simulated arm got there
+    assert np.abs(np.diff(act[:, 0])).max() <= 1.5 * 0.1 + 1e-6  # never faster than max_cmd_joint_speed

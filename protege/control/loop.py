@@ -13,10 +13,13 @@ Each cycle ``k`` at ``t_k = t_0 + k dt`` on the backend's clock:
    queue would run out before a chunk asked for now arrives (the *measured* latency: the slowest
    of the recent inferences, plus ``latency_margin_s``);
 4. the action stamped ``t_k + dt`` goes through the safety filter to the robot, as the target to
-   reach at ``t_k + dt``. No action for it (the queue ran dry) means the policy stalled.
+   reach at ``t_k + dt``. No action for it (the queue ran dry) means the policy stalled. The
+   filter decides the command: a TCP target (servoL; :class:`~protege.control.safety.SafetyFilter`,
+   actions (10,)) or a joint target (servoJ; :class:`~protege.control.safety.JointSafetyFilter`,
+   actions (7,): a leader arm's).
 
 Any watchdog stops the episode and the run: the arm decelerates within the safety limits, then
-holds (:meth:`~protege.control.safety.SafetyFilter.stop_targets`), and the reason is returned
+holds (:meth:`~protege.control.safety.SafetyFilter.stop_path`), and the reason is returned
 (:class:`StopReason`, whose value is the process's exit code). A cycle log records, per cycle,
 the observation time, inference start and end, actions scheduled, dropped and clipped, and the
 commanded and measured TCP (:class:`CycleLog`, read by ``protege-deploy report``).
@@ -33,7 +36,6 @@ from typing import Any
 
 import numpy as np
 
-from ..robot.actions import action_to_pose, pose_to_action
 from ..robot.clock import Clock
 from ..robot.interfaces import Camera, DeviceError, Gripper, Robot
 from ..robot.observation import ObservationAssembler
@@ -315,7 +317,7 @@ class ControlLoop:
                 lim = self.safety.limits
                 raise _Stop(StopReason.START_REFUSED, f"the TCP at {np.round(state.tcp_position, 3)} m is outside the "
                                                       f"workspace box {lim.workspace_min} - {lim.workspace_max}; move it in first")
-            self.safety.reset(state.tcp_position, state.tcp_quat)
+            self.safety.reset_to(state)
             t0 = self._first_chunk()
             chunks = 1
             k = 0
@@ -351,7 +353,7 @@ class ControlLoop:
                 except UnsafeAction as e:
                     raise _Stop(StopReason.NON_FINITE_ACTION, f"the policy's action is unsafe and was not sent: {e}") from e
                 try:
-                    self.robot.servo_tcp(target.position, target.quat, t_k + self.dt)
+                    self.safety.send(self.robot, target, t_k + self.dt)
                     if self.gripper is not None:
                         self.gripper.set_width(target.width, t_k + self.dt)
                 except DeviceError as e:
@@ -364,7 +366,7 @@ class ControlLoop:
                 })
                 if self.hooks.records:
                     step_obs = {key: v[-1] for key, v in obs.items()}
-                    self.hooks.on_step(step_obs, pose_to_action(target.position, target.quat, target.width))
+                    self.hooks.on_step(step_obs, self.safety.action_of(target))
                 result.steps += 1
                 if (st := self.hooks.status()) is not None:
                     result.max_reward = max(result.max_reward, float(st.reward))
@@ -430,18 +432,18 @@ class ControlLoop:
         raise AssertionError("unreachable")
 
     def _ramp_to(self, action, msg: str) -> None:
-        pos, quat, width = action_to_pose(np.asarray(action, float))
+        target = self.safety.unfiltered(action)
         dist, angle = self.safety.start_gate(action)
         duration = max(dist, angle) / self.safety.limits.start_ramp_speed + 0.5
         print(f"{msg}: ramping there at {self.safety.limits.start_ramp_speed} m/s ({duration:.1f} s)", flush=True)
         t_end = self.clock.now() + duration
-        self.robot.servo_tcp(pos, quat, t_end)
+        self.safety.send(self.robot, target, t_end)
         if self.gripper is not None:
-            self.gripper.set_width(float(np.clip(width, self.safety.limits.gripper_min, self.safety.limits.gripper_max)), t_end)
+            self.gripper.set_width(target.width, t_end)
         while self.clock.now() < t_end:
             self._wait_cycle(self.clock.now())
         state = self.robot.state()
-        self.safety.reset(state.tcp_position, state.tcp_quat)
+        self.safety.reset_to(state)
         self.scheduler.reset()
 
     def _sleep_until(self, t: float) -> None:
@@ -463,11 +465,10 @@ class ControlLoop:
         """Decelerate from the commanded velocity within ``max_tcp_accel``, then hold."""
         try:
             t = self.clock.now()
-            quat = self.safety.quat
-            for p in self.safety.stop_targets():
+            for target in self.safety.stop_path():
                 t += self.dt
-                self.robot.servo_tcp(p, quat, t)
-                self.log.write({"type": "stop_target", "episode": self.episode, "t": t, "cmd": p})
+                self.safety.send(self.robot, target, t)
+                self.log.write({"type": "stop_target", "episode": self.episode, "t": t, "cmd": target.position})
                 self.clock.sleep_until(t)
             self.robot.stop()  # hold
         except DeviceError:

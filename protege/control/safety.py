@@ -58,6 +58,8 @@ class SafetyLimits:
         start_max_distance: m, start_max_angle: rad: how far the first target may lie from the
             measured TCP pose before the start gate refuses it.
         start_ramp_speed: m/s (and rad/s) of the slow move to a far first target, when ramping.
+        max_cmd_joint_speed: rad/s, max_cmd_joint_accel: rad/s^2: of commanded joint targets
+            (a joint-space device, :class:`JointSafetyFilter`).
     """
 
     workspace_min: tuple = (-np.inf, -np.inf, -np.inf)
@@ -74,6 +76,8 @@ class SafetyLimits:
     start_max_distance: float = 0.05
     start_max_angle: float = 0.35
     start_ramp_speed: float = 0.05
+    max_cmd_joint_speed: float = 1.5
+    max_cmd_joint_accel: float = 8.0
 
     def __post_init__(self):
         for name in ("workspace_min", "workspace_max", "joint_min", "joint_max"):
@@ -87,7 +91,7 @@ class SafetyLimits:
         if not np.all(np.asarray(self.joint_min) + 2 * self.joint_margin < np.asarray(self.joint_max)):
             raise ValueError("safety.joint_min + 2 joint_margin must lie below joint_max")
         for name in ("max_tcp_speed", "max_tcp_accel", "max_tcp_angular_speed", "max_joint_speed", "start_max_distance",
-                     "start_max_angle", "start_ramp_speed"):
+                     "start_max_angle", "start_ramp_speed", "max_cmd_joint_speed", "max_cmd_joint_accel"):
             v = float(getattr(self, name))
             if not (v > 0 and np.isfinite(v)):
                 raise ValueError(f"safety.{name} must be a positive number, got {getattr(self, name)!r}")
@@ -119,13 +123,16 @@ class Target:
     quat: np.ndarray
     width: float
     clipped: tuple[str, ...] = ()
+    joints: np.ndarray | None = None  # (6,) rad: a joint target (JointSafetyFilter), sent with servoJ
 
 
 class SafetyFilter:
     """Filters TCP targets one control period ``dt`` s apart (see the module docstring).
 
-    Call :meth:`reset` with the measured state before the first target.
+    Call :meth:`reset` (or :meth:`reset_to`) with the measured state before the first target.
     """
+
+    action_dim = 10  # TCP position, 6-D rotation, gripper width (protege.robot.actions)
 
     def __init__(self, limits: SafetyLimits, dt: float):
         if not dt > 0:
@@ -141,6 +148,34 @@ class SafetyFilter:
         self.position = np.asarray(position, float).copy()
         self.quat = np.asarray(quat, float) / np.linalg.norm(quat)
         self.velocity = np.zeros(3) if velocity is None else np.asarray(velocity, float).copy()
+
+    def reset_to(self, state: RobotState) -> None:
+        """Start from a measured state, at rest."""
+        self.reset(state.tcp_position, state.tcp_quat)
+
+    def send(self, robot, target: Target, t: float) -> None:
+        """Command ``target`` to be reached at ``t`` s (servoL)."""
+        robot.servo_tcp(target.position, target.quat, t)
+
+    def action_of(self, target: Target) -> np.ndarray:
+        """The stored action of a sent target (10,): what the arm was told, in the action layout."""
+        from ..robot.actions import pose_to_action
+
+        return pose_to_action(target.position, target.quat, target.width)
+
+    def unfiltered(self, action) -> Target:
+        """``action`` as a target, the gripper clipped to its range, nothing else (the start ramp's
+        slow move to a far first target).
+
+        Raises:
+            UnsafeAction: see :meth:`filter`.
+        """
+        pos, quat, width = self._parse(action)
+        return Target(pos, quat, float(np.clip(width, self.limits.gripper_min, self.limits.gripper_max)))
+
+    def stop_path(self) -> list[Target]:
+        """:meth:`stop_targets` as targets (rotation held)."""
+        return [Target(p, self.quat.copy(), float("nan")) for p in self.stop_targets()]
 
     def start_gate(self, action) -> tuple[float, float]:
         """(distance m, angle rad) from the current pose to ``action``'s target; the caller
@@ -252,4 +287,128 @@ class SafetyFilter:
             p = np.clip(p + v * self.dt, self._lo, self._hi)
             out.append(p.copy())
         self.position, self.velocity = p, np.zeros(3)
+        return out
+
+
+class JointSafetyFilter(SafetyFilter):
+    """Filters joint targets (a leader arm's: GELLO) one control period ``dt`` s apart, through the
+    same limits as TCP targets: an action is (7,) = 6 joint positions rad + gripper width m.
+
+    * non-finite or malformed: :class:`UnsafeAction`, nothing sent;
+    * each joint clipped to ``[joint_min + 2 joint_margin, joint_max - 2 joint_margin]`` (the
+      measured-state check stops the arm at ``joint_margin``);
+    * the commanded joint velocity limited in acceleration (``max_cmd_joint_accel``), then in speed
+      (``max_cmd_joint_speed``);
+    * the TCP of the target (``forward_kinematics``) kept in the workspace box and under
+      ``max_tcp_speed`` / ``max_tcp_angular_speed``: the joint step is shortened (bisection along
+      it) until its TCP is inside and slow enough;
+    * the gripper clipped to its range. The smooth stop decelerates the joints at ``max_cmd_joint_accel``.
+
+    Args:
+        forward_kinematics: ``q (6,) -> (position (3,), quat (4,))``, the robot's
+            (:meth:`~protege.robot.interfaces.Robot.forward_kinematics`).
+    """
+
+    action_dim = 7
+
+    def __init__(self, limits: SafetyLimits, dt: float, forward_kinematics):
+        super().__init__(limits, dt)
+        self.fk = forward_kinematics
+        m = 2 * limits.joint_margin
+        self._qlo, self._qhi = np.asarray(limits.joint_min) + m, np.asarray(limits.joint_max) - m
+        self.q = None
+        self.qd = np.zeros(6)
+
+    def reset_to(self, state: RobotState) -> None:
+        super().reset_to(state)
+        self.q, self.qd = np.asarray(state.joint_positions, float).copy(), np.zeros(6)
+
+    def send(self, robot, target: Target, t: float) -> None:
+        robot.servo_joints(target.joints, t)
+
+    def action_of(self, target: Target) -> np.ndarray:
+        return np.concatenate([target.joints, [target.width]])
+
+    def _parse_joints(self, action) -> tuple[np.ndarray, float]:
+        a = np.asarray(action, float)
+        if a.shape != (7,):
+            raise UnsafeAction(f"a joint action is 6 joint positions (rad) + the gripper width (m), got shape {a.shape}")
+        if not np.all(np.isfinite(a)):
+            raise UnsafeAction(f"non-finite action {a}")
+        return a[:6], float(a[6])
+
+    def unfiltered(self, action) -> Target:
+        q, width = self._parse_joints(action)
+        q = np.clip(q, self._qlo, self._qhi)
+        pos, quat = self.fk(q)
+        return Target(pos, quat, float(np.clip(width, self.limits.gripper_min, self.limits.gripper_max)), (), q)
+
+    def start_gate(self, action) -> tuple[float, float]:
+        t = self.unfiltered(action)
+        return float(np.linalg.norm(t.position - self.position)), quat_angle(self.quat, t.quat)
+
+    def _ok(self, pos, quat) -> bool:
+        lim = self.limits
+        return (self.inside(pos) and np.linalg.norm(pos - self.position) <= lim.max_tcp_speed * self.dt * (1 + 1e-9)
+                and quat_angle(self.quat, quat) <= lim.max_tcp_angular_speed * self.dt * (1 + 1e-9))
+
+    def filter(self, action) -> Target:
+        """The safe joint target for one control period from now (see the class docstring).
+
+        Raises:
+            UnsafeAction: NaN / inf or a wrong shape (nothing is sent, the state is kept).
+        """
+        if self.q is None:
+            raise RuntimeError("JointSafetyFilter.reset_to() with the measured state first")
+        lim, dt = self.limits, self.dt
+        q, width = self._parse_joints(action)
+        clipped = []
+        qc = np.clip(q, self._qlo, self._qhi)
+        if not np.allclose(qc, q, atol=1e-9):
+            clipped.append("joint_limit")
+        v = (qc - self.q) / dt
+        dv, max_dv = v - self.qd, lim.max_cmd_joint_accel * dt
+        if (n := np.abs(dv).max()) > max_dv * (1 + 1e-9):
+            v = self.qd + dv * (max_dv / n)
+            clipped.append("joint_accel")
+        if (n := np.abs(v).max()) > lim.max_cmd_joint_speed * (1 + 1e-9):
+            v *= lim.max_cmd_joint_speed / n
+            clipped.append("joint_speed")
+        step = v * dt
+        pos, quat = self.fk(self.q + step)
+        if not self._ok(pos, quat):  # the longest fraction of the step whose TCP is inside and slow enough
+            lo, hi = 0.0, 1.0
+            for _ in range(12):
+                mid = 0.5 * (lo + hi)
+                if self._ok(*self.fk(self.q + mid * step)):
+                    lo = mid
+                else:
+                    hi = mid
+            step = lo * step
+            pos, quat = self.fk(self.q + step)
+            clipped.append("workspace" if not self.inside(self.fk(self.q + v * dt)[0]) else "tcp_speed")
+        if not lim.gripper_min - 1e-6 <= width <= lim.gripper_max + 1e-6:
+            clipped.append("gripper_range")
+        width = float(np.clip(width, lim.gripper_min, lim.gripper_max))
+        new_q = self.q + step
+        self.qd, self.q = step / dt, new_q
+        self.velocity = (pos - self.position) / dt
+        self.position, self.quat = np.asarray(pos, float), np.asarray(quat, float) / np.linalg.norm(quat)
+        self.clips.update(clipped)
+        return Target(self.position.copy(), self.quat.copy(), width, tuple(clipped), new_q.copy())
+
+    def stop_path(self) -> list[Target]:
+        """Joint targets, one per control period, that bring the joints to rest at
+        ``max_cmd_joint_accel`` (each joint's speed falls at that rate); updates the state to the last."""
+        out = []
+        step = self.limits.max_cmd_joint_accel * self.dt
+        while (n := np.abs(self.qd).max()) > 1e-9:
+            self.qd = self.qd * max(0.0, n - step) / n
+            q = np.clip(self.q + self.qd * self.dt, self._qlo, self._qhi)
+            pos, quat = self.fk(q)
+            if not self.inside(pos):  # the box's wall: hold here
+                break
+            self.q, self.position, self.quat = q, np.asarray(pos, float), np.asarray(quat, float)
+            out.append(Target(self.position.copy(), self.quat.copy(), float("nan"), (), q.copy()))
+        self.velocity, self.qd = np.zeros(3), np.zeros(6)
         return out

@@ -211,15 +211,51 @@ def check(overrides: list[str]) -> int:
 
 USAGE = """usage: protege-hardware check [robot=ur5e robot.host=IP] [gripper=robotiq_2f85|none] [camera=realsense|opencv] [key=value ...]
        protege-hardware list-cameras
+       protege-hardware calibrate-gello --port PORT --out FILE
 
 check         read the arm's state and the dashboard round trip, query the gripper, open each camera for a
               second; moves nothing. Exit code 0 when everything configured answered.
 list-cameras  RealSense devices (serials and colour profiles) and /dev/video* devices.
+calibrate-gello --port PORT --out FILE [--signs 1,1,-1,1,1,1] [--baudrate 1000000] [--no-gripper]
+              calibrate a GELLO leader arm (hold it in the follower's home pose, then release and squeeze
+              its trigger); teleop=gello reads FILE (teleop.device.calibration=FILE).
 Config groups and keys are protege-deploy's (protege-deploy --help)."""
+
+
+def calibrate_gello(argv: list[str]) -> int:
+    """``protege-hardware calibrate-gello``: see :func:`protege.teleop.gello.calibrate`."""
+    import argparse
+
+    from protege.teleop.gello import calibrate
+    from protege.teleop.velocity import TeleopDeviceLost
+
+    ap = argparse.ArgumentParser(prog="protege-hardware calibrate-gello",
+                                 description="Calibrate a GELLO leader arm and save it for teleop=gello.")
+    ap.add_argument("--port", required=True, help="the U2D2's serial port (/dev/serial/by-id/... is stable)")
+    ap.add_argument("--out", required=True, help="the calibration file to write (JSON)")
+    ap.add_argument("--ids", default="1,2,3,4,5,6", help="the joint servos' ids, base first (default 1,...,6)")
+    ap.add_argument("--gripper-id", type=int, default=7, help="the trigger's servo id (default 7)")
+    ap.add_argument("--no-gripper", action="store_true", help="the leader has no trigger")
+    ap.add_argument("--signs", default="1,1,1,1,1,1", help="+1 / -1 per joint: servos turning against their joint")
+    ap.add_argument("--baudrate", type=int, default=1_000_000)
+    args = ap.parse_args(argv)
+    try:
+        ids = [int(x) for x in args.ids.split(",")]
+        signs = [float(x) for x in args.signs.split(",")]
+        calibrate(args.port, args.out, ids, None if args.no_gripper else args.gripper_id, signs, baudrate=args.baudrate)
+    except (TeleopDeviceLost, ValueError) as e:
+        print(f"protege-hardware calibrate-gello: {e}", file=sys.stderr)
+        return 2
+    except (EOFError, KeyboardInterrupt):
+        print("\nprotege-hardware calibrate-gello: interrupted; nothing saved", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "calibrate-gello":
+        return calibrate_gello(argv[1:])
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in ("check", "list-cameras"):
         print(USAGE)
         return 0 if argv and argv[0] in ("-h", "--help") else 2

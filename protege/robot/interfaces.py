@@ -152,6 +152,15 @@ class Robot(abc.ABC):
             DeviceError: see the class docstring.
         """
 
+    def forward_kinematics(self, q) -> tuple[np.ndarray, np.ndarray]:
+        """The TCP at joints ``q`` (6,) rad: position (3,) m and quaternion (4,) (x, y, z, w), base
+        frame (the safety filter's box check of joint targets).
+
+        Raises:
+            NotImplementedError: a robot that cannot say (joint targets are then refused).
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no forward kinematics: it cannot take joint targets")
+
     @abc.abstractmethod
     def stop(self) -> None:
         """Drop all queued targets and hold the current pose (a controlled stop, not an e-stop)."""

@@ -222,6 +222,12 @@ class URRobot(Robot):
         self._check()
         self._commands.put(("joints", t, q))
 
+    def forward_kinematics(self, q) -> tuple[np.ndarray, np.ndarray]:
+        """The nominal UR5e's kinematics (:mod:`protege.robot.kinematics`) with ``tcp_offset``."""
+        from .kinematics import ur_tcp_pose
+
+        return ur_tcp_pose(check_array("q", q, (6,)), self.settings.tcp_offset)
+
     def servo_cycle_times(self) -> np.ndarray:
         """Host times s at which the newest servo cycles (up to 4000) started, oldest first:
         ``np.diff`` of it is the set-point stream's period (benchmarks/hardware_rt.py)."""

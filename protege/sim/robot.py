@@ -312,6 +312,10 @@ class SimRobot(Robot, Gripper):
         return k.site_xpos[s.tcp_site].copy(), wxyz_to_xyzw(quat)
 
     # -- Robot -------------------------------------------------------------------------------
+    def forward_kinematics(self, q) -> tuple[np.ndarray, np.ndarray]:
+        with self.lock:
+            return self.tcp_pose_of(q)
+
     def _state(self) -> RobotState:
         d, s = self.data, self.scene
         quat = np.empty(4)

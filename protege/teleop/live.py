@@ -27,7 +27,7 @@ import numpy as np
 from ..data.writer import BackgroundWriter
 from ..control.cyclelog import CycleLog
 from ..control.loop import ActionSource, ControlLoop, Hooks, LoopSettings, StopReason
-from ..control.safety import SafetyFilter, SafetyLimits
+from ..control.safety import JointSafetyFilter, SafetyFilter, SafetyLimits
 from ..control.schedulers import RecedingHorizon
 from ..robot.observation import ObservationAssembler
 from ..robot.backend import EpisodicBackend, camera_info
@@ -88,6 +88,8 @@ class StatusLine:
             parts.append(f"{getattr(self.device, 'name', 'device')} {(ev - self._events0) / elapsed:5.1f} events/s")
         if (width := getattr(self.device, "width", None)) is not None:
             parts.append(f"gripper {width * 1000:3.0f} mm")
+        if callable(status := getattr(self.device, "status", None)):
+            parts.append(status())
         parts.append("keys: k keep, x discard, Q quit, Ctrl-C stop")
         return " | ".join(parts)
 
@@ -138,6 +140,11 @@ def record_live(backend, device, writer: BackgroundWriter, episodes: int, *, fps
     assembler = ObservationAssembler(backend.robot, backend.gripper, backend.cameras, **(latency or {}))
     actor = TeleopActor(device)
 
+    limits = SafetyLimits.from_config(safety)
+    if getattr(device, "command", "tcp") == "joints":  # a leader arm: joint targets, servoJ
+        safety_filter: SafetyFilter = JointSafetyFilter(limits, dt, backend.robot.forward_kinematics)
+    else:
+        safety_filter = SafetyFilter(limits, dt)
     status_line = StatusLine(device)
     episodic = isinstance(backend, EpisodicBackend)
 
@@ -147,7 +154,7 @@ def record_live(backend, device, writer: BackgroundWriter, episodes: int, *, fps
 
     loop = ControlLoop(backend.robot, backend.gripper, backend.cameras, backend.clock,
                        ActionSource(actor, assembler.store_keys, inline=True), assembler,
-                       RecedingHorizon(1, dt, offset=1.0), SafetyFilter(SafetyLimits.from_config(safety), dt),
+                       RecedingHorizon(1, dt, offset=1.0), safety_filter,
                        LoopSettings(control_hz=fps, n_obs_steps=1, max_frame_age_s=max_frame_age_s, latency_margin_s=0.0),
                        Hooks(stop_requested=stop_requested, end_requested=actor.end_requested, on_step=on_step,
                              status=backend.status if episodic else None),
@@ -181,6 +188,7 @@ def record_live(backend, device, writer: BackgroundWriter, episodes: int, *, fps
             if decision == KEEP and steps:
                 writer.commit(task=task, operator=operator, start_time=start_wall, steps=steps, source="teleop",
                               device=device_name or getattr(device, "name", type(device).__name__), cameras=cameras,
+                              action_space=getattr(device, "command", "tcp"),
                               success=bool(res.success) if episodic else True,
                               **({"seed": ep_seed} if episodic else {}))
                 report.kept.append(len(report.kept))

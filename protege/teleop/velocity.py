@@ -281,10 +281,10 @@ class VelocityTeleop:
         return decision
 
     def status(self) -> str:
-        """One line for the operator: the device's event rate, the gripper, the buttons."""
+        """The device's part of the operator's status line."""
         s = self.reader.snapshot()
-        return (f"{self.name}: {s.events} events, gripper {'closed' if self.width == self.closed_width else 'open'}"
-                + (f", LOST: {s.lost}" if s.lost else ""))
+        armed = self.deadman_button is None or s.buttons.get(self.deadman_button, False)
+        return ("LOST: " + s.lost) if s.lost else ("moving" if armed else "hold the dead-man button to move")
 
     def close(self) -> None:
         self.reader.close()
