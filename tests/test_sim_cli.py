@@ -271,7 +271,7 @@ def test_record_with_a_spacemouse_in_realtime_simulation(tmp_path):
         proc = subprocess.Popen(
             [str(BIN / "protege-record"), "robot=sim", "task=lift", "teleop=spacemouse", f"teleop.device.socket={daemon.path}",
              "teleop.device.mapping.translation_scale=0.05", "episodes=2", "time_limit_s=20", f"out={store}",
-             "operator=tester", "camera.image_size=48"],
+             "operator=tester", "camera.image_size=48", "display=true", f"display_save={tmp_path / 'live.rrd'}"],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
         threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
         wait_for("recording")
@@ -301,6 +301,14 @@ def test_record_with_a_spacemouse_in_realtime_simulation(tmp_path):
     # about 1 s at 5 cm/s to the right (the events' timing varies with the machine's load), nothing else
     assert 0.02 < dx[0] < 0.08 and abs(dx[1]) < 1e-6 and abs(dx[2]) < 1e-6, dx
     assert np.all(np.diff(act[:, 0]) >= -1e-6) and np.diff(act[:, 0]).max() <= 0.005 + 1e-6  # 5 cm/s x 0.1 s
+    # display=true: the live view got the cameras, the commanded and measured TCP of (nearly) every cycle
+    from rerun.chunk import RrdReader
+
+    rows: dict[str, int] = {}
+    for chunk in RrdReader(tmp_path / "live.rrd").stream():
+        rows[chunk.entity_path] = rows.get(chunk.entity_path, 0) + chunk.num_rows
+    assert rows.get("/cameras/scene_rgb", 0) >= 0.8 * len(act) and rows.get("/tcp/commanded/x", 0) >= 0.8 * len(act), rows
+    assert rows.get("/tcp/measured/z", 0) >= 0.8 * len(act) and "/gripper/commanded" in rows
 
 
 @pytest.mark.slow

@@ -236,3 +236,97 @@ def test_gamepad_without_a_pad_says_so():
     dev = Gamepad(keys=False)
     with pytest.raises(TeleopDeviceLost, match="no gamepad 0 found"):
         dev.reader.start()
+
+
+@pytest.mark.slow
+def test_record_a_gamepad_episode_in_realtime_simulation(tmp_path):
+    """A gamepad episode through the control loop on the simulated arm, into the store: the pad's
+    events (posted into pygame's queue, as SDL does) move the TCP only while the dead-man is held."""
+    pygame = pytest.importorskip("pygame")
+    import threading
+
+    from protege.data.store import EpisodeStore
+    from protege.data.writer import BackgroundWriter
+    from protege.robot.observation import ObservationAssembler
+    from protege.sim.env import SimBackend
+    from protege.teleop.gamepad import Gamepad
+    from protege.teleop.live import record_live
+
+    backend = SimBackend("lift", cameras=("scene",), image_size=48, clock="realtime",
+                         robot_kwargs=dict(max_tcp_speed=0.25, max_tcp_angular_speed=1.0))
+    dev = Gamepad(mapping=dict(translation_scale=0.05, deadband=0.0), fps=10, keys=False, require_attached=False)
+    dev.reader.start()
+    r = dev.reader
+    key_meta = ObservationAssembler(backend.robot, backend.gripper, backend.cameras).key_meta
+    writer = BackgroundWriter(tmp_path / "pad.zarr", fps=10, key_meta=key_meta)
+    safety = dict(workspace_min=[-0.35, -0.8, 0.005], workspace_max=[0.35, -0.2, 0.45], max_tcp_speed=0.25)
+
+    def operator():
+        post = lambda **e: r.post(instance_id=3, **e)  # noqa: E731
+        post(type=pygame.JOYDEVICEADDED, device_index=0)
+        time.sleep(1.5)
+        post(type=pygame.JOYAXISMOTION, joy=0, axis=0, value=1.0)   # stick right, dead-man not held: still
+        time.sleep(0.5)
+        post(type=pygame.JOYBUTTONDOWN, joy=0, button=4)             # dead-man held: +x at 5 cm/s
+        time.sleep(1.0)
+        post(type=pygame.JOYBUTTONUP, joy=0, button=4)
+        time.sleep(0.3)
+        post(type=pygame.JOYBUTTONDOWN, joy=0, button=1), post(type=pygame.JOYBUTTONUP, joy=0, button=1)  # B: keep
+
+    threading.Thread(target=operator, daemon=True).start()
+    try:
+        report = record_live(backend, dev, writer, 1, fps=10.0, safety=safety, time_limit_s=15.0, task="lift",
+                             operator="tester", keep="all", device_name="gamepad", max_frame_age_s=1.0)
+    finally:
+        writer.close()
+        dev.close()
+        backend.close()
+    assert len(report.kept) == 1 and report.stop == 0, report.message
+    s = EpisodeStore(tmp_path / "pad.zarr")
+    assert s.episode_meta[0]["device"] == "gamepad" and s.episode_meta[0]["action_space"] == "tcp"
+    act = s.episode(0)["action"].astype(np.float64)
+    steps = np.diff(act[:, 0])
+    assert 0.02 < act[-1, 0] - act[0, 0] < 0.08 and np.all(steps >= -1e-6) and steps.max() <= 0.005 + 1e-6
+    assert np.abs(act[:, 1:3] - act[0, 1:3]).max() < 1e-6  # only x moved
+
+
+def test_record_refuses_a_missing_or_misconfigured_device_before_anything_moves(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bin_ = Path(sys.executable).parent / "protege-record"
+    base = [str(bin_), "robot=sim", "task=lift", f"out={tmp_path / 'x.zarr'}"]
+    cases = [(["teleop=spacemouse", f"teleop.device.socket={tmp_path / 'none.sock'}"], "no spacenavd at"),
+             (["teleop=spacemouse", "teleop.device.mapping.deadband=2"], "deadband must be in [0, 1)"),
+             (["teleop=gello", f"teleop.device.calibration={tmp_path / 'none.json'}"], "calibrate-gello"),
+             (["teleop=gamepad", "teleop.device.axes.x=stick"], "expected terms")]
+    if not ctypes.util.find_library("spnav"):
+        cases = cases[1:]
+    for args, message in cases:
+        p = subprocess.run(base + args, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
+        assert len(p.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.zarr").exists()
+
+
+def test_status_line_draws_in_place_on_a_terminal_only():
+    import io
+
+    from protege.teleop.live import StatusLine
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    hand = FakeHand("hand")
+    dev = VelocityTeleop(hand, fps=10, keys=False)
+    out = Tty()
+    line = StatusLine(dev, stream=out, hz=1000)
+    line.begin(3)
+    hand._motion(np.zeros(6))
+    line.update()
+    text = out.getvalue()
+    assert text.startswith("\r\033[K") and "episode 3" in text and "gripper  85 mm" in text and "k keep" in text
+    plain = io.StringIO()
+    StatusLine(dev, stream=plain).update()
+    assert plain.getvalue() == ""  # a log file gets no status lines

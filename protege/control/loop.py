@@ -199,6 +199,8 @@ class ControlLoop:
         settings: :class:`LoopSettings`.
         hooks: the episode's life cycle (:class:`EpisodeHooks`: stop, end, task status, each step).
         log: the :class:`CycleLog` (None: no log).
+        view: a live view (:class:`~protege.control.liveview.LiveView`): each cycle's newest
+            observation frame and record go to its ``put``, which never waits (None: none).
 
     Raises:
         ValueError: a clock that is not real time, or a scheduler / filter at another ``dt``.
@@ -207,7 +209,7 @@ class ControlLoop:
     def __init__(self, robot: Robot, gripper: Gripper | None, cameras: Mapping[str, Camera], clock: Clock,
                  source: ActionSource, assembler: ObservationAssembler, scheduler: ActionScheduler,
                  safety: SafetyFilter, settings: LoopSettings, hooks: EpisodeHooks | None = None,
-                 log: CycleLog | None = None):
+                 log: CycleLog | None = None, view=None):
         if not clock.realtime:
             raise ValueError("the control loop runs on a real-time clock (robot=sim uses clock: realtime)")
         self.robot, self.gripper, self.cameras, self.clock = robot, gripper, dict(cameras), clock
@@ -219,6 +221,7 @@ class ControlLoop:
         self.worker = (InlineWorker(source.predict, clock.now) if source.inline
                        else InferenceWorker(source.predict, clock.now, source.inference_delay_s))
         self.log = log or CycleLog(None)
+        self.view = view
         self.hooks = hooks or EpisodeHooks()
         self.latencies: deque[float] = deque(maxlen=10)
         self.episode = 0
@@ -358,12 +361,15 @@ class ControlLoop:
                         self.gripper.set_width(target.width, t_k + self.dt)
                 except DeviceError as e:
                     raise _Stop(StopReason.ROBOT_FAULT, f"robot: {e}", smooth=False) from e
-                self.log.write({
+                cycle = {
                     "type": "cycle", "episode": self.episode, "k": k, "t": t_k, "wake": wake, "t_obs": t_k,
                     "request": request, "chunk": chunk_rec, "dropped": self.scheduler.dropped,
                     "clipped": list(target.clipped), "cmd": target.position, "cmd_speed": float(np.linalg.norm(self.safety.velocity)),
                     "width": target.width, "meas": state.tcp_position,
-                })
+                }
+                self.log.write(cycle)
+                if self.view is not None:
+                    self.view.put(t_k, {key: v[-1] for key, v in obs.items()}, cycle)
                 if self.hooks.records:
                     step_obs = {key: v[-1] for key, v in obs.items()}
                     self.hooks.on_step(step_obs, self.safety.action_of(target))

@@ -84,7 +84,7 @@ def _deploy(cfg: DictConfig, device: torch.device) -> int:
         backend.close()
         raise ConfigError(f"robot={cfg.robot.get('name')}: its backend {type(backend).__name__} is not a "
                           "protege.robot.backend.Backend (robot, gripper, cameras, clock, time_limit_s, close)")
-    writer = loop = stop_key = None
+    writer = loop = stop_key = view = None
     results: list[EpisodeResult] = []
     run_dir = Path(cfg.run_dir)
     try:
@@ -98,13 +98,18 @@ def _deploy(cfg: DictConfig, device: torch.device) -> int:
         if cfg.record:
             writer = BackgroundWriter(cfg.record, fps=fps, key_meta=assembler.key_meta, image_codec=cfg.image_codec)
         stop_key = StopKey() if cfg.stop_key else None
+        if cfg.display:
+            from ..control.liveview import LiveView
+
+            view = LiveView(save=cfg.get("display_save"))
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
         hooks = Hooks(stop_requested=stop_key, status=backend.status if episodic else None,
                       on_step=(lambda obs, action: writer.add_step({**obs, "action": action})) if writer else None)
         loop = ControlLoop(backend.robot, backend.gripper, backend.cameras, backend.clock,
                            ActionSource(runner, runner.store_keys, inference_delay_s=cfg.inference_delay_s),
-                           assembler, scheduler, safety, settings, hooks, log=CycleLog(run_dir / "deploy.jsonl"))
+                           assembler, scheduler, safety, settings, hooks, log=CycleLog(run_dir / "deploy.jsonl"),
+                           view=view)
         print(f"protege-deploy: {task['name']} on robot={cfg.robot.name}, {cfg.episodes} episode(s) at {fps:g} Hz, "
               f"{scheduler.name}, log {run_dir / 'deploy.jsonl'}" + ("; stop: s, space, Esc or Ctrl-C" if stop_key else ""),
               flush=True)
@@ -134,6 +139,8 @@ def _deploy(cfg: DictConfig, device: torch.device) -> int:
             writer.close()
         if stop_key is not None:
             stop_key.close()
+        if view is not None:
+            view.close()
         backend.close()
     if not results:
         return int(StopReason.ERROR)

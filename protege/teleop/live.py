@@ -110,7 +110,7 @@ def record_live(backend, device, writer: BackgroundWriter, episodes: int, *, fps
                 time_limit_s: float, task: str = "", operator: str = "", keep: str = "success",
                 latency: Mapping[str, float] | None = None, max_attempts: int | None = None,
                 stop_requested=lambda: False, log_path=None, max_frame_age_s: float = 0.5,
-                device_name: str = "", seed: int = 0) -> SessionReport:
+                device_name: str = "", seed: int = 0, view=None) -> SessionReport:
     """Record up to ``episodes`` demonstrations on ``backend``'s robot (see the module docstring).
 
     Args:
@@ -126,6 +126,7 @@ def record_live(backend, device, writer: BackgroundWriter, episodes: int, *, fps
             the backend judges it a success (the simulator), else discards it.
         device_name: the teleop device (``spacemouse``, ...), stored with each episode.
         seed: on an episodic backend (the simulator), attempt i starts from seed + i.
+        view: a :class:`~protege.control.liveview.LiveView` (``display=true``), or None.
         latency: the robot config's ``latency`` (observation assembly).
         stop_requested: the operator's stop (Ctrl-C), polled every cycle.
         log_path: the control loop's per-cycle log (JSON lines), or None.
@@ -158,7 +159,7 @@ def record_live(backend, device, writer: BackgroundWriter, episodes: int, *, fps
                        LoopSettings(control_hz=fps, n_obs_steps=1, max_frame_age_s=max_frame_age_s, latency_margin_s=0.0),
                        Hooks(stop_requested=stop_requested, end_requested=actor.end_requested, on_step=on_step,
                              status=backend.status if episodic else None),
-                       log=CycleLog(log_path))
+                       log=CycleLog(log_path), view=view)
     cameras = camera_info(backend.cameras)
     t_session = time.monotonic()
     try:

@@ -25,6 +25,9 @@ def _summary(report, cfg: DictConfig, committed: list[int]) -> None:
 
 def _record_sim(cfg: DictConfig) -> int:
     """Lockstep (or paced) recording in the simulator's environment, with its success check."""
+    if cfg.display:
+        print("protege-record: display=true shows a person's recording through the control loop; the scripted "
+              "expert records in lockstep without it (look at the store afterwards: protege-data view)", file=sys.stderr)
     env = hydra.utils.instantiate(cfg.robot.env, **({"clock": "realtime"} if cfg.teleop.realtime else {}))
     device = hydra.utils.instantiate(cfg.teleop.device)
     writer = BackgroundWriter(cfg.out, fps=cfg.task.fps, key_meta=getattr(env, "key_meta", None),
@@ -64,11 +67,15 @@ def _record_live(cfg: DictConfig) -> int:
         getattr(device, "close", lambda: None)()
         print(f"protege-record: robot={cfg.robot.name}: {root_cause(e)}", file=sys.stderr)
         return 13
-    writer = stop_key = None
+    writer = stop_key = view = None
     try:
         key_meta = ObservationAssembler(backend.robot, backend.gripper, backend.cameras).key_meta
         writer = BackgroundWriter(cfg.out, fps=cfg.task.fps, key_meta=key_meta, image_codec=cfg.image_codec)
         stop_key = StopKey(keys=False)  # the teleop device owns the keyboard; Ctrl-C stops the arm
+        if cfg.display:
+            from ..control.liveview import LiveView
+
+            view = LiveView(save=cfg.display_save)
         time_limit = float(cfg.time_limit_s or backend.time_limit_s)
         print(f"protege-record: {cfg.task.name} on robot={cfg.robot.name} with teleop={cfg.teleop.name}, "
               f"{cfg.episodes} episode(s) of at most {time_limit:g} s at {cfg.task.fps:g} Hz -> {cfg.out}; "
@@ -78,11 +85,13 @@ def _record_live(cfg: DictConfig) -> int:
                              task=cfg.task.name, operator=cfg.operator, keep=cfg.keep, device_name=cfg.teleop.name,
                              seed=cfg.seed,
                              latency=OmegaConf.to_container(cfg.robot.get("latency", {}), resolve=True),
-                             max_attempts=cfg.max_attempts, stop_requested=stop_key, log_path=cfg.get("log"))
+                             max_attempts=cfg.max_attempts, stop_requested=stop_key, log_path=cfg.get("log"), view=view)
     finally:
         committed = writer.close() if writer is not None else []
         if stop_key is not None:
             stop_key.close()
+        if view is not None:
+            view.close()
         getattr(device, "close", lambda: None)()
         backend.close()
     _summary(report, cfg, committed)
