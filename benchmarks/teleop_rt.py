@@ -248,7 +248,7 @@ def main() -> int:
         p = picks.get(k)
         print(f"{k:45s} {v['p50']:>14.1f} / {v['p99']:<13.1f} "
               + (f"{p['p50']:>14.2f} / {p['p99']:<13.2f}" if p else f"{'(read in the loop)':>30s}"))
-    print(f"\ncontrol loop at 10 Hz, cycle lateness (ms): "
+    print("\ncontrol loop at 10 Hz, cycle lateness (ms): "
           + "; ".join(f"{k}: p50 {v['p50']}, p99 {v['p99']}, max {v['max']}" for k, v in lateness.items()))
     write_result(args.out, "teleop_rt", events=n, control_hz=10, event_to_command_ms=table, event_to_reader_ms=picks,
                  cycle_lateness_ms=lateness)
