@@ -57,6 +57,23 @@ def test_ur_rtde_streams_state_at_the_servo_rate_and_moves(standin):
         r.disconnect()
 
 
+def test_servo_j_follows_joint_targets_and_forward_kinematics_matches_the_controller(standin):
+    """A leader arm's joint targets (GELLO) stream with servoJ; the nominal DH kinematics with the
+    configured TCP (what the joint safety filter checks the box with) agree with the controller's TCP."""
+    with URRobot(host=standin.host, tcp_offset=SIM_TCP, lookahead_time=0.05, state_timeout_s=SLOW) as robot:
+        s0 = robot.state()
+        pos, quat = robot.forward_kinematics(s0.joint_positions)
+        np.testing.assert_allclose(pos, s0.tcp_position, atol=2e-3)  # Menagerie's arm vs UR's nominal DH
+        assert abs(np.dot(quat, s0.tcp_quat)) > 1 - 1e-5
+        t0 = time.monotonic() + 0.1
+        for k in range(11):  # joint 1 turns 0.2 rad in 1 s, joint 4 -0.1 rad
+            robot.servo_joints(s0.joint_positions + np.array([0.2, 0, 0, -0.1, 0, 0]) * k / 10, t0 + 0.1 * k)
+        time.sleep(1.6)
+        s1 = robot.state()
+        np.testing.assert_allclose(s1.joint_positions - s0.joint_positions, [0.2, 0, 0, -0.1, 0, 0], atol=3e-3)
+        np.testing.assert_allclose(robot.forward_kinematics(s1.joint_positions)[0], s1.tcp_position, atol=2e-3)
+
+
 def test_servo_l_tracks_the_interpolated_path(standin):
     """Waypoints at 10 Hz (a policy's rate), interpolated and streamed with servoL at 500 Hz."""
     with URRobot(host=standin.host, tcp_offset=SIM_TCP, lookahead_time=0.05, state_timeout_s=SLOW) as robot:
