@@ -161,10 +161,18 @@ def test_every_tool_reports_expected_errors_in_one_line_with_the_trace_a_flag_aw
         (["protege-deploy", f"checkpoint={not_ckpt}"], "not a protege checkpoint"),
         (["protege-record", "task=no_such_task"], "Could not find 'task/no_such_task'"),
         (["protege-data", "info", str(not_ckpt)], "not a zarr group"),
+        # numeric settings are checked before any work: named, with the allowed range, nothing written
+        (["protege-train", "dataset=x", "train.steps=-5", "train.batch_size=0"],
+         "train.steps=-5: must be an integer >= 1; train.batch_size=0: must be an integer >= 1"),
+        (["protege-train", "dataset=x", "train.lr=0", "train.val_ratio=1.5"], "train.lr=0: must be a number > 0; train.val_ratio=1.5: must be a number >= 0 and < 1"),
+        (["protege-eval", f"checkpoint={not_ckpt}", "n_episodes=0"], "n_episodes=0: must be an integer >= 1"),
+        (["protege-deploy", f"checkpoint={not_ckpt}", "loop.max_frame_age_s=-1"], "loop.max_frame_age_s=-1: must be a number > 0"),
+        (["protege-record", "out=x.zarr", "episodes=0"], "episodes=0: must be an integer >= 1"),
     ]
     for args, msg in cases:
         p = run(*args, check=False, cwd=tmp_path)
         err = p.stderr.strip().splitlines()
         assert p.returncode == 2 and len(err) == 1 and msg in err[0] and err[0].startswith(args[0]) and ": error: " in err[0], (args, p.stderr)
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["notes.pt"]  # no run folder, no store
     p = run("protege-eval", f"checkpoint={not_ckpt}", "--traceback", check=False)
     assert p.returncode != 0 and "Traceback" in p.stderr and "CheckpointError" in p.stderr

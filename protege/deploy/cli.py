@@ -28,6 +28,7 @@ from ..control.safety import SafetyFilter, SafetyLimits
 from ..control.schedulers import build_scheduler
 from ..robot.backend import Backend, EpisodicBackend, camera_info
 from .report import format_summary, main as report_main, summarize
+from ..configs.checks import check_settings
 
 log = logging.getLogger("protege.deploy")
 
@@ -157,6 +158,7 @@ def _deploy(cfg: DictConfig, device: torch.device) -> int:
 @hydra.main(config_path="../configs", config_name="deploy", version_base=None)
 @job
 def _hydra_main(cfg: DictConfig) -> None:
+    check_settings(cfg, "deploy")
     sys.exit(deploy(cfg))
 
 

@@ -35,6 +35,7 @@ from ..policies.checkpoint import load_policy
 from ..policies.onednn import describe, onednn_matmul
 from ..policies.tensors import obs_to_torch, select_device
 from ..control.schedulers import build_scheduler
+from ..configs.checks import check_settings
 
 DEFAULT_SCHEDULER = {"_target_": "protege.control.schedulers.RecedingHorizon", "n_action_steps": None, "blend_steps": 0}
 
@@ -292,6 +293,7 @@ def main() -> None:
 @hydra.main(config_path="../configs", config_name="eval", version_base=None)
 @job
 def _hydra_main(cfg: DictConfig) -> None:
+    check_settings(cfg, "eval")
     report, path = evaluate_checkpoint(cfg)
     lo, hi = report["success_rate_ci95"]
     coverage = f"mean max coverage {report['mean_max_coverage']:.3f}, " if report["mean_max_coverage"] is not None else ""

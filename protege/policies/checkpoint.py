@@ -71,16 +71,44 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint")
+    _check_archive(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
-        raise CheckpointError(f"{path}: not a protege checkpoint (torch.load failed: {type(e).__name__} {reason})") from e
+        text = str(e)
+        import re
+
+        unsupported = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        why = (f"it holds a Python object of class {unsupported.group(1)}, which a checkpoint never does "
+               "(it holds tensors and plain containers only)" if unsupported
+               else f"torch.load could not read it ({type(e).__name__}: {text.strip().splitlines()[0] if text.strip() else ''})")
+        raise CheckpointError(f"{path}: not a protege checkpoint: {why}") from e
     if not isinstance(ckpt, dict) or "format_version" not in ckpt:
         raise CheckpointError(f"{path}: not a protege checkpoint")
     if ckpt["format_version"] != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: checkpoint format {ckpt['format_version']}, this protege reads {CHECKPOINT_FORMAT}")
     return ckpt
+
+
+def _check_archive(path: Path) -> None:
+    """torch.save writes a zip archive holding ``<name>/data.pkl``; say plainly when a file is not one."""
+    import zipfile
+
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        raise CheckpointError(f"{path}: not a protege checkpoint: the file is empty (an interrupted copy?)")
+    if head != b"PK\x03\x04":
+        raise CheckpointError(f"{path}: not a protege checkpoint: not a file torch.save wrote (those are zip archives; "
+                              f"this one starts with the bytes {head.hex(' ')})")
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except zipfile.BadZipFile as e:
+        raise CheckpointError(f"{path}: not a protege checkpoint: a damaged zip archive ({e}; an interrupted copy?)") from e
+    if not any(n.endswith("/data.pkl") for n in names):
+        raise CheckpointError(f"{path}: not a protege checkpoint: a zip archive, but not one torch.save wrote "
+                              f"(no data.pkl among {names[:3]}{'...' if len(names) > 3 else ''})")
 
 
 def load_policy(path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True) -> tuple[Policy, dict[str, Any]]:

@@ -39,6 +39,7 @@ from . import malloc
 from .onednn import check_setting, describe, onednn_matmul
 from .tensors import select_device, to_torch
 from .checkpoint import build_policy, read_checkpoint, save_checkpoint
+from ..configs.checks import check_settings
 
 log = logging.getLogger("protege.train")
 
@@ -333,6 +334,7 @@ class Trainer:
 @hydra.main(config_path="../configs", config_name="train", version_base=None)
 @job
 def _hydra_main(cfg: DictConfig) -> None:
+    check_settings(cfg, "train")
     Trainer(cfg).run()
 
 

@@ -16,6 +16,7 @@ from ..robot.observation import ObservationAssembler
 from .live import record_live
 from .velocity import TeleopDeviceLost
 from .session import record
+from ..configs.checks import check_settings
 
 
 def _summary(report, cfg: DictConfig, committed: list[int]) -> None:
@@ -101,6 +102,7 @@ def _record_live(cfg: DictConfig) -> int:
 @hydra.main(config_path="../configs", config_name="record", version_base=None)
 @job
 def _hydra_main(cfg: DictConfig) -> None:
+    check_settings(cfg, "record")
     # a person in the loop (teleop.realtime) drives the arm through the real-time control loop, on
     # the simulator as on a real arm; the scripted expert steps the simulator in lockstep
     lockstep = cfg.robot.get("env") is not None and not (cfg.teleop.realtime and "backend" in cfg.robot)
