@@ -40,6 +40,7 @@ from .onednn import check_setting, describe, onednn_matmul
 from .tensors import select_device, to_torch
 from .checkpoint import build_policy, read_checkpoint, save_checkpoint
 from ..configs.checks import check_settings
+from ..errors import is_expected
 
 log = logging.getLogger("protege.train")
 
@@ -334,8 +335,25 @@ class Trainer:
 @hydra.main(config_path="../configs", config_name="train", version_base=None)
 @job
 def _hydra_main(cfg: DictConfig) -> None:
-    check_settings(cfg, "train")
-    Trainer(cfg).run()
+    try:
+        check_settings(cfg, "train")
+        Trainer(cfg).run()
+    except Exception as e:
+        if is_expected(e):
+            _remove_empty_run_dir(Path(cfg.run_dir))
+        raise
+
+
+def _remove_empty_run_dir(run_dir: Path) -> None:
+    """A run refused before it trained leaves no folder behind: remove ``run_dir`` when it holds
+    only what hydra wrote at start (``.hydra/``, ``train.log``), never an earlier run's files."""
+    import shutil
+
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        parent = run_dir.parent
+        if parent.name == "runs" and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()  # the default runs/ folder, made just now for it
 
 
 def main() -> None:
