@@ -49,6 +49,14 @@ def test_record_train_evaluate_lift(lift_run, tmp_path):
     assert report["mean_max_coverage"] is None and 0 <= report["success_rate"] <= 1
     assert len(report["success_rate_ci95"]) == 2
     assert (out / "videos").is_dir() and any((out / "videos").iterdir())
+    # another task: the alias of its own runs; one with other observations, or a malformed env=, says why in one line
+    run("protege-eval", f"checkpoint={ckpt}", "task=lift", "n_episodes=1", "n_videos=0", f"out_dir={tmp_path / 'alias'}",
+        "num_inference_steps=2")
+    assert json.loads((tmp_path / "alias" / "eval.json").read_text())["n_episodes"] == 1
+    for args, msg in ((["task=pusht_state"], "task=pusht_state does not fit this checkpoint, trained on task 'sim_lift'"),
+                      (["env=lift"], "env=lift: env overrides the task's environment config")):
+        p = run("protege-eval", f"checkpoint={ckpt}", *args, check=False)
+        assert p.returncode == 2 and msg in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ from ..control.operator import StopKey
 from ..control.safety import SafetyFilter, SafetyLimits
 from ..control.schedulers import build_scheduler
 from ..robot.backend import Backend, EpisodicBackend, camera_info
+from .eval import checkpoint_task
 from .report import format_summary, main as report_main, summarize
 from ..configs.checks import check_settings
 
@@ -35,17 +36,6 @@ log = logging.getLogger("protege.deploy")
 
 class ConfigError(ValueError):
     """A deployment that must not start: bad settings, or a policy that does not fit the robot."""
-
-
-def _task(cfg: DictConfig, ckpt: dict) -> dict:
-    trained = ckpt["config"]["task"]
-    if cfg.get("task") is None:
-        return trained
-    task = OmegaConf.to_container(cfg.task, resolve=True)
-    if task.get("obs") != trained.get("obs") or task.get("fps") != trained.get("fps"):
-        raise ConfigError(f"task={task.get('name')} has other observations or fps than the checkpoint's task "
-                          f"{trained.get('name')!r}; leave task= out to use the checkpoint's")
-    return {**trained, **task}
 
 
 def deploy(cfg: DictConfig) -> int:
@@ -60,7 +50,7 @@ def deploy(cfg: DictConfig) -> int:
 
 def _deploy(cfg: DictConfig, device: torch.device) -> int:
     policy, ckpt = load_policy(cfg.checkpoint, device=device, use_ema=cfg.use_ema)
-    task = _task(cfg, ckpt)
+    task = checkpoint_task(cfg, ckpt)
     OmegaConf.set_struct(cfg, False)
     cfg.task = task
     if cfg.num_inference_steps is not None:

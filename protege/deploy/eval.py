@@ -242,12 +242,35 @@ def env_config(task: Mapping[str, Any], cfg: DictConfig) -> DictConfig:
     return OmegaConf.create(OmegaConf.to_container(root.robot.env, resolve=True))
 
 
+def checkpoint_task(cfg: DictConfig, ckpt: Mapping[str, Any]) -> dict:
+    """The task a checkpoint runs on: its own, or ``task=`` when that one has the same observations
+    and fps (e.g. ``lift`` for a checkpoint trained on ``sim_lift``).
+
+    Raises:
+        ValueError: ``task=`` names a task with other observations or fps (says which).
+    """
+    trained = ckpt["config"]["task"]
+    if cfg.get("task") is None:
+        return trained
+    task = OmegaConf.to_container(cfg.task, resolve=True)
+    if task.get("obs") != trained.get("obs") or task.get("fps") != trained.get("fps"):
+        diff = sorted(set(task.get("obs", {})) ^ set(trained.get("obs", {})))
+        raise ValueError(f"task={task.get('name')} does not fit this checkpoint, trained on task {trained.get('name')!r}: "
+                         + (f"the observations differ ({', '.join(diff)})" if diff else
+                            "its observations or fps differ")
+                         + "; leave task= out to use the checkpoint's own")
+    return {**trained, **task}
+
+
 def evaluate_checkpoint(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
     """Run the evaluation that ``configs/eval.yaml`` describes; returns (report, report path)."""
     ckpt_path = Path(cfg.checkpoint)
     device = select_device(cfg.device)
+    if cfg.env is not None and not (isinstance(cfg.env, DictConfig) and "_target_" in cfg.env):
+        raise ValueError(f"env={cfg.env}: env overrides the task's environment config (a mapping with a _target_, "
+                         "e.g. env._target_=protege.sim.env.SimEnv env.task=lift); to evaluate on another task use task=<name>")
     policy, ckpt = load_policy(ckpt_path, device=device, use_ema=cfg.use_ema)
-    task = ckpt["config"]["task"]
+    task = checkpoint_task(cfg, ckpt)
     out_dir = Path(cfg.out_dir) if cfg.out_dir else ckpt_path.parent.parent / "eval" / ckpt_path.stem
     compile_seconds = None
     with onednn_matmul(cfg.onednn_matmul, device) as onednn:
