@@ -9,11 +9,12 @@ import threading
 import zipfile
 
 import numpy as np
+import zarr
 import pytest
 
 from protege.data import fetch as fetch_mod
 from protege.data.fetch import DATASETS, Dataset, FetchError, fetch, resolve_store
-from protege.data.store import EpisodeStore, EpisodeWriter
+from protege.data.store import EpisodeStore
 from test_cli import BIN, ENV
 
 
@@ -22,9 +23,12 @@ def archive(tmp_path, monkeypatch):
     """A small store zipped as pusht.zip lays PushT out (pusht/pusht_cchi_v7_replay.zarr), registered
     under the pusht name with its own checksum."""
     src = tmp_path / "src" / "pusht" / "pusht_cchi_v7_replay.zarr"
-    with EpisodeWriter(src, fps=10) as w:
-        for e in range(3):
-            w.add_episode({"state": np.full((4 + e, 5), e, np.float32), "action": np.zeros((4 + e, 2), np.float32)})
+    # zarr 2 in Diffusion Policy's layout, as the real archive (no per-chunk checksums)
+    root = zarr.open_group(str(src), mode="w", zarr_format=2)
+    root.create_group("data").create_array("state", data=np.repeat(np.arange(3), [4, 5, 6])[:, None].repeat(5, 1)
+                                           .astype(np.float32), chunks=(4, 5), config={"write_empty_chunks": True})
+    root["data"].create_array("action", data=np.zeros((15, 2), np.float32), chunks=(4, 2), config={"write_empty_chunks": True})
+    root.create_group("meta").create_array("episode_ends", data=np.array([4, 9, 15], np.int64))
     zpath = tmp_path / "serve" / "pusht.zip"
     zpath.parent.mkdir()
     with zipfile.ZipFile(zpath, "w") as z:
@@ -52,6 +56,11 @@ def test_fetch_downloads_checks_unpacks_and_resolves_by_name(tmp_path, archive, 
     assert path == tmp_path / "data" / "pusht" / "pusht_cchi_v7_replay.zarr"
     s = EpisodeStore(path)
     assert s.n_episodes == 3 and s.episode_lengths.tolist() == [4, 5, 6]
+    if s.zarr_format == 2:  # no per-chunk checksums: fetch records them while the store is known good
+        from protege.data.manifest import MANIFEST
+        from protege.data.validate import validate
+
+        assert (path / MANIFEST).exists() and "against the checksum manifest" in validate(s, progress=False).verified
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["pusht"]  # no temporary left behind
     assert resolve_store("pusht") == str(path) and resolve_store("other.zarr") == "other.zarr"
     assert fetch("pusht", url="http://127.0.0.1:1/never", progress=False) == path  # already there: no download

@@ -37,11 +37,12 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import zarr
 
 from . import edit
 from .fetch import DATASETS, FetchError, fetch, resolve_store
-from .store import EpisodeStore, StoreError, describe
+from .store import DamagedStore, EpisodeStore, StoreError, describe, root_group_missing
 from .validate import Report, validate
 from .convert import ConvertError
 from .view import ViewerError
@@ -52,6 +53,8 @@ def _print_report(store: EpisodeStore, report: Report) -> None:
         print(f"note: {n}")
     for p in report.problems:
         print(f"problem: {p}")
+    if report.verified:
+        print(f"checked: {report.verified}")
     if report.ok:
         print(f"{store.path}: OK ({store.n_episodes} episodes, {store.n_steps} steps)")
     else:
@@ -88,8 +91,13 @@ def _info(args) -> int:
 
 
 def _validate(args) -> int:
-    store = EpisodeStore(resolve_store(args.store), check_rows=False)
-    report = validate(store)
+    try:
+        store = EpisodeStore(resolve_store(args.store), check_rows=False)
+    except DamagedStore as e:  # a damaged store, not a wrong path: reported like any damage (exit 1)
+        print(f"problem: {str(e).split(': ', 1)[-1]}")
+        print(f"{args.store}: damaged; see `protege-data repair {args.store}`")
+        return 1
+    report = validate(store, write_manifest=True)
     _print_report(store, report)
     return 0 if report.ok else 1
 
@@ -105,7 +113,15 @@ def _confirm(question: str, yes: bool) -> bool:
 
 def _repair(args) -> int:
     path = Path(resolve_store(args.store))
-    store = EpisodeStore(path, check_rows=False)
+    if root_group_missing(path):
+        _recreate_root_group(path)
+    try:
+        store = EpisodeStore(path, check_rows=False)
+    except DamagedStore as e:
+        print(f"problem: {str(e).split(': ', 1)[-1]}")
+        print(f"{path}: repair cannot fix this (which episode ends where is not in the data); "
+              "edit meta/episode_ends by hand or restore the store from a copy")
+        return 1
     lengths = {k: store._array(k).shape[0] for k in store.keys}
     if any(n > store.n_steps for n in lengths.values()):
         data = zarr.open_group(str(path), mode="r+")["data"]
@@ -114,8 +130,19 @@ def _repair(args) -> int:
                 data[k].resize((store.n_steps, *data[k].shape[1:]))
         print(f"{path}: trimmed rows past the last committed episode "
               f"({ {k: n - store.n_steps for k, n in lengths.items() if n > store.n_steps} })")
+        _renew_manifest_of(path, store.keys)
+        store = EpisodeStore(path, check_rows=False)
+    # every array holds the same rows, fewer than episode_ends' last value: the data is whole, the end is wrong
+    rows = min(lengths.values()) if lengths else store.n_steps
+    ends = store.episode_ends
+    if store.n_episodes and len(set(lengths.values())) == 1 and rows < store.n_steps \
+            and (rows > (ends[-2] if len(ends) > 1 else 0)) \
+            and (ends[:-1] <= rows).all() and _clamp_last_end(path, store, rows, args.yes):
         store = EpisodeStore(path, check_rows=False)
     report = validate(store)
+    if _fix_dtypes(path, store, report, args.yes):
+        store = EpisodeStore(path, check_rows=False)
+        report = validate(store)
     damaged = report.damaged_episodes
     if report.ok:
         print(f"{path}: OK, nothing else to repair ({store.n_episodes} episodes, {store.n_steps} steps)")
@@ -134,6 +161,77 @@ def _repair(args) -> int:
     new = edit.delete(path, damaged)
     print(f"{path}: dropped episodes {_ranges(damaged)}; {new.n_episodes} episodes, {new.n_steps} steps kept")
     return 0
+
+
+def _fix_dtypes(path: Path, store: EpisodeStore, report: Report, yes: bool) -> bool:
+    """An array whose metadata names a dtype its chunks do not hold (validate's hint): set the dtype
+    the chunks hold, then check again. Returns whether anything was changed."""
+    import re
+
+    changed = False
+    for p in report.problems:
+        m = re.search(r"the dtype is likely ([<>|]?\w+)", p.detail) if p.kind == "metadata" else None
+        if not m or p.key not in store.keys:
+            continue
+        new = np.dtype(m.group(1))
+        if not _confirm(f"data/{p.key}: its chunks hold {new.itemsize}-byte values; set its dtype to {new.str}?", yes):
+            continue
+        if store.zarr_format == 2:
+            f = path / "data" / p.key / ".zarray"
+            meta = json.loads(f.read_text())
+            meta["dtype"] = new.str
+        else:
+            f = path / "data" / p.key / "zarr.json"
+            meta = json.loads(f.read_text())
+            meta["data_type"] = new.name
+        f.write_text(json.dumps(meta, indent=4))
+        print(f"{path}: data/{p.key}: dtype set to {new.str} (the chunks' own)")
+        changed = True
+    return changed
+
+
+def _recreate_root_group(path: Path) -> None:
+    """The root group file is gone, the arrays are there: write it again (zarr 2 or 3, as the arrays)."""
+    v3 = (path / "meta" / "episode_ends" / "zarr.json").exists()
+    if v3:
+        (path / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}))
+        print(f"{path}: recreated the root group file zarr.json; the store's attributes it held (fps, key units and "
+              "frames) are lost: readers fall back to their defaults (set the fps where a tool asks for it)")
+    else:
+        (path / ".zgroup").write_text(json.dumps({"zarr_format": 2}))
+        print(f"{path}: recreated the root group file .zgroup")
+
+
+def _clamp_last_end(path: Path, store: EpisodeStore, rows: int, yes: bool) -> bool:
+    """meta/episode_ends' last value runs past the data: end the last episode at the rows present
+    (every earlier episode is whole). Returns whether it did."""
+    last = store.n_episodes - 1
+    old_end = int(store.episode_ends[-1])
+    if not _confirm(f"meta/episode_ends ends episode {last} at row {old_end}, but the arrays hold {rows} rows: "
+                    f"end it at {rows} (keeping its {rows - int(store.episode_starts[last])} steps that are there)?", yes):
+        return False
+    root = zarr.open_group(str(path), mode="r+")
+    ends = root["meta/episode_ends"]
+    fixed = np.asarray(ends[:]).copy()
+    fixed[-1] = rows
+    ends[:] = fixed
+    _renew_manifest_of(path, [])
+    print(f"{path}: episode {last} now ends at row {rows} (was {old_end}, past the data)")
+    return True
+
+
+def _renew_manifest_of(path: Path, keys: list[str]) -> None:
+    """After an in-place repair, recompute the manifest's entries of meta/ and of ``keys``' arrays."""
+    from . import manifest as mf
+
+    old = mf.read_manifest(path)
+    if old is None:
+        return
+    fresh = json.loads(mf.write_manifest(path, by="repair").read_text())
+    touched = lambda rel: rel.startswith("meta/") or any(rel.startswith(f"data/{k}/") for k in keys)  # noqa: E731
+    fresh["chunks"] = {**{r: v for r, v in old["chunks"].items() if not touched(r) and (path / r).exists()},
+                       **{r: v for r, v in fresh["chunks"].items() if touched(r)}}
+    (path / mf.MANIFEST).write_text(json.dumps(fresh, indent=0))
 
 
 def _edited(before: EpisodeStore, after: EpisodeStore, what: str) -> int:

@@ -6,9 +6,12 @@ either the old store or the new one, never a half-edited one, even when the proc
 A killed edit leaves at most a hidden ``.<name>.protege-edit-<pid>`` folder beside the store,
 which the next edit of that store removes.
 
-Edits that change rows (delete, keep, trim) rewrite every array in protege's layout (zarr
-format 3, one frame per image chunk, each key's codec kept). Relabelling rewrites only
-``meta/``: the data's chunk files are hard-linked, not copied.
+Edits that change rows (delete, keep, trim) rewrite every array in the source's zarr format: a
+zarr 3 store in protege's layout (one frame per image chunk, each key's codec kept), a zarr 2
+store (Diffusion Policy's) as zarr 2 with each array's chunks, compressor and dtype, so that its
+own readers still open it. Relabelling rewrites only ``meta/``: the data's chunk files are
+hard-linked, not copied. A store without per-chunk checksums leaves every edit with a fresh
+checksum manifest (:mod:`protege.data.manifest`) of the validated result.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from tqdm import tqdm
 
+from . import manifest as mf
 from .store import INFO, EpisodeStore, EpisodeWriter, StoreError, _writing
 from .validate import validate
 
@@ -107,9 +111,15 @@ def replace_atomically(path: Path, build: Callable[[Path], None], dest: Path | N
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         build(tmp)
-        report = validate(EpisodeStore(tmp), keys=None if check_data else [], progress=False)
+        new = EpisodeStore(tmp)
+        report = validate(new, keys=None if check_data else [], progress=False)
         if not report.ok:
             raise StoreError(f"the edited store does not validate ({report.problems[0]}); {dest} is unchanged")
+        if not all(mf.has_checksums(new._array(k)) for k in new.keys):
+            if check_data:  # every chunk was just validated: record them
+                mf.write_manifest(tmp, by="edit")
+            elif (old := mf.read_manifest(tmp)) is not None:  # data linked unchanged: keep its entries, renew meta/
+                _renew_meta_entries(tmp, old)
         if dest.exists():
             _exchange(tmp, dest)  # tmp now holds the old store
         else:
@@ -119,6 +129,15 @@ def replace_atomically(path: Path, build: Callable[[Path], None], dest: Path | N
         raise
     shutil.rmtree(tmp, ignore_errors=True)
     return EpisodeStore(dest)
+
+
+def _renew_meta_entries(root: Path, old: dict) -> None:
+    """The manifest of a store whose data chunks are the old ones: their entries kept, meta/'s recomputed."""
+    fresh = mf.write_manifest(root, by="edit")
+    body = json.loads(fresh.read_text())
+    body["chunks"] = {**{k: v for k, v in old["chunks"].items() if k.startswith("data/")},
+                      **{k: v for k, v in body["chunks"].items() if not k.startswith("data/")}}
+    fresh.write_text(json.dumps(body, indent=0))
 
 
 # -- rewriting ---------------------------------------------------------------------------------
@@ -161,11 +180,57 @@ def rewrite(path: str | Path, plan: list[tuple[int, int, int]], dest: str | Path
     meta = src.episode_meta
 
     def build(tmp: Path) -> None:
+        if src.zarr_format == 2:
+            _rewrite_zarr2(src, plan, tmp, progress)
+            return
         w = _writer_like(src, tmp)
         _copy_episodes(src, w, plan, meta, progress)
         w.close()
 
     return replace_atomically(path, build, Path(dest) if dest else None)
+
+
+def _rewrite_zarr2(src: EpisodeStore, plan: list[tuple[int, int, int]], tmp: Path, progress: bool) -> None:
+    """The episodes and step ranges of ``plan`` as a zarr 2 store shaped like ``src``: each
+    array's chunks, compressor, filters, dtype, fill value and attributes, the root's attributes,
+    ``meta/episode_ends`` and any other per-episode ``meta/`` array filtered to the kept episodes."""
+    import zarr
+
+    root = zarr.open_group(str(tmp), mode="w", zarr_format=2)
+    root.attrs.update(dict(src.root.attrs))
+    starts, lengths = src.episode_starts, [b - a for _, a, b in plan]
+    n = int(sum(lengths))
+    data = root.create_group("data")
+    for k in tqdm(src.keys, desc="arrays", disable=not progress, leave=False):
+        s = src._array(k)
+        arr = data.create_array(k, shape=(n, *s.shape[1:]), chunks=s.chunks, dtype=s.dtype, compressors=s.compressors,
+                                filters=s.filters or None, fill_value=s.fill_value, attributes=dict(s.attrs),
+                                config={"write_empty_chunks": True})  # every chunk on disk, as zarr 2 readers expect
+        c0, row, pending = s.chunks[0], 0, []
+        for e, a, b in plan:  # rows stream through a buffer written in whole chunks
+            st = int(starts[e])
+            pending.append(np.asarray(s[st + a: st + b]))
+            have = sum(len(x) for x in pending)
+            if have >= c0:
+                block = np.concatenate(pending)
+                m = len(block) // c0 * c0
+                arr[row:row + m] = block[:m]
+                row += m
+                pending = [block[m:]]
+        if pending and (block := np.concatenate(pending)).size:
+            arr[row:row + len(block)] = block
+    meta = root.create_group("meta")
+    kept = [e for e, _, _ in plan]
+    for name in src.root["meta"].array_keys():
+        s = src.root["meta"][name]
+        if name == "episode_ends":
+            values = np.cumsum(lengths).astype(s.dtype)
+        elif s.shape[:1] == (src.n_episodes,):
+            values = np.asarray(s[:])[kept]
+        else:
+            raise StoreError(f"{src.path}: meta/{name} is not per-episode ({s.shape}); this edit cannot carry it over")
+        meta.create_array(name, data=values, chunks=s.chunks if values.ndim else None, compressors=s.compressors,
+                          attributes=dict(s.attrs), config={"write_empty_chunks": True})
 
 
 def delete(path: str | Path, episodes: list[int], **kw) -> EpisodeStore:

@@ -114,6 +114,21 @@ def _unpack(archive: Path, into: Path, ds: Dataset) -> None:
         raise FetchError(f"{archive} is not a zip archive ({e})") from e
 
 
+def _record_checksums(path: Path, store: EpisodeStore, verified_archive: bool) -> None:
+    """A store without per-chunk checksums (zarr 2) gets its checksum manifest now, while it is known
+    good: from an archive whose SHA-256 matched, or after a full validation of a copied folder."""
+    from .manifest import has_checksums, write_manifest
+    from .validate import validate
+
+    if all(has_checksums(store._array(k)) for k in store.keys):
+        return
+    if not verified_archive:
+        report = validate(store, progress=False)
+        if not report.ok:
+            raise FetchError(f"the store does not validate: {report.problems[0]} (nothing was written)")
+    write_manifest(path, by="fetch")
+
+
 def fetch(name: str, dest: str | os.PathLike | None = None, source: str | os.PathLike | None = None,
           url: str | None = None, force: bool = False, check: bool = True, timeout_s: float = 60.0,
           progress: bool = True) -> Path:
@@ -175,6 +190,7 @@ def fetch(name: str, dest: str | os.PathLike | None = None, source: str | os.Pat
             raise FetchError(f"the {name} store does not open: {e}") from e
         if store.n_episodes == 0:
             raise FetchError(f"the {name} store holds no episode")
+        _record_checksums(staged, store, verified_archive=check and not (src is not None and src.is_dir()))
         final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists():
             shutil.rmtree(final)

@@ -54,6 +54,11 @@ class StoreError(ValueError):
     """The path is not a readable episode store, or data does not match its schema."""
 
 
+class DamagedStore(StoreError):
+    """An episode store that is damaged (``protege-data validate`` reports it, exit 1; ``repair``
+    may fix it), as opposed to a path that is no store at all."""
+
+
 @dataclass(frozen=True)
 class KeySpec:
     """What one ``data/<key>`` array holds, per step.
@@ -72,6 +77,15 @@ class KeySpec:
     def is_image(self) -> bool:
         """Images are (H, W, 3) arrays: uint8, or float 0..255 in Diffusion Policy's PushT data."""
         return len(self.shape) == 3 and self.shape[-1] == 3
+
+
+def root_group_missing(path: Path) -> bool:
+    """A folder whose root group file is gone while ``data/`` and ``meta/episode_ends`` remain."""
+    path = Path(path)
+    has_root = (path / ".zgroup").exists() or (path / "zarr.json").exists()
+    ends = path / "meta" / "episode_ends"
+    return (not has_root and (path / "data").is_dir() and ends.is_dir()
+            and ((ends / ".zarray").exists() or (ends / "zarr.json").exists()))
 
 
 class EpisodeStore:
@@ -95,6 +109,9 @@ class EpisodeStore:
         try:
             self.root = zarr.open_group(str(self.path), mode="r")
         except Exception as e:  # zarr raises several types for "not a group"
+            if root_group_missing(self.path):
+                raise DamagedStore(f"{self.path}: the store's root group file (.zgroup or zarr.json) is gone, while data/ "
+                                   "and meta/episode_ends are there: `protege-data repair` recreates it") from e
             raise StoreError(f"{self.path}: not a zarr group ({type(e).__name__}: {e})") from e
         if "data" not in self.root or "meta" not in self.root or "episode_ends" not in self.root["meta"]:
             raise StoreError(
@@ -108,15 +125,17 @@ class EpisodeStore:
     def _check(self, check_rows: bool) -> None:
         ends = self.episode_ends
         if ends.ndim != 1:
-            raise StoreError(f"{self.path}: meta/episode_ends must be 1-D, got shape {ends.shape}")
+            raise DamagedStore(f"{self.path}: meta/episode_ends must be 1-D, got shape {ends.shape}")
         if len(ends) and (ends[0] < 0 or np.any(np.diff(ends) < 0)):
-            raise StoreError(f"{self.path}: meta/episode_ends must be non-decreasing and >= 0")
+            bad = int(np.flatnonzero(np.diff(ends) < 0)[0]) + 1 if np.any(np.diff(ends) < 0) else 0
+            raise DamagedStore(f"{self.path}: meta/episode_ends must be non-decreasing and >= 0; entry {bad} is "
+                               f"{int(ends[bad])} after {int(ends[bad - 1]) if bad else 'the start'}")
         for key in self.keys if check_rows else ():
             n = self._data[key].shape[0]
             if n < self.n_steps:
-                raise StoreError(
+                raise DamagedStore(
                     f"{self.path}: data/{key} has {n} rows but meta/episode_ends says {self.n_steps}; "
-                    f"the store is truncated"
+                    f"the store is truncated (`protege-data repair` keeps the episodes that are there)"
                 )
 
     # -- description -------------------------------------------------------------------------

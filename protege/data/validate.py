@@ -21,15 +21,38 @@ import numpy as np
 from tqdm import tqdm
 from zarr.core.sync import sync
 
-from .store import ALL_CHUNKS_SCHEMA, INFO, EpisodeStore, StoreError
+from . import manifest as mf
+from .store import ALL_CHUNKS_SCHEMA, INFO, EpisodeStore, KeySpec, StoreError
+
+# The largest magnitude a value of a unit can plausibly have (SI units, pixels); beyond it, a value
+# is no measurement or command but damage (a few flipped bytes of a Blosc chunk decode to 1e37).
+UNIT_BOUNDS = {"m": 100.0, "mm": 1e5, "rad": 1e3, "deg": 1e5, "m/s": 100.0, "rad/s": 1e3, "px": 1e5, "n": 1e5,
+               "nm": 1e4, "a": 1e3, "v": 1e3, "s": 1e11}
+DEFAULT_BOUND = 1e6
+
+
+def plausible_range(key: str, spec: KeySpec) -> tuple[float, float]:
+    """(low, high) a value of ``key`` must lie in: 0..255 for a float image, a timestamp's seconds,
+    else +-the bound of the key's unit (the largest of the units it names), +-1e6 when it names none."""
+    if spec.is_image:
+        return -1e-3, 255.001
+    if key == "timestamp" or key.endswith("_timestamp"):
+        return -1e11, 1e11
+    import re
+
+    tokens = [t.lower() for t in re.split(r"[\s,;()\[\]]+", spec.unit or "") if t]
+    bounds = [UNIT_BOUNDS[t] for t in tokens if t in UNIT_BOUNDS]
+    b = max(bounds) if bounds and len(bounds) == len(tokens) else DEFAULT_BOUND
+    return -b, b
 
 
 @dataclass(frozen=True)
 class Problem:
     """One thing wrong with a store.
 
-    kind: "missing chunk", "undecodable chunk", "non-finite value", "empty episode",
-        "metadata" or "layout".
+    kind: "missing chunk", "undecodable chunk", "damaged chunk" (a chunk of a store without
+        checksums whose values no sensor gives, or whose bytes changed since the manifest),
+        "non-finite value", "implausible value", "empty episode", "metadata" or "layout".
     key: the ``data/<key>`` (or ``meta/...``) array, None for the store as a whole.
     rows: global rows [start, stop) affected, None when no row is.
     episodes: the committed episodes the problem touches (a repair drops them).
@@ -50,10 +73,12 @@ class Problem:
 @dataclass
 class Report:
     """What :func:`validate` found. ``problems`` make the store invalid; ``notes`` do not
-    (rows past the last episode end, left by a crash or an open writer: ``repair`` trims them)."""
+    (rows past the last episode end, left by a crash or an open writer: ``repair`` trims them).
+    ``verified`` says what the check could establish for this store's format."""
 
     problems: list[Problem]
     notes: list[str]
+    verified: str = ""
 
     @property
     def ok(self) -> bool:
@@ -141,9 +166,13 @@ def scan(store: EpisodeStore, key: str, problems: list[Problem], n_rows: int | N
         elif notes is not None:
             notes.append(f"data/{key}: chunk {name} ({where}) is not on disk: this store's zarr skips chunks that are all "
                          f"{fill!r}, so it reads as {fill!r}; if that data was not all {fill!r}, it is lost")
+    low, high = plausible_range(key, store.spec(key))
+    checked = mf.has_checksums(arr)  # each chunk verified by zarr: a bad value is the data's, not the disk's
+    suspect: dict[int, list] = {}  # chunk index -> [bad values, largest magnitude, non-finite count]
     row_bytes = max(1, int(np.prod(arr.shape[1:], dtype=np.int64)) * arr.dtype.itemsize)
     block = max(c0, (block_bytes // row_bytes) // c0 * c0)
     unreadable = set(missing)  # chunk indices along axis 0
+    first_problem = len(problems)
     nonfinite: set[int] = set()  # episodes with a reported non-finite value
     for start in range(0, have_rows, block):
         stop = min(start + block, have_rows)
@@ -162,23 +191,88 @@ def scan(store: EpisodeStore, key: str, problems: list[Problem], n_rows: int | N
                     problems.append(Problem("undecodable chunk", key, f"chunk {arr.metadata.encode_chunk_key((a // c0,) + (0,) * (arr.ndim - 1))} "
                                             f"({where}) cannot be read: {type(e).__name__}: {msg}", (a, b), eps))
         if values.dtype.kind == "f":
-            bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
-            for r in np.flatnonzero(bad):
+            flat = values.reshape(len(values), -1)
+            finite = np.isfinite(flat)
+            out = ~finite | (np.where(finite, flat, 0) < low) | (np.where(finite, flat, 0) > high)
+            for r in np.flatnonzero(out.any(axis=1)):
                 row = start + int(r)
                 if row // c0 in unreadable:  # already reported as a chunk problem
+                    continue
+                if not checked:  # no checksum: the chunk decoded, but into values no sensor gives
+                    acc = suspect.setdefault(row // c0, [0, 0.0, 0])
+                    v = flat[r][out[r]]
+                    acc[0] += len(v)
+                    acc[2] += int((~np.isfinite(v)).sum())
+                    if np.isfinite(v).any():
+                        acc[1] = max(acc[1], float(np.abs(v[np.isfinite(v)]).max()))
                     continue
                 where, eps = _span(store, row, row + 1)
                 if eps and eps[0] in nonfinite:  # once per episode
                     continue
                 nonfinite.update(eps)
-                problems.append(Problem("non-finite value", key, f"NaN or inf at {where}", (row, row + 1), eps))
+                if not finite[r].all():
+                    problems.append(Problem("non-finite value", key, f"NaN or inf at {where}", (row, row + 1), eps))
+                else:
+                    big = float(np.abs(flat[r]).max())
+                    problems.append(Problem("implausible value", key, f"{big:.3g} at {where}, outside [{low:g}, {high:g}] "
+                                            f"(the plausible range of its unit {store.spec(key).unit or '(none given)'})",
+                                            (row, row + 1), eps))
         yield start, values
+    _blame_metadata(store, key, arr, problems, first_problem, have_rows)
+    for i, (n, big, n_nonfinite) in sorted(suspect.items()):
+        a, b = i * c0, min((i + 1) * c0, have_rows)
+        where, eps = _span(store, a, b)
+        name = arr.metadata.encode_chunk_key((i,) + (0,) * (arr.ndim - 1))
+        what = []
+        if n - n_nonfinite:
+            what.append(f"{n - n_nonfinite} value(s) outside [{low:g}, {high:g}] (largest {big:.3g})")
+        if n_nonfinite:
+            what.append(f"{n_nonfinite} NaN or inf")
+        problems.append(Problem("damaged chunk", key, f"chunk {name} ({where}) decodes to {' and '.join(what)}; this "
+                                "store has no checksums, so the whole chunk is suspect and every episode it spans is damaged",
+                                (a, b), eps))
     if have_rows < n_rows:
         yield have_rows, np.full((n_rows - have_rows, *arr.shape[1:]), fill, dtype=arr.dtype)
 
 
-def validate(store: EpisodeStore, keys: list[str] | None = None, progress: bool = True) -> Report:
+def _blame_metadata(store: EpisodeStore, key: str, arr, problems: list[Problem], first: int, have_rows: int) -> None:
+    """Every chunk of an array failing to decode the same way is no damage of the chunks but of the
+    array's metadata (a wrong dtype or chunk shape): replace those problems with one that names the
+    metadata file and, where the chunks tell, the dtype they hold."""
+    mine = [p for p in problems[first:] if p.key == key and p.kind == "undecodable chunk"]
+    n_chunks = math.ceil(have_rows / arr.chunks[0]) if have_rows else 0
+    if n_chunks < 2 or len(mine) < n_chunks:
+        return
+    kinds = {p.detail.split("cannot be read: ")[-1].split(":")[0] for p in mine}
+    if len(kinds) != 1:
+        return
+    meta_file = f"data/{key}/" + (".zarray" if store.zarr_format == 2 else "zarr.json")
+    hint = ""
+    try:  # decode one chunk's bytes with the array's compressor and compare with what the metadata expects
+        raw = (store.path / "data" / key / arr.metadata.encode_chunk_key((0,) * arr.ndim)).read_bytes()
+        comp = (arr.compressors or (None,))[0]
+        if comp is not None and hasattr(comp, "decode"):
+            nbytes = len(bytes(comp.decode(raw)))
+            values = int(np.prod(arr.chunks))
+            per = nbytes / values
+            if per != arr.dtype.itemsize and per in (1, 2, 4, 8):
+                guess = np.dtype(f"{arr.dtype.kind}{int(per)}") if arr.dtype.kind in "fiu" else None
+                hint = (f"; the chunks hold {int(per)} bytes per value where its dtype {arr.dtype.str} says "
+                        f"{arr.dtype.itemsize}" + (f": the dtype is likely {guess.str}" if guess is not None else ""))
+    except Exception:  # noqa: BLE001 - a hint only
+        pass
+    problems[:] = [p for p in problems if p not in mine]
+    problems.append(Problem("metadata", key, f"none of its {n_chunks} chunks decodes ({next(iter(kinds))}): the array's "
+                            f"metadata {meta_file} does not match its chunks, the data itself may be whole{hint}"))
+
+
+def validate(store: EpisodeStore, keys: list[str] | None = None, progress: bool = True,
+             write_manifest: bool = False) -> Report:
     """Check a store's layout, metadata and every committed chunk of ``keys`` (default: all).
+
+    A store whose chunks carry no checksums is checked against its checksum manifest
+    (:mod:`protege.data.manifest`) when it has one; with ``write_manifest``, a clean store without
+    one gets it (``protege-data validate`` does this; the store's folder must be writable).
 
     Never raises for damage: everything found is in the report. A non-finite value is reported
     once per episode and key (the first step).
@@ -198,11 +292,49 @@ def validate(store: EpisodeStore, keys: list[str] | None = None, progress: bool 
                                     f"{store.n_episodes} committed episodes"))
     except StoreError as e:
         problems.append(Problem("metadata", f"meta/{INFO}", str(e)))
-    for key in tqdm(store.keys if keys is None else keys, desc="validate", disable=not progress, leave=False):
+    keys = store.keys if keys is None else keys
+    unchecked = [k for k in keys if not mf.has_checksums(store._array(k))]
+    manifest = mf.read_manifest(store.path) if unchecked else None
+    if manifest is not None:
+        for rel, why in mf.verify(store.path, manifest).items():
+            problems.append(_manifest_problem(store, rel, why))
+    for key in tqdm(keys, desc="validate", disable=not progress, leave=False):
         arr = store._array(key)
         if arr.shape[0] > store.n_steps:
             notes.append(f"data/{key}: {arr.shape[0] - store.n_steps} rows past the last episode end (left by a crash "
                          f"or an open writer; readers ignore them, `protege-data repair` trims them)")
         for _ in scan(store, key, problems, notes=notes):
             pass
-    return Report(problems, notes)
+    checks = ("that every chunk is present and decodes, that the arrays agree with meta/episode_ends, that every value "
+              "is finite and plausible for its unit")
+    if not unchecked:
+        verified = f"{checks}, and every chunk's CRC-32C (a changed byte is caught)"
+    elif manifest is not None:
+        verified = f"{checks}, and every chunk against the checksum manifest written {manifest.get('written_at', '?')}"
+    else:
+        verified = (f"{checks}; this store has no checksums ({', '.join(unchecked)}), so a changed byte that still decodes to "
+                    "plausible values cannot be found")
+        if write_manifest and not problems and keys == store.keys:
+            try:
+                mf.write_manifest(store.path, by="validate")
+                verified += f"; wrote {mf.MANIFEST} (CRC-32C of every chunk): from now on validate catches any changed byte"
+            except OSError as e:
+                verified += f"; could not write a checksum manifest ({e.strerror or e})"
+    return Report(problems, notes, verified)
+
+
+def _manifest_problem(store: EpisodeStore, rel: str, why: str) -> Problem:
+    """A chunk file changed since the manifest: its rows and episodes when it is a data chunk."""
+    parts = rel.split("/")
+    if len(parts) >= 3 and parts[0] == "data" and parts[1] in store.keys:
+        key, name = parts[1], "/".join(parts[2:])
+        arr = store._array(key)
+        first = name.split("/")[1] if name.startswith("c/") else name.split(".")[0]
+        try:
+            i = int(first)
+        except ValueError:
+            return Problem("damaged chunk", key, f"{rel}: {why}")
+        a, b = i * arr.chunks[0], min((i + 1) * arr.chunks[0], store.n_steps)
+        where, eps = _span(store, a, b)
+        return Problem("damaged chunk", key, f"chunk {name} ({where}): {why}; every episode it spans is damaged", (a, b), eps)
+    return Problem("damaged chunk", f"meta/{parts[1]}" if parts[0] == "meta" and len(parts) > 1 else None, f"{rel}: {why}")
