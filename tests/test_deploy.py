@@ -304,6 +304,32 @@ def test_an_overrun_skips_cycles_instead_of_sending_late_targets(backend, tmp_pa
     assert res.dropped >= 2  # their actions were dropped, not sent late
 
 
+def test_a_teleop_action_too_late_for_its_cycle_holds_the_arm_instead_of_stopping_it(backend, tmp_path):
+    """A device read inline (teleop) whose action comes after its cycle's deadline (the machine
+    stalled between the wake and the send): the cycle is skipped, the episode goes on."""
+    t0 = start(backend)
+    pose = backend.robot.state().tcp_pose
+    calls = []
+
+    def device(window):  # the operator holds still; the 3rd read stalls for 0.15 s
+        calls.append(1)
+        if len(calls) == 3:
+            time.sleep(0.15)
+        return pose_to_action(pose[:3], pose[3:], 0.085)[None]
+
+    assembler = ObservationAssembler(backend.robot, backend.gripper, backend.cameras)
+    loop = ControlLoop(backend.robot, backend.gripper, backend.cameras, backend.clock,
+                       ActionSource(device, LOW, inline=True), assembler, RecedingHorizon(1, dt=DT),
+                       SafetyFilter(SafetyLimits(**LIMITS), DT), LoopSettings(control_hz=HZ, latency_margin_s=0.0),
+                       Hooks(), log=CycleLog(tmp_path / "deploy.jsonl"))
+    res = loop.run_episode(t0, time_limit_s=1.0)
+    loop.close()
+    assert res.stop == StopReason.COMPLETED, res.message
+    late = records(tmp_path, "late")
+    assert len(late) >= 1 and late[0]["now"] - late[0]["t"] > DT  # the action came after its cycle's deadline
+    assert len(records(tmp_path, "cycle")) >= 5
+
+
 def test_the_report_takes_cycles_skipped_after_an_overrun_as_periods_of_the_schedule():
     """A slow first chunk skips cycles 1 and 2: the run's period is still dt (not the 0.3 s between
     the first two logged cycles), and the wake after the skip, on schedule, is no jitter."""

@@ -346,6 +346,13 @@ class ControlLoop:
                         chunk_rec = self._schedule(res, self.clock.now())
                         chunks += 1
                 action = self.scheduler.action_at(t_k + self.dt)
+                if action is None and isinstance(self.worker, InlineWorker):
+                    # a device's action computed this cycle came too late for it (the machine stalled
+                    # between the wake and the send): the arm holds its target, the next cycle asks again
+                    self.log.write({"type": "late", "episode": self.episode, "k": k, "t": t_k, "wake": wake,
+                                    "now": self.clock.now()})
+                    k += 1
+                    continue
                 if action is None:
                     busy = self.worker.busy_since
                     why = (f"inference running for {wake - busy:.2f} s" if busy is not None else "no inference running")
