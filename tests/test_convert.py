@@ -249,3 +249,27 @@ def test_robomimic_sequence_dataset_opens_our_export(tmp_path, pusht_path):
     e = int(first.split("_")[1])
     # frame_stack 2 pads the first window with a copy of step 0: 17 actions from the demo's first 16
     np.testing.assert_allclose(got["train"]["actions"], np.concatenate([p3.episode(e)["action"][:1], p3.episode(e)["action"][:16]]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dst", [["out.hdf5"], ["lr", "--to", "lerobot", "--fps", "10"]])
+def test_ctrl_c_stops_a_conversion_cleanly(tmp_path, pusht_path, dst):
+    """Ctrl-C during a conversion (h5py's finalizers once swallowed it; zarr's event loop left
+    'Task was destroyed' dumps) stops it at the next episode: exit 130, one line, nothing left."""
+    import signal
+    import time
+
+    p = subprocess.Popen([str(BIN / "protege-data"), "convert", str(pusht_path), *dst], cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not any(x.name.startswith(f".{dst[0]}.protege-convert") for x in tmp_path.iterdir()):
+        assert time.monotonic() < deadline and p.poll() is None, p.communicate()
+        time.sleep(0.05)
+    time.sleep(0.5)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, (out, err)
+    lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip()]
+    assert lines[-1] == f"protege-data convert: interrupted; nothing was written at {dst[0]}", err
+    assert "Traceback" not in err and "Task was destroyed" not in err and "Exception ignored" not in err
+    assert list(tmp_path.iterdir()) == []

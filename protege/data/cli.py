@@ -422,7 +422,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"protege-data {args.command}: error: {msg} (--traceback for details)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"protege-data {args.command}: interrupted; an edit in progress left the store as it was", file=sys.stderr)
+        what = (f"nothing was written at {args.dst}" if args.command == "convert"
+                else "an edit in progress left the store as it was")
+        print(f"protege-data {args.command}: interrupted; {what}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `protege-data info pusht | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush cannot raise again

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
+from tqdm import tqdm
+
+T = TypeVar("T")
+_interrupted = threading.Event()
 
 
 class ConvertError(ValueError):
@@ -34,6 +41,35 @@ def image_to_uint8(v: np.ndarray) -> np.ndarray:
     return v if v.dtype == np.uint8 else np.clip(np.round(v), 0, 255).astype(np.uint8)
 
 
+@contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Ctrl-C while a conversion writes takes effect at the next safe point (:func:`interruptible`), not
+    inside a library's callback, where h5py's weakref finalizers would swallow it and zarr's event
+    loop would leave pending tasks; a second Ctrl-C interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if _interrupted.is_set():
+            raise KeyboardInterrupt
+        _interrupted.set()
+
+    old = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def interruptible(items: Iterable[T], **tqdm_kwargs) -> Iterator[T]:
+    """``tqdm(items)`` that raises KeyboardInterrupt between items once Ctrl-C was pressed."""
+    for item in tqdm(items, **tqdm_kwargs):
+        if _interrupted.is_set():
+            raise KeyboardInterrupt
+        yield item
+
+
 def write_atomically(dst: Path, write: Callable[[Path], object]):
     """Call ``write(scratch)`` on a hidden sibling of ``dst``, then rename it to ``dst``; on any
     error (or Ctrl-C) the scratch is removed and ``dst`` never appears.
@@ -47,12 +83,18 @@ def write_atomically(dst: Path, write: Callable[[Path], object]):
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.parent / f".{dst.name}.protege-convert-{os.getpid()}"
     _remove(tmp)
+    _interrupted.clear()
     try:
-        out = write(tmp)
+        with deferred_interrupt():
+            out = write(tmp)
+            if _interrupted.is_set():
+                raise KeyboardInterrupt
         os.rename(tmp, dst)
     except BaseException:
         _remove(tmp)
         raise
+    finally:
+        _interrupted.clear()
     return out
 
 

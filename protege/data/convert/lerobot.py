@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-from tqdm import tqdm
 
 from ..store import EpisodeStore, EpisodeWriter
-from .common import ConvertError, Report, image_to_uint8
+from .common import ConvertError, Report, image_to_uint8, interruptible
 
 BOOKKEEPING = ("timestamp", "frame_index", "episode_index", "index", "task_index")
 QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
@@ -179,7 +178,7 @@ def import_lerobot(src: Path, dst: Path, progress: bool = True, image_codec: str
     shapes = info.get("protege", {}).get("shapes", {})  # our exports flatten; this restores
     columns = {k: _column(data, k, list(shapes.get(k, keep[k]["shape"])), keep[k]["dtype"]) for k in numeric}
     try:
-        for i in tqdm(order, desc="episodes", disable=not progress, leave=False):
+        for i in interruptible(order, desc="episodes", disable=not progress, leave=False):
             e = int(eps["episode_index"][i])
             a, b, T = int(eps["dataset_from_index"][i]), int(eps["dataset_to_index"][i]), int(eps["length"][i])
             pos = np.searchsorted(index, np.arange(a, b), sorter=row_of)
@@ -339,7 +338,7 @@ def export_lerobot(store: EpisodeStore, dst: Path, progress: bool = True, crf: i
                 for img in image_to_uint8(np.asarray(arr[i : min(i + 256, N)])):
                     yield img
 
-        _encode_video(tqdm(frames(), total=N, desc=f"encode {k}", disable=not progress, leave=False),
+        _encode_video(interruptible(frames(), total=N, desc=f"encode {k}", disable=not progress, leave=False),
                       dst / "videos" / lr[k] / "chunk-000" / "file-000.mp4", fps, crf)
         ep_cols[f"videos/{lr[k]}/chunk_index"] = [0] * E
         ep_cols[f"videos/{lr[k]}/file_index"] = [0] * E

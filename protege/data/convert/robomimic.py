@@ -29,10 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from ..store import EpisodeStore, EpisodeWriter
-from .common import ConvertError, Report, image_to_uint8
+from .common import ConvertError, Report, image_to_uint8, interruptible
 
 RENAME_IN = {"actions": "action", "rewards": "reward", "dones": "done", "states": "sim_state"}
 RENAME_OUT = {v: k for k, v in RENAME_IN.items()}
@@ -93,7 +92,7 @@ def import_robomimic(src: Path, dst: Path, progress: bool = True, image_codec: s
             writer.root.attrs["robomimic_env_args"] = env if env else env_args
         skipped_next = False
         schema = None
-        for name in tqdm(demos, desc="demos", disable=not progress, leave=False):
+        for name in interruptible(demos, desc="demos", disable=not progress, leave=False):
             g = f["data"][name]
             if "actions" not in g:
                 raise ConvertError(f"{src}: data/{name} has no 'actions'")
@@ -166,7 +165,7 @@ def export_robomimic(store: EpisodeStore, dst: Path, progress: bool = True, val_
         data.attrs["protege_keys"] = json.dumps({RENAME_OUT.get(k, f"obs/{k}"): {f: v for f, v in m.items() if f in ("unit", "frame")}
                                                  for k, m in store.attrs.get("keys", {}).items()})
         names = []
-        for e in tqdm(range(store.n_episodes), desc="demos", disable=not progress, leave=False):
+        for e in interruptible(range(store.n_episodes), desc="demos", disable=not progress, leave=False):
             ep = store.episode(e)
             T = len(ep["action"])
             name = str(meta[e].get("robomimic_demo", f"demo_{e}"))
