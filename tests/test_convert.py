@@ -273,3 +273,30 @@ def test_ctrl_c_stops_a_conversion_cleanly(tmp_path, pusht_path, dst):
     assert lines[-1] == f"protege-data convert: interrupted; nothing was written at {dst[0]}", err
     assert "Traceback" not in err and "Task was destroyed" not in err and "Exception ignored" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_robosuites_own_demonstrations_keep_their_env_and_controller(tmp_path):
+    """robosuite's collect_human_demonstrations writes data.attrs env, env_info (the controller
+    configuration), repository_version, date; none may vanish unlisted, and env_name must not
+    come back as 'protege'."""
+    src = tmp_path / "demo.hdf5"
+    info = {"robots": ["Panda"], "controller_configs": {"type": "OSC_POSE", "kp": 150}, "control_freq": 20}
+    with h5py.File(src, "w") as f:
+        d = f.create_group("data")
+        d.attrs.update({"env": "Lift", "env_info": json.dumps(info), "repository_version": "1.4.1", "date": "12-07-2026"})
+        for i in (1, 2):
+            g = d.create_group(f"demo_{i}")
+            g.attrs["model_file"] = "<mujoco model='base'/>"
+            g.create_dataset("states", data=np.random.default_rng(i).normal(size=(5, 32)))
+            g.create_dataset("actions", data=np.zeros((5, 7)))
+    a, b, report = convert(src, tmp_path / "s.zarr", progress=False)
+    s = EpisodeStore(tmp_path / "s.zarr")
+    assert s.fps == 20 and s.attrs["robomimic_env_args"]["env_name"] == "Lift"
+    assert s.attrs["robomimic_env_args"]["env_kwargs"]["controller_configs"]["type"] == "OSC_POSE"
+    assert s.attrs["robomimic_attrs"]["repository_version"] == "1.4.1" and not report.dropped
+    convert(tmp_path / "s.zarr", tmp_path / "back.hdf5", progress=False)
+    with h5py.File(tmp_path / "back.hdf5") as f:
+        env_args = json.loads(f["data"].attrs["env_args"])
+        assert env_args["env_name"] == "Lift" and env_args["env_kwargs"] == info
+        assert f["data"].attrs["env"] == "Lift" and json.loads(f["data"].attrs["env_info"]) == info
+        assert f["data"].attrs["date"] == "12-07-2026" and f["data/demo_2"].attrs["model_file"] == "<mujoco model='base'/>"

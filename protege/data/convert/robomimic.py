@@ -44,6 +44,24 @@ def _demo_order(names) -> list[str]:
     return sorted(names, key=key)
 
 
+_NOT_JSON = object()
+
+
+def _attr(v):
+    """An HDF5 attribute as a JSON value (bytes decoded, numpy scalars and arrays as Python), or _NOT_JSON."""
+    if isinstance(v, bytes):
+        return v.decode(errors="replace")
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        v = v.tolist()
+    try:
+        json.dumps(v)
+        return v
+    except TypeError:
+        return _NOT_JSON
+
+
 def import_robomimic(src: Path, dst: Path, progress: bool = True, image_codec: str = "lossless") -> Report:
     """Write the demos of robomimic HDF5 ``src`` into a new store at ``dst`` (in demo order).
 
@@ -72,6 +90,16 @@ def import_robomimic(src: Path, dst: Path, progress: bool = True, image_codec: s
         env_args = f["data"].attrs.get("env_args")
         if isinstance(env_args, bytes):
             env_args = env_args.decode()
+        other = {k: _attr(v) for k, v in f["data"].attrs.items() if k not in ("env_args", "total", "protege_keys")}
+        if env_args is None and "env" in other:  # robosuite's own demonstrations: env and env_info, as robomimic reads them
+            info = other.get("env_info")
+            try:
+                kwargs = json.loads(info) if isinstance(info, str) and info else {}
+            except ValueError:
+                kwargs = {}
+                report.notes.append("data.attrs['env_info'] is not JSON: kept as text, not as env_kwargs")
+            env_args = json.dumps({"env_name": str(other["env"]), "type": 1, "env_kwargs": kwargs})
+            report.notes.append(f"env_args made from robosuite's data.attrs env={other['env']!r} and env_info")
         fps = None
         try:
             env = json.loads(env_args) if env_args else {}
@@ -90,6 +118,11 @@ def import_robomimic(src: Path, dst: Path, progress: bool = True, image_codec: s
         writer = EpisodeWriter(dst, fps=fps, image_codec=image_codec, key_meta=key_meta)
         if env_args:
             writer.root.attrs["robomimic_env_args"] = env if env else env_args
+        kept = {k: v for k, v in other.items() if v is not _NOT_JSON}
+        for k in sorted(set(other) - set(kept)):
+            report.dropped.append(f"data.attrs[{k!r}] (not a JSON value)")
+        if kept:
+            writer.root.attrs["robomimic_attrs"] = kept
         skipped_next = False
         schema = None
         for name in interruptible(demos, desc="demos", disable=not progress, leave=False):
@@ -116,6 +149,11 @@ def import_robomimic(src: Path, dst: Path, progress: bool = True, image_codec: s
             meta: dict[str, Any] = {"robomimic_demo": name, "masks": sorted(m for m, s in masks.items() if name in s)}
             if "model_file" in g.attrs:
                 meta["model_file"] = str(g.attrs["model_file"])
+            extra = {k: _attr(v) for k, v in g.attrs.items() if k not in ("model_file", "num_samples", "protege_meta")}
+            for k in sorted(k for k, v in extra.items() if v is _NOT_JSON):
+                report.dropped.append(f"data/{name}.attrs[{k!r}] (not a JSON value)")
+            if extra := {k: v for k, v in extra.items() if v is not _NOT_JSON}:
+                meta["robomimic_attrs"] = extra
             if "protege_meta" in g.attrs:
                 try:
                     meta = {**json.loads(g.attrs["protege_meta"]), **meta}
@@ -161,6 +199,8 @@ def export_robomimic(store: EpisodeStore, dst: Path, progress: bool = True, val_
                                                          "type": 1, "env_kwargs": {"control_freq": store.fps}}
     with h5py.File(dst, "w") as f:
         data = f.create_group("data")
+        for k, v in (store.attrs.get("robomimic_attrs") or {}).items():
+            data.attrs[k] = v if not isinstance(v, (dict, list)) else json.dumps(v)
         data.attrs["env_args"] = json.dumps(env_args)
         data.attrs["protege_keys"] = json.dumps({RENAME_OUT.get(k, f"obs/{k}"): {f: v for f, v in m.items() if f in ("unit", "frame")}
                                                  for k, m in store.attrs.get("keys", {}).items()})
@@ -174,7 +214,9 @@ def export_robomimic(store: EpisodeStore, dst: Path, progress: bool = True, val_
             g.attrs["num_samples"] = T
             if "model_file" in meta[e]:
                 g.attrs["model_file"] = meta[e]["model_file"]
-            rest = {k: v for k, v in meta[e].items() if k not in ("model_file", "robomimic_demo", "masks")}
+            for k, v in (meta[e].get("robomimic_attrs") or {}).items():  # the demo's own attributes, as they came
+                g.attrs[k] = v if not isinstance(v, (dict, list)) else json.dumps(v)
+            rest = {k: v for k, v in meta[e].items() if k not in ("model_file", "robomimic_demo", "masks", "robomimic_attrs")}
             if rest:
                 g.attrs["protege_meta"] = json.dumps(rest)  # task, operator, success, ... back on import
             for k, out in RENAME_OUT.items():
