@@ -90,3 +90,29 @@ def test_view_cli_on_pusht_and_its_errors(tmp_path, pusht_path):
         p = subprocess.run(cli + args, capture_output=True, text=True, timeout=300)
         assert p.returncode == 2 and msg in p.stderr and "Traceback" not in p.stderr
     assert load_episode(EpisodeStore(pusht_path), 0)["images"]["img"].dtype == np.uint8  # float pixels shown as uint8
+
+
+def test_plots_name_each_dimension_and_keep_units_apart(tmp_path):
+    """A store that names its dimensions and gives one unit per dimension: the viewer's legends use
+    the names and an angle gets its own panel; stats say which dimensions the PNG leaves out."""
+    from protege.data.inspect import format_stats, plot_stats, store_stats, undrawn
+    from protege.data.store import EpisodeWriter
+    from protege.data.view import load_episode, plot_panels
+
+    path = tmp_path / "named.zarr"
+    meta = {"state": {"names": ["x", "y", "angle"], "unit": "px, px, rad"}}
+    with EpisodeWriter(path, fps=10, key_meta=meta) as w:
+        w.add_episode({"state": np.random.default_rng(0).normal(size=(6, 3)).astype(np.float32),
+                       "wide": np.zeros((6, 15), np.float32)})
+    s = EpisodeStore(path)
+    assert s.spec("state").names == ("x", "y", "angle") and s.spec("state").dim_units() == ["px", "px", "rad"]
+    panels = {label: (dims, names) for label, _, dims, names in plot_panels(load_episode(s, 0))}
+    assert panels["state (px)"] == ([0, 1], ["x", "y", "angle"]) and panels["state (rad)"][0] == [2]
+    st = store_stats(s)
+    assert "angle" in format_stats(st)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    png = plot_stats(st, tmp_path / "s.png")
+    assert png.stat().st_size > 1000
+    assert undrawn(st) == ["wide: the first 12 of 15 dimensions drawn (stats --json lists them all)"]

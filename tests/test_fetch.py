@@ -56,6 +56,7 @@ def test_fetch_downloads_checks_unpacks_and_resolves_by_name(tmp_path, archive, 
     assert path == tmp_path / "data" / "pusht" / "pusht_cchi_v7_replay.zarr"
     s = EpisodeStore(path)
     assert s.n_episodes == 3 and s.episode_lengths.tolist() == [4, 5, 6]
+    assert s.spec("state").names[-1] == "block_angle" and s.spec("state").dim_units()[-1] == "rad"  # named at fetch
     if s.zarr_format == 2:  # no per-chunk checksums: fetch records them while the store is known good
         from protege.data.manifest import MANIFEST
         from protege.data.validate import validate

@@ -34,6 +34,7 @@ class Dataset:
     size: int           # bytes of the archive
     store: str          # the store's path inside the archive (and under the data folder)
     about: str
+    key_meta: dict | None = None  # {key: {names, unit}} written into the store's attributes (the archive has none)
 
 
 DATASETS = {
@@ -44,6 +45,11 @@ DATASETS = {
         size=30_988_725,
         store="pusht/pusht_cchi_v7_replay.zarr",
         about="Diffusion Policy's 206 human PushT demonstrations (Chi et al., RSS 2023), zarr format 2",
+        key_meta={  # gym-pusht's frame: pixels of the 512 x 512 board, the block's angle in rad
+            "state": {"names": ["agent_x", "agent_y", "block_x", "block_y", "block_angle"], "unit": "px, px, px, px, rad"},
+            "action": {"names": ["target_x", "target_y"], "unit": "px, px"},
+            "keypoint": {"unit": "px"}, "n_contacts": {"unit": "count"}, "img": {"unit": "RGB 0..255"},
+        },
     ),
 }
 
@@ -190,6 +196,16 @@ def fetch(name: str, dest: str | os.PathLike | None = None, source: str | os.Pat
             raise FetchError(f"the {name} store does not open: {e}") from e
         if store.n_episodes == 0:
             raise FetchError(f"the {name} store holds no episode")
+        if ds.key_meta:  # names and units of the keys, which the archive does not carry (root attributes only)
+            import zarr
+
+            root = zarr.open_group(str(staged), mode="r+")
+            keys = dict(root.attrs.get("keys", {}))
+            for k, m in ds.key_meta.items():
+                if k in store.keys:
+                    keys[k] = {**m, **keys.get(k, {})}
+            root.attrs["keys"] = keys
+            store = EpisodeStore(staged)
         _record_checksums(staged, store, verified_archive=check and not (src is not None and src.is_dir()))
         final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists():

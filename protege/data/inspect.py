@@ -65,7 +65,7 @@ def store_stats(store: EpisodeStore, max_frames: int = 2000, progress: bool = Tr
             edges = None
         finite = np.where(np.isfinite(values), values, np.nan)
         with np.errstate(all="ignore"):
-            d = {"shape": list(spec.shape), "dtype": spec.dtype, "kind": kind, "unit": spec.unit,
+            d = {"shape": list(spec.shape), "dtype": spec.dtype, "kind": kind, "unit": spec.unit, "names": list(spec.names),
                  "min": np.nanmin(finite, axis=0).tolist() if len(values) else [],
                  "max": np.nanmax(finite, axis=0).tolist() if len(values) else [],
                  "mean": np.nanmean(finite, axis=0).tolist() if len(values) else [],
@@ -94,25 +94,34 @@ def format_stats(s: dict[str, Any]) -> str:
         unit = f" [{d['unit']}]" if d.get("unit") else ""
         lines.append(f"{key} {tuple(d['shape'])} {d['dtype']} {d['kind']}{unit}" +
                      (f"  NON-FINITE: {d['non_finite']}" if d["non_finite"] else ""))
-        names = ["R", "G", "B"] if d["kind"] == "image" else [str(i) for i in range(len(d["min"]))]
-        lines.append(f"  {'dim':>4} {'min':>11} {'max':>11} {'mean':>11} {'std':>11}")
+        names = ["R", "G", "B"] if d["kind"] == "image" else (d.get("names") or [str(i) for i in range(len(d["min"]))])
+        w = max([4, *map(len, names[:MAX_DIMS])])
+        lines.append(f"  {'dim':>{w}} {'min':>11} {'max':>11} {'mean':>11} {'std':>11}")
         for j, name in enumerate(names[:MAX_DIMS]):
-            lines.append(f"  {name:>4} {d['min'][j]:11.4g} {d['max'][j]:11.4g} {d['mean'][j]:11.4g} {d['std'][j]:11.4g}")
+            lines.append(f"  {name:>{w}} {d['min'][j]:11.4g} {d['max'][j]:11.4g} {d['mean'][j]:11.4g} {d['std'][j]:11.4g}")
         if len(names) > MAX_DIMS:
             lines.append(f"  ... {len(names) - MAX_DIMS} more dimensions (--json lists them all)")
     return "\n".join(lines)
 
 
+def undrawn(s: dict[str, Any]) -> list[str]:
+    """A line per key whose dimensions the PNG does not all draw (it draws at most MAX_DIMS)."""
+    return [f"{key}: the first {len(d['hist'])} of {len(d['min'])} dimensions drawn (stats --json lists them all)"
+            for key, d in s["keys"].items() if d["kind"] != "image" and len(d["min"]) > len(d["hist"])]
+
+
 def plot_stats(s: dict[str, Any], out: str | Path) -> Path:
-    """Histograms of every key's dimensions (at most 12 each) and of the episode lengths, in one PNG."""
+    """Histograms of every key's dimensions (at most 12 each, the title says which keys have more)
+    and of the episode lengths, in one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     panels = [("episode length (steps)", np.histogram(s["episode_length"]["values"], bins=min(30, max(1, s["episodes"]))))]
+    notes = undrawn(s)
     for key, d in s["keys"].items():
-        names = ["R", "G", "B"] if d["kind"] == "image" else [str(i) for i in range(len(d["hist"]))]
+        names = ["R", "G", "B"] if d["kind"] == "image" else (d.get("names") or [str(i) for i in range(len(d["min"]))])
         for name, h in zip(names, d["hist"]):
             panels.append((f"{key}[{name}]" + (" (log)" if d["kind"] == "image" else ""), (np.asarray(h["counts"]), np.asarray(h["edges"]))))
     cols = 4
@@ -126,7 +135,8 @@ def plot_stats(s: dict[str, Any], out: str | Path) -> Path:
         ax.tick_params(labelsize=7)
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
-    fig.suptitle(f"{Path(s['path']).name}: {s['episodes']} episodes, {s['steps']} steps", fontsize=11)
+    fig.suptitle(f"{Path(s['path']).name}: {s['episodes']} episodes, {s['steps']} steps"
+                 + ("".join(f"\n{n}" for n in notes)), fontsize=11)
     fig.tight_layout()
     out = Path(out)
     fig.savefig(out, dpi=80)

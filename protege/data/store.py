@@ -72,6 +72,14 @@ class KeySpec:
     dtype: str
     unit: str = ""
     frame: str = ""
+    names: tuple[str, ...] = ()  # one per dimension, when the store names them (LeRobot's feature names)
+
+    def dim_units(self) -> list[str]:
+        """The unit of each dimension: a unit text of one comma-separated entry per dimension
+        (``"px, px, px, px, rad"``) gives each its own, any other the same to all."""
+        n = int(np.prod(self.shape)) if self.shape else 1
+        parts = [u.strip() for u in self.unit.split(",")]
+        return parts if len(parts) == n and n > 1 else [self.unit.strip()] * n
 
     @property
     def is_image(self) -> bool:
@@ -202,7 +210,13 @@ class EpisodeStore:
     def spec(self, key: str) -> KeySpec:
         arr = self._array(key)
         meta = self.attrs.get("keys", {}).get(key, {})
-        return KeySpec(key, tuple(arr.shape[1:]), str(arr.dtype), meta.get("unit", ""), meta.get("frame", ""))
+        names = meta.get("names") or ()
+        if isinstance(names, dict) and len(names) == 1:  # LeRobot's {"motors": [...]}
+            names = next(iter(names.values()))
+        names = tuple(str(x) for x in names) if isinstance(names, (list, tuple)) else ()
+        if len(names) != int(np.prod(arr.shape[1:])):
+            names = ()
+        return KeySpec(key, tuple(arr.shape[1:]), str(arr.dtype), meta.get("unit", ""), meta.get("frame", ""), names)
 
     def specs(self) -> dict[str, KeySpec]:
         return {k: self.spec(k) for k in self.keys}

@@ -36,19 +36,36 @@ def load_episode(store: EpisodeStore, episode: int) -> dict[str, Any]:
         IndexError: no such episode.
     """
     ep = store.episode(episode)
-    images, series = {}, {}
+    images, series, dims = {}, {}, {}
     for key, value in ep.items():
-        if store.spec(key).is_image:
+        spec = store.spec(key)
+        if spec.is_image:
             images[key] = np.clip(np.round(value), 0, 255).astype(np.uint8) if value.dtype != np.uint8 else value
         else:
             series[key] = value.reshape(len(value), -1).astype(np.float64)
-    return {"images": images, "series": series, "meta": store.episode_meta[episode % store.n_episodes],
+            n = series[key].shape[1]
+            dims[key] = (list(spec.names) or [str(j) for j in range(n)], spec.dim_units())
+    return {"images": images, "series": series, "dims": dims, "meta": store.episode_meta[episode % store.n_episodes],
             "fps": float(store.fps or 10.0), "steps": int(store.episode_lengths[episode]), "episode": episode % store.n_episodes,
             "store": str(store.path)}
 
 
 # -- plots ---------------------------------------------------------------------------------------
 PLOT_LEFT, PLOT_RIGHT = 0.08, 0.98  # axes' horizontal extent as a fraction of the figure: the cursor's range
+
+
+def plot_panels(ep: dict[str, Any]) -> list[tuple[str, str, list[int], list[str]]]:
+    """(y label, key, its dimensions drawn, their names) per panel: one per low-dim key, split by
+    unit when its dimensions have several (an angle never shares a pixel axis)."""
+    panels = []
+    for key, v in ep["series"].items():
+        names, units = ep.get("dims", {}).get(key, ([str(j) for j in range(v.shape[1])], [""] * v.shape[1]))
+        groups: dict[str, list[int]] = {}
+        for j in range(v.shape[1]):
+            groups.setdefault(units[j] if j < len(units) else "", []).append(j)
+        for unit, js in groups.items():
+            panels.append((f"{key} ({unit})" if unit else key, key, js, names))
+    return panels
 
 
 def plot_series(ep: dict[str, Any], width_px: int = 900) -> np.ndarray:
@@ -58,18 +75,21 @@ def plot_series(ep: dict[str, Any], width_px: int = 900) -> np.ndarray:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = list(ep["series"])
     T = ep["steps"]
-    fig, axes = plt.subplots(max(1, len(keys)), 1, figsize=(width_px / 100, 1.6 * max(1, len(keys))), dpi=100,
+    panels = plot_panels(ep)
+    fig, axes = plt.subplots(max(1, len(panels)), 1, figsize=(width_px / 100, 1.6 * max(1, len(panels))), dpi=100,
                              sharex=True, squeeze=False)
-    for ax, key in zip(axes[:, 0], keys):
+    for ax, (label, key, js, names) in zip(axes[:, 0], panels):
         v = ep["series"][key]
-        for j in range(min(v.shape[1], 16)):
-            ax.plot(np.arange(T), v[:, j], lw=1, label=str(j))
-        ax.set_ylabel(key, fontsize=8)
+        for j in js[:16]:
+            ax.plot(np.arange(T), v[:, j], lw=1, label=names[j] if j < len(names) else str(j))
+        ax.set_ylabel(label, fontsize=8)
         ax.tick_params(labelsize=7)
-        if v.shape[1] > 1:
-            ax.legend(fontsize=6, ncol=min(8, v.shape[1]), loc="upper right")
+        if len(js) > 1 or (names and not names[js[0]].isdigit()):
+            ax.legend(fontsize=6, ncol=min(8, len(js)), loc="upper right")
+        if len(js) > 16:
+            ax.text(0.01, 0.9, f"first 16 of {len(js)} dimensions", transform=ax.transAxes, fontsize=6)
+    keys = panels
     axes[-1, 0].set_xlim(0, max(1, T - 1))
     axes[-1, 0].set_xlabel(f"step ({ep['fps']:g} Hz)", fontsize=8)
     fig.subplots_adjust(left=PLOT_LEFT, right=PLOT_RIGHT, top=0.97, bottom=0.12 if len(keys) < 3 else 0.06, hspace=0.15)
