@@ -35,7 +35,8 @@ def archive(tmp_path, monkeypatch):
         for f in sorted(src.rglob("*")):
             z.write(f, f.relative_to(tmp_path / "src"))
     digest = hashlib.sha256(zpath.read_bytes()).hexdigest()
-    ds = Dataset("pusht", "http://127.0.0.1:1/pusht.zip", digest, zpath.stat().st_size, DATASETS["pusht"].store, "test")
+    ds = Dataset("pusht", "http://127.0.0.1:1/pusht.zip", digest, zpath.stat().st_size, DATASETS["pusht"].store, "test",
+                 DATASETS["pusht"].key_meta)
     monkeypatch.setitem(DATASETS, "pusht", ds)
     return zpath, src
 
