@@ -330,6 +330,79 @@ def test_a_teleop_action_too_late_for_its_cycle_holds_the_arm_instead_of_stoppin
     assert len(records(tmp_path, "cycle")) >= 5
 
 
+class ScriptOperator:
+    """An operator who takes over at cycle ``on`` and gives back at ``off``, driving toward
+    ``goal``; with ``die_at`` their device is lost at that cycle."""
+
+    name = "test operator"
+
+    def __init__(self, goal, on=5, off=12, die_at=None):
+        self.goal, self.on, self.off, self.die_at = np.asarray(goal, float), on, off, die_at
+        self.k, self.started_at, self.pose = -1, None, None
+
+    def begin(self, seed, obs):
+        self.k = -1
+
+    def wants_control(self, obs):
+        from protege.control.inference import ActionSourceLost
+
+        self.k += 1
+        if self.die_at is not None and self.k >= self.die_at:
+            raise ActionSourceLost("teleop device test: unplugged")
+        return self.on <= self.k < self.off
+
+    def take_over(self, position, quat, width, obs):
+        self.started_at, self.pose = np.asarray(position).copy(), np.asarray(quat).copy()
+
+    def act(self, obs):  # jumps straight to the goal: the filter must smooth it
+        return pose_to_action(self.goal, self.pose, 0.085)
+
+
+def test_an_operator_takes_over_and_gives_back_without_a_jump_and_every_step_is_labelled(backend, tmp_path):
+    t0 = start(backend)
+    p0 = backend.robot.state().tcp_position
+    steps = []
+    op = ScriptOperator(p0 + [0.0, 0.12, 0.0])
+    assembler = ObservationAssembler(backend.robot, backend.gripper, backend.cameras)
+    loop = ControlLoop(backend.robot, backend.gripper, backend.cameras, backend.clock,
+                       ActionSource(toward(p0 + [0.1, 0.0, 0.0], speed=0.1, n=16), LOW), assembler, RecedingHorizon(8, dt=DT),
+                       SafetyFilter(SafetyLimits(**LIMITS), DT), LoopSettings(control_hz=HZ),
+                       Hooks(on_step=lambda obs, action: steps.append(int(obs["intervention"][0]))),
+                       log=CycleLog(tmp_path / "deploy.jsonl"), operator=op)
+    res = loop.run_episode(t0, time_limit_s=2.5)
+    loop.close()
+    assert res.stop == StopReason.COMPLETED, res.message  # the policy resumed without a stall
+    cyc = records(tmp_path, "cycle")
+    human = [c["human"] for c in cyc]
+    assert human == [5 <= i < 12 for i in range(len(cyc))] and steps == [int(h) for h in human]
+    assert len(records(tmp_path, "takeover")) == 1 and len(records(tmp_path, "handback")) == 1
+    np.testing.assert_allclose(op.started_at, cyc[4]["cmd"], atol=1e-6)  # the device started at the last commanded target
+    cmd = np.array([c["cmd"] for c in cyc])
+    step = np.linalg.norm(np.diff(cmd, axis=0), axis=1)
+    assert step.max() <= LIMITS["max_tcp_speed"] * DT + 1e-9  # no jump at either hand-over
+    assert cmd[11, 1] - cmd[4, 1] > 0.05 and cmd[-1, 0] - cmd[12, 0] > 0.03  # the person moved it, then the policy did
+    assert any(c["request"] for c in cyc[5:12])  # the policy kept predicting while the person drove
+
+
+def test_an_operators_device_lost_during_a_take_over_stops_the_arm(backend, tmp_path):
+    t0 = start(backend)
+    p0 = backend.robot.state().tcp_position
+    op = ScriptOperator(p0 + [0.0, 0.12, 0.0], on=3, off=100, die_at=8)
+    assembler = ObservationAssembler(backend.robot, backend.gripper, backend.cameras)
+    loop = ControlLoop(backend.robot, backend.gripper, backend.cameras, backend.clock,
+                       ActionSource(toward(p0, n=16), LOW), assembler, RecedingHorizon(8, dt=DT),
+                       SafetyFilter(SafetyLimits(**LIMITS), DT), LoopSettings(control_hz=HZ), Hooks(),
+                       log=CycleLog(tmp_path / "deploy.jsonl"), operator=op)
+    res = loop.run_episode(t0, time_limit_s=3.0)
+    loop.close()
+    assert res.stop == StopReason.TELEOP_DEVICE and "unplugged" in res.message
+    stops = np.array([r["cmd"] for r in records(tmp_path, "stop_target")])
+    assert len(stops) >= 2  # decelerated within the limits, not dropped
+    assert np.linalg.norm(np.diff(stops, axis=0), axis=1).max() <= LIMITS["max_tcp_speed"] * DT + 1e-9
+    time.sleep(0.5)
+    assert measured_speed_after(backend, 0.3) < 0.02  # then at rest
+
+
 def test_the_report_takes_cycles_skipped_after_an_overrun_as_periods_of_the_schedule():
     """A slow first chunk skips cycles 1 and 2: the run's period is still dt (not the 0.3 s between
     the first two logged cycles), and the wake after the skip, on schedule, is no jitter."""

@@ -185,6 +185,35 @@ class Hooks(EpisodeHooks):
             self._step(obs, action)
 
 
+class Operator:
+    """A person (or a scripted stand-in) who may take over from the policy at any moment and give
+    control back (HG-DAgger, Kelly et al. 2019). Polled once per cycle, in the loop's thread.
+
+    :meth:`wants_control` says who drives this cycle; at a take-over the loop calls
+    :meth:`take_over` with the target it commanded last, so the person's device starts exactly there
+    (no jump); while they drive, :meth:`act` gives the target (an action (10,), through the same
+    safety filter). Raising :class:`~protege.control.inference.ActionSourceLost` from either stops
+    the arm (StopReason.TELEOP_DEVICE), whoever drives.
+    """
+
+    name = "operator"
+
+    def begin(self, seed: int | None, obs: dict) -> None:
+        """A new episode starts (``obs``: its first observation, store keys)."""
+
+    def wants_control(self, obs: dict) -> bool:
+        """Whether the operator drives this cycle (a toggle button, a key, a scripted rule)."""
+        return False
+
+    def take_over(self, position: np.ndarray, quat: np.ndarray, width: float, obs: dict) -> None:
+        """The operator's control starts from the commanded target: TCP ``position`` (3,) m,
+        ``quat`` (4,) (x, y, z, w), gripper ``width`` m."""
+
+    def act(self, obs: dict) -> np.ndarray:
+        """The operator's target for the end of this cycle, (10,) (position, 6-D rotation, width)."""
+        raise NotImplementedError
+
+
 class ControlLoop:
     """Runs a policy on a robot in real time (see the module docstring).
 
@@ -201,6 +230,10 @@ class ControlLoop:
         log: the :class:`CycleLog` (None: no log).
         view: a live view (:class:`~protege.control.liveview.LiveView`): each cycle's newest
             observation frame and record go to its ``put``, which never waits (None: none).
+        operator: an :class:`Operator` who may take over from the policy (None: the policy alone).
+            While they drive, the policy is still asked for a chunk whenever its worker is idle,
+            so a fresh one waits when control comes back; each cycle's record says who drove
+            (``human``), and :meth:`EpisodeHooks.on_step` gets ``intervention`` (uint8 (1,)).
 
     Raises:
         ValueError: a clock that is not real time, or a scheduler / filter at another ``dt``.
@@ -209,7 +242,7 @@ class ControlLoop:
     def __init__(self, robot: Robot, gripper: Gripper | None, cameras: Mapping[str, Camera], clock: Clock,
                  source: ActionSource, assembler: ObservationAssembler, scheduler: ActionScheduler,
                  safety: SafetyFilter, settings: LoopSettings, hooks: EpisodeHooks | None = None,
-                 log: CycleLog | None = None, view=None):
+                 log: CycleLog | None = None, view=None, operator: Operator | None = None):
         if not clock.realtime:
             raise ValueError("the control loop runs on a real-time clock (robot=sim uses clock: realtime)")
         self.robot, self.gripper, self.cameras, self.clock = robot, gripper, dict(cameras), clock
@@ -222,6 +255,7 @@ class ControlLoop:
                        else InferenceWorker(source.predict, clock.now, source.inference_delay_s))
         self.log = log or CycleLog(None)
         self.view = view
+        self.operator = operator
         self.hooks = hooks or EpisodeHooks()
         self.latencies: deque[float] = deque(maxlen=10)
         self.episode = 0
@@ -321,6 +355,10 @@ class ControlLoop:
                 raise _Stop(StopReason.START_REFUSED, f"the TCP at {np.round(state.tcp_position, 3)} m is outside the "
                                                       f"workspace box {lim.workspace_min} - {lim.workspace_max}; move it in first")
             self.safety.reset_to(state)
+            human, width_cmd = False, None
+            if self.operator is not None:
+                self.operator.begin(seed, {key: v[-1] for key, v in self._window(self._window_times(self.clock.now()),
+                                                                                  self.obs_keys_all).items()})
             t0 = self._first_chunk()
             chunks = 1
             k = 0
@@ -340,12 +378,34 @@ class ControlLoop:
                 if (res := self._poll()) is not None:
                     chunk_rec = self._schedule(res, self.clock.now())
                     chunks += 1
-                if self.worker.busy_since is None and self.scheduler.needs_chunk(t_k, self.lead_s()):
+                step_obs = {key: v[-1] for key, v in obs.items()}
+                was_human = human
+                if self.operator is not None:
+                    try:
+                        human = bool(self.operator.wants_control(step_obs))
+                        if human and not was_human:  # the device starts at the commanded target: no jump
+                            self.operator.take_over(self.safety.position.copy(), self.safety.quat.copy(),
+                                                    width_cmd if width_cmd is not None else float("nan"), step_obs)
+                            self.log.write({"type": "takeover", "episode": self.episode, "k": k, "t": t_k})
+                        elif was_human and not human:
+                            self.log.write({"type": "handback", "episode": self.episode, "k": k, "t": t_k})
+                    except ActionSourceLost as e:
+                        raise _Stop(StopReason.TELEOP_DEVICE, str(e)) from e
+                if self.worker.busy_since is None and (human or self.scheduler.needs_chunk(t_k, self.lead_s())):
+                    # while a person drives, the policy keeps predicting from the newest observation:
+                    # a fresh chunk waits for the hand-back
                     request = self.worker.submit({key: obs[key] for key in self.obs_keys}, t_k)
                     if request and chunk_rec is None and (res := self._poll()) is not None:  # done already
                         chunk_rec = self._schedule(res, self.clock.now())
                         chunks += 1
-                action = self.scheduler.action_at(t_k + self.dt)
+                if human:
+                    try:
+                        action = np.asarray(self.operator.act(step_obs), dtype=np.float64)
+                    except ActionSourceLost as e:
+                        raise _Stop(StopReason.TELEOP_DEVICE, str(e)) from e
+                    self.scheduler.action_at(t_k + self.dt)  # the policy's action for now is passed over, not dropped
+                else:
+                    action = self.scheduler.action_at(t_k + self.dt)
                 if action is None and isinstance(self.worker, InlineWorker):
                     # a device's action computed this cycle came too late for it (the machine stalled
                     # between the wake and the send): the arm holds its target, the next cycle asks again
@@ -368,17 +428,20 @@ class ControlLoop:
                         self.gripper.set_width(target.width, t_k + self.dt)
                 except DeviceError as e:
                     raise _Stop(StopReason.ROBOT_FAULT, f"robot: {e}", smooth=False) from e
+                width_cmd = target.width
                 cycle = {
                     "type": "cycle", "episode": self.episode, "k": k, "t": t_k, "wake": wake, "t_obs": t_k,
                     "request": request, "chunk": chunk_rec, "dropped": self.scheduler.dropped,
                     "clipped": list(target.clipped), "cmd": target.position, "cmd_speed": float(np.linalg.norm(self.safety.velocity)),
                     "width": target.width, "meas": state.tcp_position,
+                    **({"human": human} if self.operator is not None else {}),
                 }
                 self.log.write(cycle)
                 if self.view is not None:
                     self.view.put(t_k, {key: v[-1] for key, v in obs.items()}, cycle)
                 if self.hooks.records:
-                    step_obs = {key: v[-1] for key, v in obs.items()}
+                    if self.operator is not None:
+                        step_obs = {**step_obs, "intervention": np.array([human], np.uint8)}
                     self.hooks.on_step(step_obs, self.safety.action_of(target))
                 result.steps += 1
                 if (st := self.hooks.status()) is not None:

@@ -67,10 +67,19 @@ def _deploy(cfg: DictConfig, device: torch.device) -> int:
     if "backend" not in cfg.robot:
         raise ConfigError(f"robot={cfg.robot.get('name')} has no backend to deploy on")
     runner = PolicyRunner(policy, task["obs"])
+    operator = _device_operator(cfg) if cfg.get("teleop") is not None and "operator" not in cfg.teleop else None
     try:
         backend = hydra.utils.instantiate(cfg.robot.backend)
     except InstantiationException as e:
+        if operator is not None:
+            operator.close()
         raise ConfigError(f"robot={cfg.robot.get('name')}: {root_cause(e)}") from e
+    if cfg.get("teleop") is not None and "operator" in cfg.teleop:  # a scripted operator plans from the simulator
+        try:
+            operator = hydra.utils.instantiate(cfg.teleop.operator, backend=backend)
+        except InstantiationException as e:
+            backend.close()
+            raise ConfigError(f"teleop={cfg.teleop.name}: {root_cause(e)}") from e
     if not isinstance(backend, Backend):
         backend.close()
         raise ConfigError(f"robot={cfg.robot.get('name')}: its backend {type(backend).__name__} is not a "
@@ -88,7 +97,8 @@ def _deploy(cfg: DictConfig, device: torch.device) -> int:
         time_limit = float(cfg.time_limit_s or backend.time_limit_s)
         if cfg.record:
             writer = BackgroundWriter(cfg.record, fps=fps, key_meta=assembler.key_meta, image_codec=cfg.image_codec)
-        stop_key = StopKey() if cfg.stop_key else None
+        # a device that reads this terminal (the keyboard) owns it: Ctrl-C still stops the arm
+        stop_key = StopKey(keys=not getattr(getattr(operator, "device", None), "reads_terminal", False)) if cfg.stop_key else None
         if cfg.display:
             from ..control.liveview import LiveView
 
@@ -100,7 +110,10 @@ def _deploy(cfg: DictConfig, device: torch.device) -> int:
         loop = ControlLoop(backend.robot, backend.gripper, backend.cameras, backend.clock,
                            ActionSource(runner, runner.store_keys, inference_delay_s=cfg.inference_delay_s),
                            assembler, scheduler, safety, settings, hooks, log=CycleLog(run_dir / "deploy.jsonl"),
-                           view=view)
+                           view=view, operator=operator)
+        if operator is not None:
+            print(f"protege-deploy: {operator.name} may take over at any moment "
+                  f"({_takeover_hint(operator)}); every step is labelled policy or human", flush=True)
         print(f"protege-deploy: {task['name']} on robot={cfg.robot.name}, {cfg.episodes} episode(s) at {fps:g} Hz, "
               f"{scheduler.name}, log {run_dir / 'deploy.jsonl'}" + ("; stop: s, space, Esc or Ctrl-C" if stop_key else ""),
               flush=True)
@@ -116,9 +129,11 @@ def _deploy(cfg: DictConfig, device: torch.device) -> int:
                                                      if res.stop != StopReason.COMPLETED else ""), flush=True)
             if writer is not None:
                 if res.steps:
+                    success = res.success if episodic or operator is None else _ask_outcome(i + 1)
                     writer.commit(seed=seed, task=task["name"], source="policy_rollout", checkpoint=str(cfg.checkpoint),
-                                  success=res.success, stop=res.stop.name.lower(), start_time=start_wall, steps=res.steps,
-                                  cameras=camera_info(backend.cameras))
+                                  success=success, stop=res.stop.name.lower(), start_time=start_wall, steps=res.steps,
+                                  cameras=camera_info(backend.cameras),
+                                  **({"operator_device": operator.name} if operator is not None else {}))
                 else:
                     writer.discard()
             if res.stop != StopReason.COMPLETED:
@@ -132,6 +147,8 @@ def _deploy(cfg: DictConfig, device: torch.device) -> int:
             stop_key.close()
         if view is not None:
             view.close()
+        if operator is not None and hasattr(operator, "close"):
+            operator.close()
         backend.close()
     if not results:
         return int(StopReason.ERROR)
@@ -143,6 +160,42 @@ def _deploy(cfg: DictConfig, device: torch.device) -> int:
     print(f"success {sum(r.success for r in results)}/{len(results)}; summary {run_dir / 'summary.json'}; "
           f"plots: protege-deploy report {run_dir}")
     return int(results[-1].stop)
+
+
+def _device_operator(cfg: DictConfig):
+    """The teleop device that may take over (opened now: a missing device is refused before the arm
+    moves). Velocity devices lose their keep button (recording's) and their terminal keys."""
+    from ..control.inference import ActionSourceLost
+    from ..control.operator import DeviceOperator
+
+    dev = cfg.teleop.device
+    extra = {k: v for k, v in (("keep_button", None), ("keys", False)) if k in dev or "keep_button" in dev}
+    try:
+        device = hydra.utils.instantiate(dev, **extra)
+        if hasattr(device, "reader"):
+            device.reader.start()
+        return DeviceOperator(device)
+    except (InstantiationException, ActionSourceLost, ValueError) as e:
+        raise ConfigError(f"teleop={cfg.teleop.name}: {root_cause(e)}") from e
+
+
+def _takeover_hint(operator) -> str:
+    device = getattr(operator, "device", None)
+    if getattr(device, "reads_terminal", False):
+        return "t takes over and gives back"
+    if getattr(device, "takeover_button", None) is not None:
+        return f"button {device.takeover_button} takes over and gives back"
+    return "scripted"
+
+
+def _ask_outcome(episode: int) -> bool | None:
+    """The operator's verdict on a real arm's episode (y / n), None when nobody can be asked."""
+    if not sys.stdin.isatty():
+        return None
+    while True:
+        answer = input(f"episode {episode}: success? [y/n] ").strip().lower()
+        if answer in ("y", "n"):
+            return answer == "y"
 
 
 @hydra.main(config_path="../configs", config_name="deploy", version_base=None)

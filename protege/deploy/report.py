@@ -56,6 +56,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         for k, v in e["clips"].items():
             clips[k] = clips.get(k, 0) + v
     ms = lambda d: {k: round(v * 1e3, 3) for k, v in d.items()}  # noqa: E731
+    interventions = _interventions(by_ep, dt) if any("human" in c for c in cycles) else None
     return {
         "episodes": len(episodes),
         "successes": sum(bool(e["success"]) for e in episodes),
@@ -73,7 +74,30 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         "max_cmd_speed": max((c["cmd_speed"] for c in cycles), default=None),
         "tracking_error_mm": ms(_pct(track)),
         "minutes": round(minutes, 3),
+        "interventions": interventions,
     }
+
+
+def _interventions(by_ep: dict[int, list[dict]], dt: float | None) -> dict[str, Any]:
+    """Per episode, the operator's take-overs: when each began (s from the episode's first cycle)
+    and how long it lasted (s), from the cycles' ``human`` flags."""
+    per = {}
+    for e, cs in by_ep.items():
+        segs, start = [], None
+        for c in cs:
+            if c.get("human") and start is None:
+                start = c
+            elif not c.get("human") and start is not None:
+                segs.append({"start_s": round(start["t"] - cs[0]["t"], 3), "length_s": round(c["t"] - start["t"], 3)})
+                start = None
+        if start is not None:
+            segs.append({"start_s": round(start["t"] - cs[0]["t"], 3), "length_s": round(cs[-1]["t"] - start["t"] + (dt or 0), 3)})
+        human = sum(bool(c.get("human")) for c in cs)
+        per[e] = {"count": len(segs), "segments": segs, "human_steps": human, "steps": len(cs)}
+    lengths = [g["length_s"] for p in per.values() for g in p["segments"]]
+    return {"episodes": per, "total": len(lengths), "per_episode": round(len(lengths) / max(1, len(per)), 3),
+            "mean_length_s": round(float(np.mean(lengths)), 3) if lengths else None,
+            "human_fraction": round(sum(p["human_steps"] for p in per.values()) / max(1, sum(p["steps"] for p in per.values())), 3)}
 
 
 def plot(records: list[dict[str, Any]], path: str | Path) -> Path:
@@ -130,6 +154,10 @@ def format_summary(s: dict[str, Any]) -> str:
         f"safety clips: {s['clips'] or 'none'}; largest commanded TCP speed {s['max_cmd_speed'] or 0:.3f} m/s",
         f"tracking error, measured vs commanded TCP (mm): p50 {tr['p50']:.1f}, max {tr['max']:.1f}",
     ]
+    if (iv := s.get("interventions")) is not None:
+        lines.append(f"interventions: {iv['total']} ({iv['per_episode']} per episode), mean length "
+                     f"{iv['mean_length_s'] if iv['mean_length_s'] is not None else '-'} s, "
+                     f"{100 * iv['human_fraction']:.0f}% of steps by the operator")
     lines += [f"stopped: {k}: {v}" for k, v in s["stops"].items()]
     return "\n".join(lines)
 

@@ -273,3 +273,78 @@ class ScriptedExpertDevice:
 
     def poll(self) -> str | None:
         return None
+
+
+class ExpertOperator:
+    """The task's scripted expert as the operator who corrects a deployed policy in simulation
+    (``protege-deploy robot=sim teleop=scripted``: HG-DAgger's expert, scripted so that it can be
+    tested and benchmarked). A :class:`~protege.control.loop.Operator`:
+
+    - it keeps the expert's reference plan of the episode (planned from the objects at its start)
+      and takes over when the commanded TCP is farther than ``takeover_m`` from that plan's path
+      within ``window_s`` s of the current time (a policy merely slower or faster than the plan
+      does not trigger it);
+    - at a take-over it plans anew from the objects' poses and the arm's pose then, and drives;
+    - it gives control back after ``give_back_s`` s (0: it finishes the episode).
+
+    Args:
+        backend: the :class:`~protege.sim.env.SimBackend` (the objects' poses, privileged).
+        task: a name in :data:`PLANNERS`.
+        fps: the control rate, Hz.
+    """
+
+    name = "scripted expert"
+
+    def __init__(self, backend, task: str, fps: float = 10.0, takeover_m: float = 0.04, window_s: float = 1.5,
+                 give_back_s: float = 2.0):
+        if task not in PLANNERS:
+            raise KeyError(f"no scripted expert for task {task!r}; have {sorted(PLANNERS)}")
+        if takeover_m <= 0 or window_s <= 0 or give_back_s < 0:
+            raise ValueError("takeover_m and window_s must be > 0, give_back_s >= 0")
+        self.backend, self.task, self.dt = backend, task, 1.0 / float(fps)
+        self.takeover_m, self.window_s, self.give_back_s = float(takeover_m), float(window_s), float(give_back_s)
+        self.ref = self.expert = None
+        self.in_control, self.since, self.seed, self.takeovers = False, 0.0, 0, 0
+
+    def begin(self, seed, obs) -> None:
+        self.seed = int(seed or 0)
+        self.ref = ScriptedExpert(self.task)
+        self.ref.reset(self.seed, self.backend.task_state())
+        self.in_control, self.takeovers = False, 0
+
+    def stray(self, obs) -> float:
+        """Distance m from the TCP to the reference plan's path within ``window_s`` s of now."""
+        t = float(np.ravel(obs["timestamp"])[0])
+        self.ref.act(obs, t + self.dt)  # keeps the reference's grasp gate in step with the fingers
+        times, pos = self.ref._times, self.ref._positions
+        p = np.asarray(obs["tcp_pose"], float)[:3]
+        best = np.inf
+        for i in range(len(times) - 1):
+            if times[i + 1] < t - self.window_s or times[i] > t + self.window_s:
+                continue
+            a, b = pos[i], pos[i + 1]
+            ab = b - a
+            s = float(np.clip(np.dot(p - a, ab) / max(np.dot(ab, ab), 1e-12), 0.0, 1.0))
+            best = min(best, float(np.linalg.norm(a + s * ab - p)))
+        return best
+
+    def wants_control(self, obs) -> bool:
+        t = float(np.ravel(obs["timestamp"])[0])
+        if self.in_control:
+            if self.give_back_s and t - self.since >= self.give_back_s:
+                self.in_control = False
+                self.ref = ScriptedExpert(self.task)  # a fresh reference from the scene as it is now
+                self.ref.reset(self.seed + 1000 * self.takeovers, self.backend.task_state())
+            return self.in_control
+        if self.stray(obs) > self.takeover_m:
+            self.in_control, self.since = True, t
+            self.takeovers += 1
+        return self.in_control
+
+    def take_over(self, position, quat, width, obs) -> None:
+        self.expert = ScriptedExpert(self.task)
+        self.expert.reset(self.seed + 1000 * self.takeovers, self.backend.task_state())
+
+    def act(self, obs) -> np.ndarray:
+        a = self.expert.act(obs, float(np.ravel(obs["timestamp"])[0]) + self.dt)
+        return pose_to_action(a.position, a.quat, a.width)

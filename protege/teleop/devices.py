@@ -71,6 +71,7 @@ class KeyboardDevice:
         stream: a file descriptor to read keys from (default: stdin, put in cbreak mode while recording).
     """
 
+    reads_terminal = True  # owns stdin: protege-deploy's stop keys leave it alone (Ctrl-C still stops)
     moves = {"w": (0, 1, 0), "s": (0, -1, 0), "a": (-1, 0, 0), "d": (1, 0, 0), "r": (0, 0, 1), "f": (0, 0, -1)}
     decisions = {"k": KEEP, "x": DISCARD, "Q": QUIT}
 
@@ -88,8 +89,26 @@ class KeyboardDevice:
         self.position, self.rotation, self.width = pose[:3].copy(), Rotation.from_quat(pose[3:]), 0.085
         self._pending = None
 
+    def _collect(self) -> None:
+        self._buffer = getattr(self, "_buffer", "") + self.keys.read()
+
+    def toggle_pressed(self) -> bool:
+        """Whether t (take over / give back, in protege-deploy) was typed since the last call."""
+        self._collect()
+        n = self._buffer.count("t")
+        self._buffer = self._buffer.replace("t", "")
+        return n % 2 == 1
+
+    def start_at(self, position, quat, width: float) -> None:
+        """Move from this target on (a take-over starts where the arm was commanded)."""
+        self.position, self.rotation = np.asarray(position, float).copy(), Rotation.from_quat(quat)
+        if np.isfinite(width):
+            self.width = 0.0 if width < 0.04 else 0.085
+
     def act(self, obs) -> np.ndarray:
-        for key in self.keys.read():
+        self._collect()
+        typed, self._buffer = self._buffer, ""
+        for key in typed:
             if key in self.moves:
                 self.position = self.position + self.step_m * np.array(self.moves[key], float)
             elif key in "qe":

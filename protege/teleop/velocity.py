@@ -200,6 +200,8 @@ class VelocityTeleop:
         open_width, closed_width: gripper widths, m.
         max_lead_m: the target stays within this distance of the measured TCP, m.
         keys: also read k (keep), x (discard), Q (quit) from this terminal (stdin).
+        takeover_button: in ``protege-deploy``, the button that takes control from the policy and
+            gives it back (:class:`~protege.control.operator.DeviceOperator`); unused when recording.
 
     Raises:
         ValueError: fps <= 0 or a bad mapping.
@@ -207,13 +209,16 @@ class VelocityTeleop:
 
     def __init__(self, reader: DeviceReader, mapping: VelocityMapping | dict | None = None, fps: float = 10.0,
                  gripper_button: int | None = 0, keep_button: int | None = 1, deadman_button: int | None = None,
-                 open_width: float = 0.085, closed_width: float = 0.0, max_lead_m: float = 0.05, keys: bool = True):
+                 open_width: float = 0.085, closed_width: float = 0.0, max_lead_m: float = 0.05, keys: bool = True,
+                 takeover_button: int | None = None):
         if not fps > 0:
             raise ValueError(f"fps must be > 0, got {fps}")
         self.reader = reader
         self.mapping = mapping if isinstance(mapping, VelocityMapping) else VelocityMapping(**(mapping or {}))
         self.dt = 1.0 / float(fps)
         self.gripper_button, self.keep_button, self.deadman_button = gripper_button, keep_button, deadman_button
+        self.takeover_button = takeover_button
+        self._presses: dict[int, int] = {}
         self.open_width, self.closed_width, self.max_lead_m = float(open_width), float(closed_width), float(max_lead_m)
         self.keys = None
         if keys:
@@ -253,7 +258,8 @@ class VelocityTeleop:
         state = self.reader.snapshot()
         if state.lost is not None:
             raise TeleopDeviceLost(f"teleop device {self.name}: {state.lost}")
-        presses = self.reader.take_presses()
+        self._collect()
+        presses, self._presses = self._presses, {}
         if self.gripper_button is not None and presses.get(self.gripper_button, 0) % 2:
             self.width = self.closed_width if self.width == self.open_width else self.open_width
         if self.keep_button is not None and presses.get(self.keep_button) and self._pending is None:
@@ -275,6 +281,27 @@ class VelocityTeleop:
             if (d := np.linalg.norm(lead)) > self.max_lead_m:
                 self.position = measured + lead * (self.max_lead_m / d)
         return pose_to_action(self.position, self.rotation.as_quat(), self.width)
+
+    def _collect(self) -> None:
+        for b, n in self.reader.take_presses().items():
+            self._presses[b] = self._presses.get(b, 0) + n
+
+    def toggle_pressed(self) -> bool:
+        """Whether the take-over button was pressed (an odd number of times) since the last call.
+
+        Raises:
+            TeleopDeviceLost: the device is gone (checked every cycle, whoever drives).
+        """
+        self._check()
+        self._collect()
+        n = self._presses.pop(self.takeover_button, 0) if self.takeover_button is not None else 0
+        return n % 2 == 1
+
+    def start_at(self, position, quat, width: float) -> None:
+        """Integrate from this target on (a take-over starts where the arm was commanded)."""
+        self.position, self.rotation = np.asarray(position, float).copy(), Rotation.from_quat(quat)
+        if np.isfinite(width):
+            self.width = self.closed_width if width < 0.5 * (self.open_width + self.closed_width) else self.open_width
 
     def poll(self) -> str | None:
         decision, self._pending = self._pending, None
