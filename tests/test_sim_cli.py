@@ -379,3 +379,32 @@ def test_record_with_a_gello_leader_arm_in_realtime_simulation(tmp_path):
     np.testing.assert_allclose(act[-1, :6], q_start + [-0.2, 0, 0, 0, 0, 0], atol=2e-3)  # then copied it
     np.testing.assert_allclose(q[-1], act[-1, :6], atol=0.02)  # and the simulated arm got there
     assert np.abs(np.diff(act[:, 0])).max() <= 1.5 * 0.1 + 1e-6  # never faster than max_cmd_joint_speed
+
+
+@pytest.mark.slow
+def test_hg_dagger_round_deploy_with_the_expert_taking_over_then_train_on_both(lift_run, tmp_path):
+    """protege-deploy robot=sim teleop=scripted record=...: the scripted expert takes over when the
+    policy strays; every stored step is labelled; the report counts the interventions; then
+    protege-train learns from demonstrations and the operator's corrections together."""
+    store, ckpt = lift_run
+    rollouts, run_dir = tmp_path / "rollouts.zarr", tmp_path / "deploy"
+    p = run("protege-deploy", f"checkpoint={ckpt}", "robot=sim", "task=lift", "teleop=scripted", "episodes=1",
+            "time_limit_s=4", "scheduler=temporal_ensembling", "num_inference_steps=2", f"run_dir={run_dir}",
+            f"record={rollouts}", "stop_key=false", "robot.safety.start_max_distance=1.0", "robot.safety.start_max_angle=3.0",
+            "loop.max_frame_age_s=1.0", "loop.start_ramp=true", check=False)
+    assert p.returncode in (0, 15), p.stdout + p.stderr
+    assert "scripted expert may take over" in p.stdout and "interventions:" in p.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    iv = summary["interventions"]
+    assert iv["total"] >= 1 and 0 < iv["human_fraction"] <= 1  # an untrained policy strays: the expert corrected it
+    s = EpisodeStore(rollouts)
+    labels = s.episode(0)["intervention"].ravel()
+    cycles = [json.loads(x) for x in (run_dir / "deploy.jsonl").read_text().splitlines()]
+    flags = [c["human"] for c in cycles if c["type"] == "cycle"]
+    assert labels.tolist() == [int(f) for f in flags] and labels.any()  # one label per stored step, as the loop drove
+    assert s.episode_meta[0]["operator_device"] == "scripted expert"
+    out = tmp_path / "round1"
+    run("protege-train", "task=sim_lift", f"dataset=[{store},{rollouts}]", "data.weights=[1.0,1.0]", "data.rollouts=human",
+        f"run_dir={out}", "train.steps=2", "train.batch_size=4", "policy.image_encoder.width=8", "train.val_ratio=0",
+        *TINY[:2], "train.progress=false")
+    assert (out / "checkpoints/latest.pt").exists()

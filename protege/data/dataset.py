@@ -79,6 +79,14 @@ class TaskData:
     stats: dict[str, dict[str, np.ndarray]]
     skipped: list[int] = field(default_factory=list)  # damaged episodes left out (skip_damaged)
     problems: list[Problem] = field(default_factory=list)  # what damaged them
+    # several stores (load_training_data): per row, its store, whether it is a deployment rollout's and
+    # whether the operator drove it; per store, its sampling weight; which rollout windows to learn from
+    row_store: np.ndarray | None = None
+    row_rollout: np.ndarray | None = None
+    row_human: np.ndarray | None = None
+    row_success: np.ndarray | None = None
+    store_weights: list[float] | None = None
+    rollouts: str = "all"
 
     @property
     def image_keys(self) -> list[str]:
@@ -91,10 +99,46 @@ class TaskData:
         steps, the action ``horizon`` steps (padding: see :func:`~protege.data.sampler.sequence_windows`)."""
         train, val = split_episodes(len(self.episode_ends), val_ratio, seed)
         steps = {k: n_obs_steps for k in self.shape_meta["obs"]}
-        make = lambda mask: SequenceSampler(  # noqa: E731
-            self.arrays, self.episode_ends, horizon, steps, pad_before, pad_after, mask
-        )
+
+        def make(mask):
+            sampler = SequenceSampler(self.arrays, self.episode_ends, horizon, steps, pad_before, pad_after, mask)
+            if self.row_store is not None:
+                keep, weights = self.window_choice(sampler.windows, horizon, n_obs_steps)
+                sampler.restrict(keep, weights)
+            return sampler
+
         return make(train), (make(val) if val.any() else None)
+
+    def window_choice(self, windows: np.ndarray, horizon: int, n_obs_steps: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Which windows to learn from and their sampling weights, for data of several stores.
+
+        A window learns the actions of its steps from its last observation on (rows
+        ``[start + n_obs_steps - 1, start + horizon)`` within its episode). From a deployment
+        rollout (``source: policy_rollout``) it is kept when :attr:`rollouts` is ``all``; when it
+        is ``human`` (HG-DAgger), only when the operator drove every one of those steps (a window
+        straddling a hand-over is left out: it would teach the policy's own actions); when
+        ``human_and_success``, also when its episode succeeded. Demonstrations are always kept.
+        Weights: each store's share of the draws is its weight (``data.weights``), spread evenly
+        over its kept windows.
+        """
+        first = np.clip(windows[:, 0] + n_obs_steps - 1, windows[:, 1], windows[:, 2] - 1)
+        last = np.clip(windows[:, 0] + horizon, windows[:, 1] + 1, windows[:, 2])  # exclusive
+        store = self.row_store[first]
+        rollout = self.row_rollout[first]
+        if self.rollouts == "all":
+            keep = np.ones(len(windows), bool)
+        else:
+            cum = np.concatenate([[0], np.cumsum(~self.row_human)])  # rows not driven by the operator
+            all_human = (cum[last] - cum[first]) == 0
+            keep = ~rollout | all_human
+            if self.rollouts == "human_and_success":
+                keep |= self.row_success[first]
+        weights = None
+        if self.store_weights is not None:
+            counts = np.bincount(store[keep], minlength=len(self.store_weights)).astype(float)
+            w = np.asarray(self.store_weights, float)
+            weights = np.where(counts[store] > 0, w[store] / np.maximum(counts[store], 1), 0.0)
+        return keep, weights
 
 
 def load_task_data(
@@ -164,3 +208,74 @@ def load_task_data(
             except ValueError as e:
                 raise ValueError(f"{store.path}: data/{spec['source']} ({name}): {e}") from e
     return TaskData(arrays, np.asarray(ends, dtype=np.int64).copy(), shape_meta(arrays, obs_spec), stats, damaged, problems)
+
+
+ROLLOUT_CHOICES = ("human", "human_and_success", "all")
+
+
+def load_training_data(
+    stores: list[str] | str,
+    obs_spec: Mapping[str, Mapping],
+    action_spec: Mapping[str, Any],
+    max_episodes: int | None = None,
+    skip_damaged: bool = False,
+    weights: list[float] | None = None,
+    rollouts: str = "human",
+) -> TaskData:
+    """One store, or several concatenated for training: demonstrations and deployment rollouts
+    (episodes with ``source: policy_rollout`` and a per-step ``intervention`` label), mixed with
+    per-store ``weights`` (see :meth:`TaskData.window_choice` for what is learned from rollouts).
+
+    Raises:
+        ValueError: weights not one positive number per store, an unknown ``rollouts`` choice, or
+            stores with other observation shapes.
+        StoreError: as :func:`load_task_data`, for any store.
+    """
+    paths = [stores] if isinstance(stores, (str, EpisodeStore)) else list(stores)
+    if rollouts not in ROLLOUT_CHOICES:
+        raise ValueError(f"data.rollouts must be one of {ROLLOUT_CHOICES}, got {rollouts!r}")
+    if weights is not None and (len(weights) != len(paths) or any(not (float(w) > 0) for w in weights)):
+        raise ValueError(f"data.weights must give one positive weight per store ({len(paths)}), got {list(weights)}")
+    if len(paths) == 1 and weights is None:
+        data = load_task_data(paths[0], obs_spec, action_spec, max_episodes, skip_damaged)
+        store = paths[0] if isinstance(paths[0], EpisodeStore) else EpisodeStore(paths[0], check_rows=False)
+        if "intervention" not in store.keys:
+            return data
+        parts = [(data, store)]
+    else:
+        parts = []
+        for p in paths:
+            store = p if isinstance(p, EpisodeStore) else EpisodeStore(p, check_rows=False)
+            parts.append((load_task_data(store, obs_spec, action_spec, max_episodes, skip_damaged), store))
+    first = parts[0][0]
+    for d, st in parts[1:]:
+        if d.shape_meta != first.shape_meta:
+            raise ValueError(f"{st.path}: its observations or actions {d.shape_meta} differ from {parts[0][1].path}'s "
+                             f"{first.shape_meta}; train on stores of one task")
+    arrays = {k: np.concatenate([d.arrays[k] for d, _ in parts]) for k in first.arrays}
+    ends, offset = [], 0
+    row_store, row_rollout, row_human, row_success = [], [], [], []
+    for i, (d, st) in enumerate(parts):
+        ends.append(d.episode_ends + offset)
+        n = int(d.episode_ends[-1])
+        offset += n
+        kept = [e for e in range(len(st.episode_ends[:max_episodes] if max_episodes else st.episode_ends)) if e not in set(d.skipped)]
+        meta = st.episode_meta
+        lengths = np.diff(np.concatenate([[0], d.episode_ends]))
+        rollout = np.repeat([meta[e].get("source") == "policy_rollout" for e in kept], lengths)
+        success = np.repeat([bool(meta[e].get("success")) for e in kept], lengths)
+        if "intervention" in st.keys:
+            starts = st.episode_starts
+            human = np.concatenate([np.asarray(st._array("intervention")[int(starts[e]):int(starts[e]) + int(ln)]).ravel() > 0
+                                    for e, ln in zip(kept, lengths)])
+        else:
+            human = np.zeros(n, bool)
+        row_store.append(np.full(n, i))
+        row_rollout.append(rollout)
+        row_human.append(human)
+        row_success.append(success)
+    stats = {k: compute_stats(arrays[k]) for k in first.stats}
+    return TaskData(arrays, np.concatenate(ends), first.shape_meta, stats,
+                    [e for d, _ in parts for e in d.skipped], [p for d, _ in parts for p in d.problems],
+                    np.concatenate(row_store), np.concatenate(row_rollout), np.concatenate(row_human),
+                    np.concatenate(row_success), [float(w) for w in weights] if weights is not None else None, rollouts)

@@ -122,6 +122,30 @@ class SequenceSampler:
         self.horizon = horizon
         self.key_steps = {k: (key_steps or {}).get(k, horizon) for k in self.arrays}
         self.windows = sequence_windows(episode_ends, horizon, pad_before, pad_after, episodes)
+        self.weights: np.ndarray | None = None  # per-window sampling probabilities (None: each window once an epoch)
+
+    def restrict(self, keep: np.ndarray, weights: np.ndarray | None = None) -> None:
+        """Keep only the windows ``keep`` ((M,) bool); with ``weights`` ((M,) >= 0, for every window
+        before the restriction), an epoch draws len(self) windows with replacement in proportion to
+        them instead of visiting each once.
+
+        Raises:
+            ValueError: no window left, or weights of another length or all zero.
+        """
+        keep = np.asarray(keep, bool)
+        if keep.shape != (len(self.windows),):
+            raise ValueError(f"keep must be ({len(self.windows)},) bool, got {keep.shape}")
+        if weights is not None:
+            weights = np.asarray(weights, float)
+            if weights.shape != keep.shape or (weights < 0).any():
+                raise ValueError("weights must be one non-negative number per window")
+            weights = weights[keep]
+            if not weights.sum() > 0:
+                raise ValueError("every kept window has weight 0")
+            self.weights = weights / weights.sum()
+        self.windows = self.windows[keep]
+        if not len(self.windows):
+            raise ValueError("no training window is left")
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -137,7 +161,7 @@ class SequenceSampler:
     def batches(self, batch_size: int, rng: np.random.Generator, drop_last: bool = True) -> Iterator[dict[str, np.ndarray]]:
         """One epoch of shuffled batches drawn with ``rng`` (a short final batch is dropped
         when ``drop_last`` and at least one full batch exists)."""
-        order = rng.permutation(len(self))
+        order = rng.permutation(len(self)) if self.weights is None else rng.choice(len(self), len(self), p=self.weights)
         # with fewer windows than one batch, drop_last would yield nothing at all: keep the rest
         stop = len(order) - batch_size + 1 if drop_last and len(order) >= batch_size else len(order)
         for i in range(0, max(stop, 0), batch_size):

@@ -29,7 +29,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from .. import configs  # noqa: F401 - registers the configs' resolvers
-from ..data.dataset import TaskData, load_task_data
+from ..data.dataset import TaskData, load_training_data
 from ..data.fetch import resolve_store
 from ..errors import job, run as run_cli
 from ..data.sampler import SequenceSampler
@@ -148,9 +148,12 @@ class Trainer:
         self.np_rng = np.random.default_rng(cfg.seed)
 
         t = cfg.train
-        self.data: TaskData = load_task_data(
-            resolve_store(cfg.dataset), OmegaConf.to_container(cfg.task.obs), OmegaConf.to_container(cfg.task.action), cfg.max_episodes,
-            skip_damaged=cfg.data.skip_damaged,
+        datasets = OmegaConf.to_container(cfg.dataset) if OmegaConf.is_list(cfg.dataset) else cfg.dataset
+        stores = [resolve_store(d) for d in datasets] if isinstance(datasets, list) else resolve_store(datasets)
+        weights = OmegaConf.to_container(cfg.data.weights) if cfg.data.get("weights") is not None else None
+        self.data: TaskData = load_training_data(
+            stores, OmegaConf.to_container(cfg.task.obs), OmegaConf.to_container(cfg.task.action), cfg.max_episodes,
+            skip_damaged=cfg.data.skip_damaged, weights=weights, rollouts=cfg.data.get("rollouts", "human"),
         )
         if self.data.skipped:
             print(f"protege-train: skipping {len(self.data.skipped)} damaged episode(s) {self.data.skipped} "
