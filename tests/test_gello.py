@@ -76,8 +76,7 @@ def test_reader_turns_torque_off_reads_signed_ticks_and_names_a_silent_servo(bus
         got, t, lost = r.snapshot_ticks()
         assert got.tolist() == ticks and lost is None
         n0 = r.reads
-        time.sleep(0.3)
-        assert r.reads - n0 >= 30  # >= 100 Hz through a 1 Mbit/s bus of 7 servos
+        assert wait_for(lambda: r.reads >= n0 + 5)  # it keeps reading (its rate: benchmarks/teleop_rt.py)
         bus.corrupt_next(4)  # one bad CRC: the next read recovers
         time.sleep(0.1)
         assert r.snapshot_ticks()[2] is None
