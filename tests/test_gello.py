@@ -131,7 +131,7 @@ def test_calibration_walkthrough_maps_the_reference_pose_exactly(bus, tmp_path):
 
 def test_gello_waits_for_the_leader_then_ramps_onto_it(bus):
     cal = GelloCalibration.fit([2048] * 6, HOME)  # the leader at 2048 ticks = the follower's home
-    dev = Gello(bus.port, cal, start_tolerance=0.2, ramp_s=0.4, fps=10, keys=False)
+    dev = Gello(bus.port, cal, start_tolerance=0.2, ramp_s=0.4, fps=10, keys=False, max_age_s=2.0)  # a loaded machine
     follower = HOME + np.array([0.5, 0, 0, 0, 0, 0])  # the arm stands 0.5 rad away on joint 1
     try:
         dev.reset(0, {"joint_positions": follower})

@@ -307,7 +307,7 @@ def test_record_with_a_spacemouse_in_realtime_simulation(tmp_path):
     act = s.episode(0)["action"].astype(np.float64)
     dx = act[-1, :3] - act[0, :3]
     # about 1 s at 5 cm/s to the right (the events' timing varies with the machine's load), nothing else
-    assert 0.02 < dx[0] < 0.08 and abs(dx[1]) < 1e-6 and abs(dx[2]) < 1e-6, dx
+    assert 0.01 < dx[0] < 0.08 and abs(dx[1]) < 1e-6 and abs(dx[2]) < 1e-6, dx  # fewer cycles when a loaded machine skips some
     assert np.all(np.diff(act[:, 0]) >= -1e-6) and np.diff(act[:, 0]).max() <= 0.005 + 1e-6  # 5 cm/s x 0.1 s
     # display=true: the live view got the cameras, the commanded and measured TCP of (nearly) every cycle
     from rerun.chunk import RrdReader
@@ -347,6 +347,7 @@ def test_record_with_a_gello_leader_arm_in_realtime_simulation(tmp_path):
         proc = subprocess.Popen(
             [str(BIN / "protege-record"), "robot=sim", "task=lift", "teleop=gello", f"teleop.device.port={bus.port}",
              f"teleop.device.calibration={tmp_path / 'gello.json'}", "teleop.device.ramp_s=0.5", "episodes=1",
+             "teleop.device.max_age_s=2.0",  # a loaded CI machine may starve the reader thread
              "time_limit_s=20", f"out={store}", "camera.image_size=48"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
         threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
