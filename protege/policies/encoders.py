@@ -14,6 +14,8 @@ import torch
 import torchvision
 from torch import nn
 
+from .distributed import batch_randint
+
 
 class SpatialSoftmax(nn.Module):
     """Feature map (N, C, H, W) -> expected 2-D keypoint positions (N, 2K) in [-1, 1].
@@ -65,8 +67,8 @@ def crop(x: torch.Tensor, size: tuple[int, int], random: bool) -> torch.Tensor:
     if not random:
         top, left = (h - ch) // 2, (w - cw) // 2
         return x[:, :, top : top + ch, left : left + cw]
-    top = torch.randint(0, h - ch + 1, (n,), device=x.device)
-    left = torch.randint(0, w - cw + 1, (n,), device=x.device)
+    top = batch_randint(0, h - ch + 1, n, x.device)  # the whole batch's draws, sliced, under data parallelism
+    left = batch_randint(0, w - cw + 1, n, x.device)
     rows = (top[:, None] + torch.arange(ch, device=x.device))[:, :, None]  # (N, ch, 1)
     cols = (left[:, None] + torch.arange(cw, device=x.device))[:, None, :]  # (N, 1, cw)
     out = x.permute(0, 2, 3, 1)[torch.arange(n, device=x.device)[:, None, None], rows, cols]  # (N, ch, cw, C)

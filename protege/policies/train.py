@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import signal
 import sys
@@ -30,6 +31,7 @@ from tqdm import tqdm
 
 from .. import configs  # noqa: F401 - registers the configs' resolvers
 from ..data.dataset import TaskData, load_training_data
+from .distributed import all_max, batch_shard, init_from_env, shutdown
 from ..data.fetch import resolve_store
 from ..errors import job, run as run_cli
 from ..data.sampler import SequenceSampler
@@ -131,6 +133,17 @@ def adamw(params, device: torch.device, **kwargs) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, fused=device.type in ("cpu", "cuda") or None, **kwargs)
 
 
+class LossModule(torch.nn.Module):
+    """A policy's ``compute_loss`` as ``forward``, for DistributedDataParallel to wrap."""
+
+    def __init__(self, policy: Policy):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        return self.policy.compute_loss(batch)
+
+
 class Trainer:
     """Runs one training job described by the full hydra config (see ``configs/train.yaml``)."""
 
@@ -138,7 +151,11 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(cfg.run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
-        self.device = select_device(cfg.device)
+        self.dist, rank_device = init_from_env(cfg.device)  # torchrun: this process's rank and device
+        self.device = rank_device or select_device(cfg.device)
+        self.shard = self.dist.shard(cfg.train.batch_size)  # this rank's slice of every global batch
+        if not self.dist.is_main:
+            logging.getLogger().setLevel(logging.WARNING)  # rank 0 speaks for the run
         self.autocast = bf16_autocast(cfg.train.bf16, self.device)  # a bad setting fails before data loads
         check_setting(cfg.train.onednn_matmul, "train.onednn_matmul")
         if not isinstance(cfg.train.keep_freed_memory, bool):
@@ -177,7 +194,12 @@ class Trainer:
             if t.ema.enabled else None
         )
         self.step, self.epoch, self.train_seconds = 0, [0], 0.0
-        self.evaluator = hydra.utils.instantiate(cfg.evaluator) if t.eval_every else None
+        self.evaluator = hydra.utils.instantiate(cfg.evaluator) if t.eval_every and self.dist.is_main else None
+        self.ddp = None
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp = DistributedDataParallel(LossModule(self.policy), device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     # -- state ------------------------------------------------------------------------------
     def ema_weights(self) -> dict[str, torch.Tensor] | None:
@@ -189,7 +211,13 @@ class Trainer:
         self.ema.restore(self.policy.parameters())
         return weights
 
-    def save(self, name: str) -> Path:
+    def save(self, name: str) -> Path | None:
+        """Rank 0 writes the checkpoint (the others return None)."""
+        if not self.dist.is_main:
+            return None
+        return self._save(name)
+
+    def _save(self, name: str) -> Path:
         train_state = {
             "step": self.step,
             "epoch": self.epoch[0],
@@ -272,21 +300,26 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if cfg.resume:
             self.resume()
-        tb = SummaryWriter(str(self.run_dir / "tb"))
+        main = self.dist.is_main
+        tb = SummaryWriter(str(self.run_dir / "tb")) if main else None
         batches = infinite_batches(self.train_sampler, t.batch_size, self.np_rng, self.epoch)
         budget = math.inf if t.max_minutes is None else 60.0 * t.max_minutes
         log.info("training %s on %s: %d train windows, %d params, device %s", self.target.rsplit(".", 1)[-1], cfg.dataset,
                  len(self.train_sampler), sum(p.numel() for p in self.policy.parameters()), self.device)
+        if self.dist.enabled:
+            log.info("data parallel: %d processes (%s), global batch %d (%d per process), lr %g",
+                     self.dist.world, self.dist.backend, t.batch_size, t.batch_size // self.dist.world, t.lr)
         self.policy.train()
-        bar = tqdm(total=t.steps, initial=self.step, desc="train", dynamic_ncols=True, disable=not t.progress)
+        bar = tqdm(total=t.steps, initial=self.step, desc="train", dynamic_ncols=True, disable=not t.progress or not main)
         window_start, window_samples = time.perf_counter(), 0
         last = None
         stop = StopRequest()  # Ctrl-C: finish this step, save, exit; a second Ctrl-C interrupts at once
         while self.step < t.steps and self.train_seconds < budget and not stop.requested:
             t0 = time.perf_counter()
-            batch = self.batch(next(batches))
-            with self.autocast:
-                loss = self.policy.compute_loss(batch)
+            global_batch = next(batches)
+            batch = self.batch({k: v[self.shard] for k, v in global_batch.items()} if self.dist.enabled else global_batch)
+            with self.autocast, batch_shard(self.shard, t.batch_size):
+                loss = self.ddp(batch) if self.ddp is not None else self.policy.compute_loss(batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at step {self.step}; last checkpoint: {last}")
             self.optimizer.zero_grad(set_to_none=True)
@@ -297,18 +330,21 @@ class Trainer:
                 self.ema.step(self.policy.parameters())
             self.step += 1
             self.train_seconds += time.perf_counter() - t0
+            if self.dist.enabled:  # every rank stops at the same step: Ctrl-C or the time budget on any of them
+                flag, self.train_seconds = all_max([float(stop.requested), self.train_seconds], self.dist)
+                stop.requested = stop.requested or bool(flag)
             if budget < math.inf:
                 self.follow_time_budget(budget)
             window_samples += len(batch["action"])
             bar.update(1)
-            if self.step % t.log_every == 0 or self.step == t.steps:
-                rate = window_samples / (time.perf_counter() - window_start)
+            if main and (self.step % t.log_every == 0 or self.step == t.steps):
+                rate = window_samples * self.dist.world / (time.perf_counter() - window_start)  # samples/s of the run
                 window_start, window_samples = time.perf_counter(), 0
                 bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{rate:.0f}", epoch=self.epoch[0])
                 tb.add_scalar("train/loss", loss.item(), self.step)
                 tb.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], self.step)
                 tb.add_scalar("train/samples_per_s", rate, self.step)
-            if t.val_every and self.step % t.val_every == 0:
+            if main and t.val_every and self.step % t.val_every == 0:
                 v = self.val_loss()
                 if v is not None:
                     tb.add_scalar("val/loss", v, self.step)
@@ -327,24 +363,36 @@ class Trainer:
         stop.restore()
         bar.close()
         last = self.save("latest.pt")
-        tb.close()
+        if tb is not None:
+            tb.close()
+        if self.dist.enabled:
+            import torch.distributed as dist
+
+            dist.barrier()  # the checkpoint is written before any rank leaves
+            last = self.ckpt_dir / "latest.pt"
         why = "interrupted" if stop.requested else "time budget" if self.step < t.steps else "all steps"
         log.info("stopped after %d steps (%s, %.1f train minutes); checkpoint %s", self.step, why, self.train_seconds / 60, last)
-        print(f"checkpoint: {last}" + (f" (go on with: protege-train ... run_dir={self.run_dir} resume=true)"
-                                       if stop.requested else ""))
+        if main:
+            print(f"checkpoint: {last}" + (f" (go on with: protege-train ... run_dir={self.run_dir} resume=true)"
+                                           if stop.requested else ""))
         return last
 
 
 @hydra.main(config_path="../configs", config_name="train", version_base=None)
 @job
 def _hydra_main(cfg: DictConfig) -> None:
+    trainer = None
     try:
         check_settings(cfg, "train")
-        Trainer(cfg).run()
+        trainer = Trainer(cfg)
+        trainer.run()
     except Exception as e:
-        if is_expected(e):
+        if is_expected(e) and (trainer is None or trainer.dist.is_main):
             _remove_empty_run_dir(Path(cfg.run_dir))
         raise
+    finally:
+        if trainer is not None:
+            shutdown(trainer.dist)
 
 
 def _remove_empty_run_dir(run_dir: Path) -> None:
@@ -361,7 +409,22 @@ def _remove_empty_run_dir(run_dir: Path) -> None:
 
 def main() -> None:
     """Train a policy; see ``protege-train --help`` and ``configs/train.yaml``. Expected errors
-    (a missing or damaged store, a bad override) are one line and exit 2 (:mod:`protege.errors`)."""
+    (a missing or damaged store, a bad override) are one line and exit 2 (:mod:`protege.errors`).
+    ``train.nproc=N`` (N > 1) starts the same run under torchrun, N processes on this machine."""
+    nproc = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("train.nproc=")]
+    if nproc and "WORLD_SIZE" not in os.environ:
+        try:
+            n = int(nproc[-1])
+        except ValueError:
+            n = 0
+        if n < 1:
+            print(f"protege-train: error: train.nproc={nproc[-1]}: must be an integer >= 1", file=sys.stderr)
+            sys.exit(2)
+        if n > 1:
+            args = [a for a in sys.argv[1:] if not a.startswith("train.nproc=")]
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
+                   "-m", "protege.policies.train", *args]
+            os.execv(sys.executable, cmd)
     run_cli("protege-train", _hydra_main)
 
 

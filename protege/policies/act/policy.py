@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed import batch_randn_like
 from ..normalizer import Normalizer
 from ..base import Policy
 from ..encoders import ImageNetInput, load_resnet18_weights, resnet18_backbone
@@ -153,7 +154,7 @@ class ACTPolicy(Policy):
         actions = self.normalizer.normalize("action", batch["action"])
         mask = batch["mask"]
         mu, logvar = self.vae_encoder(actions, self._state(batch["obs"]), ~mask)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        z = mu + batch_randn_like(mu) * torch.exp(0.5 * logvar)
         pred = self._decode(batch["obs"], z)
         l1 = (F.l1_loss(pred, actions, reduction="none") * mask[..., None]).mean()
         kl = kl_divergence(mu, logvar)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
 
+from ..distributed import batch_randint, batch_randn_like
 from ..normalizer import Normalizer
 from ..base import Policy
 from ..encoders import ObsEncoder
@@ -99,8 +100,8 @@ class DiffusionPolicy(Policy):
         as in the reference: edge padding teaches the policy to hold still at the end)."""
         cond = self._condition(batch["obs"])
         action = self.normalizer.normalize("action", batch["action"])
-        noise = torch.randn_like(action)
-        k = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (action.shape[0],), device=action.device)
+        noise = batch_randn_like(action)  # the whole batch's draws, sliced, under data parallelism
+        k = batch_randint(0, self.noise_scheduler.config.num_train_timesteps, action.shape[0], action.device)
         noisy = self.noise_scheduler.add_noise(action, noise, k)
         pred = self.model(noisy, k, cond)
         target = noise if self.noise_scheduler.config.prediction_type == "epsilon" else action

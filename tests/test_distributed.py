@@ -1,0 +1,70 @@
+"""Data-parallel training under torchrun (gloo, on this CPU): two processes train as one process
+with the same global batch does; a killed rank stops the run and resume continues."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from protege.policies.checkpoint import read_checkpoint
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+TINY = ["task=pusht_state", "max_episodes=6", "train.batch_size=8", "train.val_ratio=0", "train.progress=false",
+        "train.log_every=1", "policy.unet.down_dims=[16,32,64]", "policy.unet.diffusion_step_embed_dim=16",
+        "train.warmup_steps=0", "train.lr=1e-3"]
+
+
+def train(pusht_path, run_dir, *extra, check=True, timeout=600):
+    p = subprocess.run([str(BIN / "protege-train"), f"dataset={pusht_path}", f"run_dir={run_dir}", *TINY, *extra],
+                       capture_output=True, text=True, env=ENV, timeout=timeout)
+    if check:
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p
+
+
+def weights(run_dir):
+    return read_checkpoint(Path(run_dir) / "checkpoints" / "latest.pt")["state_dict"]
+
+
+def max_diff(a, b):
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+@pytest.mark.slow
+def test_two_processes_train_as_one_with_the_same_global_batch(tmp_path, pusht_path):
+    one = train(pusht_path, tmp_path / "one", "train.steps=4")
+    two = train(pusht_path, tmp_path / "two", "train.steps=4", "train.nproc=2")
+    assert "data parallel: 2 processes (gloo), global batch 8 (4 per process)" in two.stdout + two.stderr
+    w1, w2 = weights(tmp_path / "one"), weights(tmp_path / "two")
+    assert max_diff(w1, w2) < 1e-4  # float tolerance: gloo sums the gradients in another order
+    other = train(pusht_path, tmp_path / "seed", "train.steps=4", "seed=7")
+    assert max_diff(w1, weights(tmp_path / "seed")) > 1e-3  # the comparison can tell runs apart
+    assert not (tmp_path / "two" / "checkpoints" / "latest.pt.tmp").exists() and one.returncode == other.returncode == 0
+
+
+@pytest.mark.slow
+def test_a_killed_rank_stops_the_run_and_resume_continues(tmp_path, pusht_path):
+    run_dir = tmp_path / "run"
+    p = subprocess.Popen([str(BIN / "protege-train"), f"dataset={pusht_path}", f"run_dir={run_dir}", *TINY,
+                          "train.steps=100000", "train.checkpoint_every=5", "train.nproc=2"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True)
+    ckpt = run_dir / "checkpoints" / "latest.pt"
+    deadline = time.monotonic() + 300
+    while not ckpt.exists():
+        assert time.monotonic() < deadline and p.poll() is None, p.communicate()
+        time.sleep(0.2)
+    workers = subprocess.run(["pgrep", "-f", "-P", str(p.pid), "protege.policies.train"], capture_output=True, text=True)
+    pids = [int(x) for x in workers.stdout.split()]
+    assert len(pids) == 2, workers.stdout
+    os.kill(pids[1], signal.SIGKILL)  # one rank dies
+    out, err = p.communicate(timeout=120)
+    assert p.returncode != 0 and "failed" in (out + err).lower()  # torchrun stops the other and says which failed
+    step = read_checkpoint(ckpt)["train_state"]["step"]
+    assert step >= 5
+    train(pusht_path, run_dir, f"train.steps={step + 3}", "train.checkpoint_every=5", "train.nproc=2", "resume=true")
+    assert read_checkpoint(ckpt)["train_state"]["step"] == step + 3
