@@ -68,3 +68,17 @@ def test_a_killed_rank_stops_the_run_and_resume_continues(tmp_path, pusht_path):
     assert step >= 5
     train(pusht_path, run_dir, f"train.steps={step + 3}", "train.checkpoint_every=5", "train.nproc=2", "resume=true")
     assert read_checkpoint(ckpt)["train_state"]["step"] == step + 3
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_each_combination_in_its_folder_and_tabulates_them(tmp_path, pusht_path):
+    import json
+
+    p = subprocess.run([str(BIN / "protege-train"), "--multirun", f"dataset={pusht_path}", f"run_dir={tmp_path / 'sweep'}",
+                        *TINY, "train.steps=2", "train.lr=1e-3,1e-2"], capture_output=True, text=True, env=ENV, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert [r["job"] for r in rows] == [0, 1] and all(r["step"] == 2 for r in rows)
+    assert {o for r in rows for o in r["overrides"] if o.startswith("train.lr=")} == {"train.lr=0.001", "train.lr=0.01"}
+    assert max_diff(weights(tmp_path / "sweep" / "0"), weights(tmp_path / "sweep" / "1")) > 1e-4  # two different runs
+    assert "sweep: 2 runs" in p.stdout and "train.lr=0.01" in p.stdout

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 import numpy as np
 import torch
 from diffusers.optimization import get_scheduler
@@ -133,6 +134,16 @@ def adamw(params, device: torch.device, **kwargs) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, fused=device.type in ("cpu", "cuda") or None, **kwargs)
 
 
+def sweep_job_dir() -> Path | None:
+    """Under ``--multirun``, this job's own folder (``<run_dir>/<job number>``), else None."""
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    if str(hc.mode) != "RunMode.MULTIRUN":
+        return None
+    return Path(hc.runtime.output_dir)
+
+
 class LossModule(torch.nn.Module):
     """A policy's ``compute_loss`` as ``forward``, for DistributedDataParallel to wrap."""
 
@@ -149,7 +160,7 @@ class Trainer:
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
-        self.run_dir = Path(cfg.run_dir)
+        self.run_dir = sweep_job_dir() or Path(cfg.run_dir)  # --multirun: each job in its own folder
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.dist, rank_device = init_from_env(cfg.device)  # torchrun: this process's rank and device
         self.device = rank_device or select_device(cfg.device)
@@ -373,6 +384,11 @@ class Trainer:
         why = "interrupted" if stop.requested else "time budget" if self.step < t.steps else "all steps"
         log.info("stopped after %d steps (%s, %.1f train minutes); checkpoint %s", self.step, why, self.train_seconds / 60, last)
         if main:
+            result = {"run_dir": str(self.run_dir), "step": self.step, "train_minutes": round(self.train_seconds / 60, 3),
+                      "loss": float(loss.item()) if self.step and "loss" in locals() else None,
+                      "val_loss": self.val_loss() if self.val_sampler is not None else None, "stopped": why,
+                      "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []}
+            (self.run_dir / "result.json").write_text(json.dumps(result, indent=2))
             print(f"checkpoint: {last}" + (f" (go on with: protege-train ... run_dir={self.run_dir} resume=true)"
                                            if stop.requested else ""))
         return last
