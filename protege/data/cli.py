@@ -284,7 +284,7 @@ def _relabel(args) -> int:
 def _convert(args) -> int:
     from .convert import convert
 
-    src = resolve_store(args.src) if not Path(args.src).exists() else args.src
+    src = resolve_store(args.src) if "://" not in args.src and not Path(args.src).exists() else args.src
     a, b, report = convert(src, args.dst, to=args.to, image_codec=args.image_codec, crf=args.crf, fps=args.fps)
     for line in report.lines():
         print(line)
@@ -414,6 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args([a for a in argv if a != "--traceback"])
     args.traceback = traceback
     try:
+        if args.command in ("repair", "delete", "keep", "trim", "merge", "relabel") and "://" in str(getattr(args, "store", "")):
+            raise ValueError(f"{args.store}: a remote store is read-only here; copy it to a local folder to edit it "
+                             "(protege-data convert takes it as a source)")
         return args.fn(args)
     except EXPECTED as e:
         if args.traceback:

@@ -87,6 +87,36 @@ class KeySpec:
         return len(self.shape) == 3 and self.shape[-1] == 3
 
 
+def is_url(path) -> bool:
+    """An fsspec URL (``s3://``, ``gs://``, ``https://``, ...), not a local path."""
+    return "://" in str(path) and not str(path).startswith("file://")
+
+
+class RemotePath(str):
+    """A store's fsspec URL where a local store has its ``Path``: prints as the URL, joins with
+    ``/``, has a ``name``, answers ``exists`` through fsspec (credentials and endpoint from the
+    environment, e.g. ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``)."""
+
+    def __truediv__(self, other) -> RemotePath:
+        return RemotePath(self.rstrip("/") + "/" + str(other))
+
+    @property
+    def name(self) -> str:
+        return self.rstrip("/").rsplit("/", 1)[-1]
+
+    def exists(self) -> bool:
+        import fsspec
+
+        fs, p = fsspec.core.url_to_fs(str(self))
+        return fs.exists(p)
+
+    def is_dir(self) -> bool:
+        import fsspec
+
+        fs, p = fsspec.core.url_to_fs(str(self))
+        return fs.isdir(p)
+
+
 def root_group_missing(path: Path) -> bool:
     """A folder whose root group file is gone while ``data/`` and ``meta/episode_ends`` remain."""
     path = Path(path)
@@ -111,13 +141,17 @@ class EpisodeStore:
     """
 
     def __init__(self, path: str | Path, check_rows: bool = True):
-        self.path = Path(path)
-        if not self.path.exists():
+        self.path = RemotePath(str(path)) if is_url(path) else Path(path)  # an fsspec URL opens read-only
+        try:
+            there = self.path.exists()
+        except Exception as e:  # noqa: BLE001 - a remote store: no credentials, no network, no bucket
+            raise StoreError(f"{self.path}: cannot reach it ({type(e).__name__}: {e})") from e
+        if not there:
             raise StoreError(f"{self.path}: no such episode store")
         try:
             self.root = zarr.open_group(str(self.path), mode="r")
         except Exception as e:  # zarr raises several types for "not a group"
-            if root_group_missing(self.path):
+            if not is_url(self.path) and root_group_missing(self.path):
                 raise DamagedStore(f"{self.path}: the store's root group file (.zgroup or zarr.json) is gone, while data/ "
                                    "and meta/episode_ends are there: `protege-data repair` recreates it") from e
             raise StoreError(f"{self.path}: not a zarr group ({type(e).__name__}: {e})") from e

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..store import EpisodeStore, StoreError
+from ..store import EpisodeStore, RemotePath, StoreError, is_url
 from .common import ConvertError, Report, write_atomically
 from .lerobot import export_lerobot, import_lerobot
 from .robomimic import export_robomimic, import_robomimic
@@ -25,6 +25,10 @@ def detect(path: Path) -> str:
     Raises:
         ConvertError: no such path, or a format this tool does not know.
     """
+    if is_url(path):  # a remote episode store (read-only): the only remote source convert takes
+        if not RemotePath(str(path)).exists():
+            raise ConvertError(f"{path}: no such store")
+        return "store"
     path = Path(path)
     if not path.exists():
         raise ConvertError(f"{path}: no such file or folder")
@@ -62,7 +66,7 @@ def convert(src: str | Path, dst: str | Path, to: str | None = None, progress: b
         ConvertError: a malformed source, an unknown format, or neither side a store.
         FileExistsError: ``dst`` exists.
     """
-    src, dst = Path(src), Path(dst)
+    src, dst = (src if is_url(src) else Path(src)), Path(dst)
     a, b = detect(src), destination_format(dst, to)
     if "store" not in (a, b) or a == b == "store":
         raise ConvertError(f"{a} -> {b}: convert goes between an episode store and robomimic or LeRobot; "
