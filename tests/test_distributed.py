@@ -82,3 +82,23 @@ def test_a_sweep_runs_each_combination_in_its_folder_and_tabulates_them(tmp_path
     assert {o for r in rows for o in r["overrides"] if o.startswith("train.lr=")} == {"train.lr=0.001", "train.lr=0.01"}
     assert max_diff(weights(tmp_path / "sweep" / "0"), weights(tmp_path / "sweep" / "1")) > 1e-4  # two different runs
     assert "sweep: 2 runs" in p.stdout and "train.lr=0.01" in p.stdout
+
+
+def test_a_shards_random_draws_are_its_rows_of_the_whole_batchs():
+    """Under batch_shard a rank's draws are its rows of the global batch's, also for a leading
+    dimension of batch x observation steps (an image encoder's random crop)."""
+    import torch
+
+    from protege.policies.distributed import batch_randint, batch_randn_like, batch_shard
+
+    x_full = torch.zeros(8 * 2, 3)  # 8 samples x 2 observation steps
+    torch.manual_seed(0)
+    full_n, full_i = torch.randn_like(x_full), torch.randint(0, 50, (16,))
+    for rank in (0, 1):
+        torch.manual_seed(0)
+        with batch_shard(slice(4 * rank, 4 * rank + 4), 8):
+            n, i = batch_randn_like(torch.zeros(8, 3)), batch_randint(0, 50, 8, "cpu")
+        torch.testing.assert_close(n, full_n[8 * rank: 8 * rank + 8])
+        torch.testing.assert_close(i, full_i[8 * rank: 8 * rank + 8])
+    with batch_shard(slice(0, 4), 8), pytest.raises(ValueError):
+        batch_randint(0, 5, 6, "cpu")

@@ -147,6 +147,8 @@ def load_task_data(
     action_spec: Mapping[str, Any],
     max_episodes: int | None = None,
     skip_damaged: bool = False,
+    lazy_images: bool = False,
+    cache_mb: float = 512.0,
 ) -> TaskData:
     """Read a task's keys from a store into memory, checking every chunk as it is read
     (:func:`protege.data.validate.scan`), and compute their statistics.
@@ -158,6 +160,9 @@ def load_task_data(
         max_episodes: only the first N episodes (for small tests and quick runs).
         skip_damaged: leave out the episodes with a missing or undecodable chunk or a non-finite
             value in the task's keys (and say which) instead of refusing the store.
+        lazy_images: keep the images in the store, read as windows are drawn
+            (:class:`~protege.data.lazy.LazyArray`, a cache of ``cache_mb`` decoded chunks); every
+            chunk is still checked once here.
 
     Raises:
         StoreError: a source key is missing from the store, the store holds no episode, or the
@@ -177,14 +182,21 @@ def load_task_data(
     n = int(ends[-1])
     problems: list[Problem] = []
     parts: dict[str, list[np.ndarray]] = {name: [] for name in specs}
+    lazy: dict[str, Any] = {}
     for source in sorted({s["source"] for s in specs.values()}):
         users = {name: spec for name, spec in specs.items() if spec["source"] == source}
+        eager = {name: spec for name, spec in users.items() if not (lazy_images and spec.get("type") == "rgb")}
         for _, block in scan(store, source, problems, n_rows=n):  # block by block: images become uint8 at once
             if block.dtype.kind == "f":
                 block = np.nan_to_num(block, nan=0.0, posinf=0.0, neginf=0.0)  # a non-finite value is reported (problems) and its episode dropped
-            for name, spec in users.items():
+            for name, spec in eager.items():
                 parts[name].append(select(block, spec, batch_dims=1))
-    arrays = {name: np.concatenate(p) for name, p in parts.items()}
+        for name in set(users) - set(eager):
+            from .lazy import LazyArray
+
+            lazy[name] = LazyArray([(store._array(source), users[name], np.arange(n))], cache_mb)
+    arrays = {name: np.concatenate(p) for name, p in parts.items() if name not in lazy}
+    arrays.update(lazy)
     damaged = damaged_episodes(problems)
     if damaged and not skip_damaged:
         shown = "; ".join(str(p) for p in problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
@@ -198,7 +210,7 @@ def load_task_data(
         if not keep:
             raise StoreError(f"{store.path}: every episode is damaged")
         rows = np.concatenate([np.arange(starts[e], ends[e]) for e in keep])
-        arrays = {k: v[rows] for k, v in arrays.items()}
+        arrays = {k: v.take(rows) if hasattr(v, "segments") else v[rows] for k, v in arrays.items()}
         ends = np.cumsum(lengths[keep])
     stats = {}
     for name, spec in specs.items():
@@ -221,8 +233,11 @@ def load_training_data(
     skip_damaged: bool = False,
     weights: list[float] | None = None,
     rollouts: str = "human",
+    lazy_images: bool = False,
+    cache_mb: float = 512.0,
 ) -> TaskData:
-    """One store, or several concatenated for training: demonstrations and deployment rollouts
+    """One store, or several concatenated for training (images in memory, or read lazily: see
+    :func:`load_task_data`): demonstrations and deployment rollouts
     (episodes with ``source: policy_rollout`` and a per-step ``intervention`` label), mixed with
     per-store ``weights`` (see :meth:`TaskData.window_choice` for what is learned from rollouts).
 
@@ -237,7 +252,7 @@ def load_training_data(
     if weights is not None and (len(weights) != len(paths) or any(not (float(w) > 0) for w in weights)):
         raise ValueError(f"data.weights must give one positive weight per store ({len(paths)}), got {list(weights)}")
     if len(paths) == 1 and weights is None:
-        data = load_task_data(paths[0], obs_spec, action_spec, max_episodes, skip_damaged)
+        data = load_task_data(paths[0], obs_spec, action_spec, max_episodes, skip_damaged, lazy_images, cache_mb)
         store = paths[0] if isinstance(paths[0], EpisodeStore) else EpisodeStore(paths[0], check_rows=False)
         if "intervention" not in store.keys:
             return data
@@ -246,13 +261,20 @@ def load_training_data(
         parts = []
         for p in paths:
             store = p if isinstance(p, EpisodeStore) else EpisodeStore(p, check_rows=False)
-            parts.append((load_task_data(store, obs_spec, action_spec, max_episodes, skip_damaged), store))
+            parts.append((load_task_data(store, obs_spec, action_spec, max_episodes, skip_damaged, lazy_images, cache_mb), store))
     first = parts[0][0]
     for d, st in parts[1:]:
         if d.shape_meta != first.shape_meta:
             raise ValueError(f"{st.path}: its observations or actions {d.shape_meta} differ from {parts[0][1].path}'s "
                              f"{first.shape_meta}; train on stores of one task")
-    arrays = {k: np.concatenate([d.arrays[k] for d, _ in parts]) for k in first.arrays}
+    def concat(vs):
+        if hasattr(vs[0], "segments"):
+            from .lazy import LazyArray
+
+            return LazyArray.concat(vs)
+        return np.concatenate(vs)
+
+    arrays = {k: concat([d.arrays[k] for d, _ in parts]) for k in first.arrays}
     ends, offset = [], 0
     row_store, row_rollout, row_human, row_success = [], [], [], []
     for i, (d, st) in enumerate(parts):

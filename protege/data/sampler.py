@@ -158,11 +158,16 @@ class SequenceSampler:
         out["mask"] = mask
         return out
 
-    def batches(self, batch_size: int, rng: np.random.Generator, drop_last: bool = True) -> Iterator[dict[str, np.ndarray]]:
-        """One epoch of shuffled batches drawn with ``rng`` (a short final batch is dropped
-        when ``drop_last`` and at least one full batch exists)."""
+    def batch_ids(self, batch_size: int, rng: np.random.Generator, drop_last: bool = True) -> Iterator[np.ndarray]:
+        """One epoch's window ids per batch, shuffled with ``rng`` (see :meth:`batches`)."""
         order = rng.permutation(len(self)) if self.weights is None else rng.choice(len(self), len(self), p=self.weights)
         # with fewer windows than one batch, drop_last would yield nothing at all: keep the rest
         stop = len(order) - batch_size + 1 if drop_last and len(order) >= batch_size else len(order)
         for i in range(0, max(stop, 0), batch_size):
-            yield self.sample(order[i : i + batch_size])
+            yield order[i : i + batch_size]
+
+    def batches(self, batch_size: int, rng: np.random.Generator, drop_last: bool = True) -> Iterator[dict[str, np.ndarray]]:
+        """One epoch of shuffled batches drawn with ``rng`` (a short final batch is dropped
+        when ``drop_last`` and at least one full batch exists)."""
+        for ids in self.batch_ids(batch_size, rng, drop_last):
+            yield self.sample(ids)

@@ -108,19 +108,33 @@ def batch_shard(part: slice, total: int) -> Iterator[None]:
         _local.shard = old
 
 
-def batch_randn_like(x: torch.Tensor) -> torch.Tensor:
-    """``torch.randn_like(x)`` for a batch-first ``x``, drawn for the whole batch under :func:`batch_shard`."""
+def _rows(n: int) -> tuple[slice, int] | None:
+    """The global rows a leading dimension of ``n`` covers under :func:`batch_shard`: ``n`` may be the
+    rank's batch or a multiple of it, batch-major (an encoder's batch x observation steps)."""
     shard = getattr(_local, "shard", None)
     if shard is None:
-        return torch.randn_like(x)
+        return None
     part, total = shard
+    local = part.stop - part.start
+    if n % local:
+        raise ValueError(f"a random draw for {n} rows under a batch shard of {local} samples")
+    k = n // local
+    return slice(part.start * k, part.stop * k), total * k
+
+
+def batch_randn_like(x: torch.Tensor) -> torch.Tensor:
+    """``torch.randn_like(x)`` for a batch-first ``x``, drawn for the whole batch under :func:`batch_shard`."""
+    rows = _rows(x.shape[0])
+    if rows is None:
+        return torch.randn_like(x)
+    part, total = rows
     return torch.randn((total, *x.shape[1:]), dtype=x.dtype, device=x.device)[part]
 
 
 def batch_randint(low: int, high: int, n: int, device) -> torch.Tensor:
     """``torch.randint(low, high, (n,))``, drawn for the whole batch under :func:`batch_shard`."""
-    shard = getattr(_local, "shard", None)
-    if shard is None:
+    rows = _rows(n)
+    if rows is None:
         return torch.randint(low, high, (n,), device=device)
-    part, total = shard
+    part, total = rows
     return torch.randint(low, high, (total,), device=device)[part]

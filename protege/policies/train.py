@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from .. import configs  # noqa: F401 - registers the configs' resolvers
 from ..data.dataset import TaskData, load_training_data
+from ..data.store import EpisodeStore
 from .distributed import all_max, batch_shard, init_from_env, shutdown
 from ..data.fetch import resolve_store
 from ..errors import job, run as run_cli
@@ -98,6 +99,56 @@ def infinite_batches(sampler: SequenceSampler, batch_size: int, rng: np.random.G
     while True:
         yield from sampler.batches(batch_size, rng)
         epoch[0] += 1
+
+
+def images_out_of_memory(stores, obs_spec: dict, cfg: DictConfig) -> bool:
+    """``data.in_memory``: true (every array in memory), false (images read from the store's chunks
+    as windows are drawn), auto (false when the task's images would take more than
+    ``data.max_memory_gb``). Says which and why in the log."""
+    setting = cfg.data.get("in_memory", "auto")
+    if setting not in (True, False, "auto"):
+        raise ValueError(f"data.in_memory must be true, false or auto, got {setting!r}")
+    paths = stores if isinstance(stores, list) else [stores]
+    need = 0
+    for p in paths:
+        st = EpisodeStore(p, check_rows=False)
+        rows = int(st.episode_ends[: cfg.max_episodes][-1]) if st.n_episodes else 0
+        for spec in obs_spec.values():
+            if spec.get("type") == "rgb" and spec["source"] in st.keys:
+                need += rows * int(np.prod(st.spec(spec["source"]).shape))  # uint8 pixels
+    limit = float(cfg.data.get("max_memory_gb", 16)) * 1e9
+    lazy = (setting is False) or (setting == "auto" and need > limit)
+    if need:
+        log.info("data: the task's images (%.2f GB as uint8) %s", need / 1e9,
+                 f"read from the store's chunks as windows are drawn (data.in_memory={setting}; a cache of "
+                 f"{cfg.data.get('cache_mb', 512)} MB of decoded chunks in each of {cfg.data.get('workers', 2)} workers)"
+                 if lazy else f"held in memory (data.in_memory={setting}, max_memory_gb={cfg.data.get('max_memory_gb', 16)})")
+    return lazy
+
+
+class _WindowBatches(torch.utils.data.Dataset):
+    """A sampler's batches by their window ids, gathered in DataLoader workers."""
+
+    def __init__(self, sampler: SequenceSampler):
+        self.sampler = sampler
+
+    def __getitem__(self, ids):
+        return self.sampler.sample(ids)
+
+
+def lazy_batches(sampler: SequenceSampler, batch_size: int, rng: np.random.Generator, epoch: list[int],
+                 workers: int) -> Iterator[dict]:
+    """:func:`infinite_batches` with the windows read from the store in ``workers`` processes (the
+    batch order drawn here, in the trainer's process)."""
+    def ids():
+        while True:
+            yield from sampler.batch_ids(batch_size, rng)
+            epoch[0] += 1
+
+    loader = torch.utils.data.DataLoader(_WindowBatches(sampler), sampler=ids(), batch_size=None, num_workers=workers,
+                                         prefetch_factor=2 if workers else None, persistent_workers=workers > 0)
+    for batch in loader:
+        yield {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def cpu_has_native_bf16() -> bool:
@@ -179,9 +230,12 @@ class Trainer:
         datasets = OmegaConf.to_container(cfg.dataset) if OmegaConf.is_list(cfg.dataset) else cfg.dataset
         stores = [resolve_store(d) for d in datasets] if isinstance(datasets, list) else resolve_store(datasets)
         weights = OmegaConf.to_container(cfg.data.weights) if cfg.data.get("weights") is not None else None
+        obs_spec = OmegaConf.to_container(cfg.task.obs)
+        self.lazy = images_out_of_memory(stores, obs_spec, cfg)
         self.data: TaskData = load_training_data(
-            stores, OmegaConf.to_container(cfg.task.obs), OmegaConf.to_container(cfg.task.action), cfg.max_episodes,
+            stores, obs_spec, OmegaConf.to_container(cfg.task.action), cfg.max_episodes,
             skip_damaged=cfg.data.skip_damaged, weights=weights, rollouts=cfg.data.get("rollouts", "human"),
+            lazy_images=self.lazy, cache_mb=float(cfg.data.get("cache_mb", 512)),
         )
         if self.data.skipped:
             print(f"protege-train: skipping {len(self.data.skipped)} damaged episode(s) {self.data.skipped} "
@@ -313,7 +367,8 @@ class Trainer:
             self.resume()
         main = self.dist.is_main
         tb = SummaryWriter(str(self.run_dir / "tb")) if main else None
-        batches = infinite_batches(self.train_sampler, t.batch_size, self.np_rng, self.epoch)
+        batches = (lazy_batches(self.train_sampler, t.batch_size, self.np_rng, self.epoch, int(cfg.data.get("workers", 2)))
+                   if self.lazy else infinite_batches(self.train_sampler, t.batch_size, self.np_rng, self.epoch))
         budget = math.inf if t.max_minutes is None else 60.0 * t.max_minutes
         log.info("training %s on %s: %d train windows, %d params, device %s", self.target.rsplit(".", 1)[-1], cfg.dataset,
                  len(self.train_sampler), sum(p.numel() for p in self.policy.parameters()), self.device)
