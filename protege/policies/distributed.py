@@ -108,6 +108,18 @@ def batch_shard(part: slice, total: int) -> Iterator[None]:
         _local.shard = old
 
 
+@contextmanager
+def cpu_draws() -> Iterator[None]:
+    """Within it, :func:`batch_randn_like` and :func:`batch_randint` draw from the CPU's generator
+    whatever the tensors' device (the same noise on a GPU as on the CPU: ``benchmarks/gpu_check.py``)."""
+    old = getattr(_local, "cpu", False)
+    _local.cpu = True
+    try:
+        yield
+    finally:
+        _local.cpu = old
+
+
 def _rows(n: int) -> tuple[slice, int] | None:
     """The global rows a leading dimension of ``n`` covers under :func:`batch_shard`: ``n`` may be the
     rank's batch or a multiple of it, batch-major (an encoder's batch x observation steps)."""
@@ -125,16 +137,18 @@ def _rows(n: int) -> tuple[slice, int] | None:
 def batch_randn_like(x: torch.Tensor) -> torch.Tensor:
     """``torch.randn_like(x)`` for a batch-first ``x``, drawn for the whole batch under :func:`batch_shard`."""
     rows = _rows(x.shape[0])
+    on = "cpu" if getattr(_local, "cpu", False) else x.device
     if rows is None:
-        return torch.randn_like(x)
+        return torch.randn(x.shape, dtype=x.dtype, device=on).to(x.device)
     part, total = rows
-    return torch.randn((total, *x.shape[1:]), dtype=x.dtype, device=x.device)[part]
+    return torch.randn((total, *x.shape[1:]), dtype=x.dtype, device=on)[part].to(x.device)
 
 
 def batch_randint(low: int, high: int, n: int, device) -> torch.Tensor:
     """``torch.randint(low, high, (n,))``, drawn for the whole batch under :func:`batch_shard`."""
     rows = _rows(n)
+    on = "cpu" if getattr(_local, "cpu", False) else device
     if rows is None:
-        return torch.randint(low, high, (n,), device=device)
+        return torch.randint(low, high, (n,), device=on).to(device)
     part, total = rows
-    return torch.randint(low, high, (total,), device=device)[part]
+    return torch.randint(low, high, (total,), device=on)[part].to(device)
