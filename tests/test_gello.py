@@ -12,6 +12,7 @@ from protege.robot.interfaces import RobotState
 from protege.robot.kinematics import ur_tcp_pose
 from protege.sim.dynamixel_standin import DynamixelBusStandin, crc16, packet
 from protege.teleop.gello import Gello, GelloCalibration, GelloReader, calibrate
+from waiting import wait_for
 from protege.teleop.velocity import TeleopDeviceLost
 
 dxl = pytest.importorskip("dynamixel_sdk")
@@ -19,13 +20,6 @@ IDS = [1, 2, 3, 4, 5, 6, 7]
 HOME = np.array([0.0, -np.pi / 2, np.pi / 2, -np.pi / 2, -np.pi / 2, 0.0])
 
 
-def wait_for(cond, timeout=3.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.005)
-    return False
 
 
 @pytest.fixture

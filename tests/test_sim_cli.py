@@ -12,6 +12,7 @@ pytest.importorskip("mujoco")
 
 from protege.data.store import EpisodeStore  # noqa: E402
 from test_cli import BIN, ENV, TINY, run  # noqa: E402
+from waiting import Output  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -117,20 +118,11 @@ def _video(path, frames=300):
 def test_record_on_ur5e_with_the_keyboard_through_the_stand_in(tmp_path):
     """protege-record robot=ur5e teleop=keyboard: keys typed into the recorder's stdin move the
     simulated arm through ur-rtde, the safety filter and the control loop, and land in the store."""
-    import threading
-
     from ur_standin import StandIn
 
     video = _video(tmp_path / "cam.avi", 900)
     store = tmp_path / "real.zarr"
     standin = StandIn()
-    lines: list[str] = []
-
-    def wait_for(text, n=1, timeout=90.0):
-        deadline = time.monotonic() + timeout
-        while sum(text in ln for ln in lines) < n:
-            assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)
-            time.sleep(0.05)
 
     def keys(text, gap=0.3):
         for k in text:
@@ -146,7 +138,8 @@ def test_record_on_ur5e_with_the_keyboard_through_the_stand_in(tmp_path):
              "task=real", "task.name=push_x", "episodes=2", f"out={store}", f"log={tmp_path / 'record.jsonl'}", "operator=tester",
              "robot.backend.robot.state_timeout_s=1.0"],  # the Python stand-in stalls on a loaded CI machine
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
-        threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+        out = Output(proc)
+        wait_for, lines = out.wait_for, out.lines
         wait_for("recording")
         time.sleep(1.0)
         keys("ddddd")        # +x, 1 cm a press
@@ -261,19 +254,10 @@ def test_record_with_a_spacemouse_in_realtime_simulation(tmp_path):
     """protege-record robot=sim teleop=spacemouse: the real libspnav reads our spacenavd stand-in, the
     cap's push moves the simulated arm through the control loop's safety filter, the right button
     keeps the episode, the store names the device; then the daemon dies mid-episode and the arm stops."""
-    import threading
-
     from protege.sim.spacenavd_standin import SpacenavdStandin
 
     daemon = SpacenavdStandin(str(tmp_path / "spnav.sock")).start()
     store = tmp_path / "demos.zarr"
-    lines: list[str] = []
-
-    def wait_for(text, n=1, timeout=90.0):
-        deadline = time.monotonic() + timeout
-        while sum(text in ln for ln in lines) < n:
-            assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)
-            time.sleep(0.05)
 
     try:
         proc = subprocess.Popen(
@@ -281,7 +265,8 @@ def test_record_with_a_spacemouse_in_realtime_simulation(tmp_path):
              "teleop.device.mapping.translation_scale=0.05", "episodes=2", "time_limit_s=20", f"out={store}",
              "operator=tester", "camera.image_size=48", "display=true", f"display_save={tmp_path / 'live.rrd'}"],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
-        threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+        out = Output(proc)
+        wait_for, lines = out.wait_for, out.lines
         wait_for("recording")
         time.sleep(0.5)
         daemon.motion(350, 0, 0, 0, 0, 0)   # full deflection to the right: +x at 5 cm/s
@@ -324,8 +309,6 @@ def test_record_with_a_gello_leader_arm_in_realtime_simulation(tmp_path):
     """protege-record robot=sim teleop=gello: the real dynamixel-sdk reads our Protocol 2.0 stand-in on a
     pseudo-terminal; the follower waits for the leader, then copies its joints through the joint
     safety filter (servoJ); the store holds joint actions and names the device."""
-    import threading
-
     pytest.importorskip("dynamixel_sdk")
     from protege.sim.dynamixel_standin import DynamixelBusStandin
     from protege.sim.env import SimBackend
@@ -342,7 +325,6 @@ def test_record_with_a_gello_leader_arm_in_realtime_simulation(tmp_path):
     tick = 2 * np.pi / 4096
     bus.set_position(1, 2048 + round(0.6 / tick))
     store = tmp_path / "demos.zarr"
-    lines: list[str] = []
     try:
         proc = subprocess.Popen(
             [str(BIN / "protege-record"), "robot=sim", "task=lift", "teleop=gello", f"teleop.device.port={bus.port}",
@@ -350,11 +332,9 @@ def test_record_with_a_gello_leader_arm_in_realtime_simulation(tmp_path):
              "teleop.device.max_age_s=2.0",  # a loaded CI machine may starve the reader thread
              "time_limit_s=20", f"out={store}", "camera.image_size=48"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
-        threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
-        deadline = time.monotonic() + 90
-        while not any("recording" in ln for ln in lines):
-            assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)
-            time.sleep(0.05)
+        out = Output(proc)
+        lines = out.lines
+        out.wait_for("recording")
         time.sleep(1.0)                   # the follower holds: the leader is 0.6 rad away
         for k in range(12, -1, -1):       # the user swings joint 1 onto the follower's pose ...
             bus.set_position(1, 2048 + round(0.05 * k / tick))

@@ -16,19 +16,13 @@ from protege.robot.actions import action_to_pose
 from protege.sim.spacenavd_standin import SpacenavdStandin
 from protege.teleop.session import KEEP
 from protege.teleop.spacemouse import HidReportParser, SpnavReader
+from waiting import wait_for
 from protege.teleop.velocity import DeviceReader, TeleopDeviceLost, VelocityMapping, VelocityTeleop
 
 needs_libspnav = pytest.mark.skipif(not ctypes.util.find_library("spnav"),
                                     reason="libspnav is not installed (apt-get install libspnav0)")
 
 
-def wait_for(cond, timeout=3.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 @pytest.fixture
