@@ -75,30 +75,45 @@ def main() -> int:
     ap.add_argument("--eval-episodes", type=int, default=50)
     ap.add_argument("--work", default="runs/hg_dagger")
     ap.add_argument("--out", default=str(HERE / "results" / "hg_dagger.json"))
+    ap.add_argument("--resume", action="store_true",
+                    help="keep what an interrupted run of the same settings finished in --work (demonstrations, trainings, evaluations)")
     args = ap.parse_args()
     work = Path(args.work)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    log = open(work / "commands.log", "w")
+    if not args.resume:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    log = open(work / "commands.log", "a")
     train_common = ["task=sim_lift", "policy=act", f"train.steps={args.steps}", "train.batch_size=32", "train.val_ratio=0",
                     "train.progress=false", "train.checkpoint_every=100000"]
     t_start = time.monotonic()
 
     def train(name: str, datasets: list[Path], extra=()) -> Path:
         run_dir = work / name
+        done = run_dir / "checkpoints" / "latest.pt"
+        if args.resume and done.exists():
+            from protege.policies.checkpoint import read_checkpoint
+
+            if read_checkpoint(done)["train_state"]["step"] == args.steps:
+                return done
+        shutil.rmtree(run_dir, ignore_errors=True)
         sh(BIN / "protege-train", *train_common, f"dataset=[{','.join(map(str, datasets))}]", f"run_dir={run_dir}", *extra, log=log)
         return run_dir / "checkpoints" / "latest.pt"
 
     def evaluate(ckpt: Path, name: str) -> dict:
         out = work / f"eval-{name}"
-        sh(BIN / "protege-eval", f"checkpoint={ckpt}", f"n_episodes={args.eval_episodes}", f"seed={TEST_SEED}", "n_videos=0",
-           f"out_dir={out}", log=log)
+        if not (args.resume and (out / "eval.json").exists()):
+            sh(BIN / "protege-eval", f"checkpoint={ckpt}", f"n_episodes={args.eval_episodes}", f"seed={TEST_SEED}", "n_videos=0",
+               f"out_dir={out}", log=log)
         r = json.loads((out / "eval.json").read_text())
         return {"success_rate": r["success_rate"], "success_rate_ci95": r["success_rate_ci95"],
                 "successes": round(r["success_rate"] * r["n_episodes"]), "n_episodes": r["n_episodes"]}
 
     demos = work / "demos.zarr"
-    sh(BIN / "protege-record", "robot=sim", "task=lift", "teleop=scripted", f"episodes={args.demos}", f"out={demos}", "seed=0", log=log)
+    if args.resume and demos.exists():
+        pass
+    else:
+        shutil.rmtree(demos, ignore_errors=True)
+        sh(BIN / "protege-record", "robot=sim", "task=lift", "teleop=scripted", f"episodes={args.demos}", f"out={demos}", "seed=0", log=log)
     ckpt = train("round0", [demos])
     r0 = evaluate(ckpt, "round0")
     rounds = [{"round": 0, "demo_steps": steps_of(demos), "human_steps": 0, "hg_dagger": r0, "more_demos": r0}]
@@ -108,10 +123,12 @@ def main() -> int:
     extra_demos = work / "extra_demos.zarr"
     for r in range(1, args.rounds + 1):
         roll = work / f"rollouts{r}.zarr"
-        sh(BIN / "protege-deploy", f"checkpoint={hg_ckpt}", "robot=sim", "task=lift", "teleop=scripted",
-           f"episodes={args.deploy_episodes}", f"seed={DEPLOY_SEED + 1000 * r}", f"record={roll}", f"run_dir={work / f'deploy{r}'}",
-           "stop_key=false", "robot.safety.start_max_distance=1.0", "robot.safety.start_max_angle=3.0",
-           "loop.max_frame_age_s=1.0", log=log)  # a far first target is taken at the filter's speed limits, not ramped
+        if not (args.resume and (work / f"deploy{r}" / "summary.json").exists()):
+            shutil.rmtree(roll, ignore_errors=True)
+            sh(BIN / "protege-deploy", f"checkpoint={hg_ckpt}", "robot=sim", "task=lift", "teleop=scripted",
+               f"episodes={args.deploy_episodes}", f"seed={DEPLOY_SEED + 1000 * r}", f"record={roll}",
+               f"run_dir={work / f'deploy{r}'}", "stop_key=false", "robot.safety.start_max_distance=1.0",
+               "robot.safety.start_max_angle=3.0", "loop.max_frame_age_s=1.0", log=log)  # a far first target: at the filter's limits
         if roll.exists():
             rollouts.append(roll)
         human = human_steps(rollouts)
