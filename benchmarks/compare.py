@@ -114,7 +114,8 @@ def rows_of(runs: list[tuple[Path, dict]], variants: list[tuple[Path, dict]]) ->
     """One row per train_eval result and one per variant of an eval_variants result joined to it."""
     rows, left_out = [], []
     for path, r in runs:
-        f = r["best"] if r.get("protocol") == "paper" else r["final"]  # the paper reports the best checkpoint
+        # the paper reports a chosen checkpoint: chosen on validation seeds, its test figure (older JSONs: one record)
+        f = (r["best"].get("test", r["best"]) if r.get("protocol") == "paper" else r["final"])
         rows.append({
             "file": path.name, "variant": None, "task": r["task"], "policy": r["policy"],
             "protocol": r.get("protocol", "ours"), "dataset": r["dataset"], "scheduler": r["scheduler"],

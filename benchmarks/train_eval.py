@@ -7,8 +7,13 @@ writes the learning curve as JSON and PNG (benchmarks/results/<task>-<policy>.js
 
 --protocol paper follows the Diffusion Policy paper's PushT evaluation as far as the model
 size allows on a CPU: training on 90 of the episodes (their max_train_episodes), DDPM with 100
-steps at inference, and the reported checkpoint chosen by its score on the test seeds (every kept
-checkpoint is evaluated; "best" in the JSON). Our protocol reports the last checkpoint, DDIM 10.
+steps at inference, and a checkpoint chosen by its score ("best" in the JSON), here on the
+validation seeds, not on the reported ones as the paper did. Our protocol reports the last
+checkpoint, DDIM 10.
+
+Seeds: the learning curve and every choice use the validation seeds (from ``--val-seed``, 110000);
+the reported figures (the last checkpoint, and the chosen one) are evaluated once on the test seeds
+(from ``--test-seed``, 100000). The JSON names the range of every figure.
 
 Runs the real CLIs (protege-train, protege-eval). The curve is mean max reward (the paper's PushT
 score), mean max coverage and success rate against training wall-clock minutes.
@@ -68,7 +73,10 @@ def main() -> None:
     ap.add_argument("--checkpoint-every", type=int, default=3000)
     ap.add_argument("--eval-episodes", type=int, default=50, help="episodes for the final checkpoint")
     ap.add_argument("--curve-episodes", type=int, default=None, help="episodes per earlier checkpoint (default: --eval-episodes)")
-    ap.add_argument("--scheduler", default="receding_horizon", choices=["receding_horizon", "temporal_ensembling"])
+    ap.add_argument("--scheduler", default="receding_horizon",
+                    choices=["receding_horizon", "receding_horizon_blend", "temporal_ensembling"])
+    ap.add_argument("--val-seed", type=int, default=110000, help="first validation seed: the curve and the choices")
+    ap.add_argument("--test-seed", type=int, default=100000, help="first test seed: the reported figures, run once")
     ap.add_argument("--protocol", default="ours", choices=["ours", "paper"],
                     help="paper: 90 training episodes, DDPM-100 inference, best checkpoint by test score (see above)")
     ap.add_argument("--run-dir", default=None)
@@ -114,31 +122,41 @@ def main() -> None:
     latest = run_dir / "checkpoints/latest.pt"
     final_step = read_checkpoint(latest)["train_state"]["step"]
     ckpts = [p for p in sorted((run_dir / "checkpoints").glob("step_*.pt")) if int(p.stem[5:]) != final_step] + [latest]
-    curve = []
-    for ckpt in ckpts:
-        final = ckpt.name == "latest.pt"
-        eval_dir = run_dir / "eval" / ckpt.stem
+    val_n = args.curve_episodes or args.eval_episodes
+    if max(args.val_seed, args.test_seed) <= min(args.val_seed + val_n, args.test_seed + args.eval_episodes) - 1:
+        ap.error("validation and test seeds overlap: choose --val-seed and --test-seed apart")
+
+    def evaluate(ckpt: Path, seeds: str, n: int, videos: int) -> dict:
+        first = args.val_seed if seeds == "validation" else args.test_seed
+        eval_dir = run_dir / "eval" / f"{ckpt.stem}-{seeds}"
         subprocess.run([
-            str(BIN / "protege-eval"), f"checkpoint={ckpt}",
-            f"n_episodes={args.eval_episodes if final else (args.curve_episodes or args.eval_episodes)}",
-            f"n_videos={4 if final else 0}", f"out_dir={eval_dir}", f"scheduler={args.scheduler}",
+            str(BIN / "protege-eval"), f"checkpoint={ckpt}", f"n_episodes={n}", f"seed={first}",
+            f"n_videos={videos}", f"out_dir={eval_dir}", f"scheduler={args.scheduler}",
         ], check=True)
         r = json.loads((eval_dir / "eval.json").read_text())
-        curve.append({k: r.get(k) for k in ("checkpoint", "n_episodes", "train_step", "train_minutes", "mean_max_reward",
-                                             "mean_max_coverage", "success_rate", "success_rate_ci95", "eval_seconds", "inference_seconds",
-                                             "final_stages")})
+        row = {k: r.get(k) for k in ("checkpoint", "n_episodes", "train_step", "train_minutes", "mean_max_reward",
+                                      "mean_max_coverage", "success_rate", "success_rate_ci95", "eval_seconds", "inference_seconds",
+                                      "final_stages")}
+        row.update(seeds=seeds, seed_range=[first, first + n - 1])
         cov = f"coverage {r['mean_max_coverage']:.3f}  " if r["mean_max_coverage"] is not None else ""
-        print(f"{ckpt.name:>20}  step {r['train_step']:>6}  {r['train_minutes']:6.1f} min  "
+        print(f"{ckpt.name:>20}  {seeds:>10}  step {r['train_step']:>6}  {r['train_minutes']:6.1f} min  "
               f"score {r['mean_max_reward']:.3f}  {cov}success {r['success_rate']:.2f}  ({r['n_episodes']} episodes)"
               + (f"  final stages {r['final_stages']}" if r.get("final_stages") else ""))
-    final = curve[-1]
+        return row
+
+    curve = [evaluate(ckpt, "validation", val_n, 0) for ckpt in ckpts]  # the curve, and any choice, on validation seeds
+    final = evaluate(latest, "test", args.eval_episodes, 4)  # reported: run once, the choices fixed before
+    chosen = max(zip(ckpts, curve), key=lambda pc: pc[1]["mean_max_reward"])
+    best = {"validation": chosen[1], "test": final if chosen[0] == latest else evaluate(chosen[0], "test", args.eval_episodes, 0)}
     result = dict(
         date=time.strftime("%Y-%m-%d %H:%M", time.localtime(t0)), protocol=args.protocol,  # date: the start
         protocol_overrides=protocol_overrides, extra_overrides=args.extra,
         task=args.task, policy=args.policy, scheduler=args.scheduler,
         dataset=args.dataset, resumed_from=args.resume_from, budget_minutes=args.minutes, steps=args.steps, batch_size=args.batch_size,
         eval_episodes=args.eval_episodes, train_wall_minutes=train_wall / 60, run_dir=str(run_dir),
-        final=final, best=max(curve, key=lambda c: c["mean_max_reward"]), curve=curve, **chunk_latency(run_dir / "checkpoints/latest.pt"),
+        seeds={"validation": [args.val_seed, args.val_seed + val_n - 1],
+               "test": [args.test_seed, args.test_seed + args.eval_episodes - 1]},
+        final=final, best=best, curve=curve, **chunk_latency(run_dir / "checkpoints/latest.pt"),
     )
     write_result(out, "train_eval", **result)
     try:
@@ -155,7 +173,7 @@ def main() -> None:
         ax.plot(xs, [c["success_rate"] for c in curve], "^:", label="success rate")
         ax.set_xlabel("training wall-clock minutes")
         ax.set_ylim(0, 1)
-        ax.set_title(f"{args.task}, {args.policy} ({args.scheduler}), {args.eval_episodes} seeds")
+        ax.set_title(f"{args.task}, {args.policy} ({args.scheduler}), {val_n} validation seeds")
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
