@@ -82,6 +82,9 @@ def run(tool: str, main: Callable[[], object]) -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # hydra re-raises instead of printing its own report
     try:
         main()
+    except BrokenPipeError:  # `protege-train --help | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush cannot raise again
+        sys.exit(141)
     except Exception as e:
         if not is_expected(e):
             raise
