@@ -83,6 +83,10 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     log = open(work / "commands.log", "a")
+    reused: dict[str, str] = {}  # what --resume took from an earlier invocation, and when that made it
+
+    def reuse(name: str, path: Path) -> None:
+        reused[name] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(path.stat().st_mtime))
     train_common = ["task=sim_lift", "policy=act", f"train.steps={args.steps}", "train.batch_size=32", "train.val_ratio=0",
                     "train.progress=false", "train.checkpoint_every=100000"]
     t_start = time.monotonic()
@@ -94,6 +98,7 @@ def main() -> int:
             from protege.policies.checkpoint import read_checkpoint
 
             if read_checkpoint(done)["train_state"]["step"] == args.steps:
+                reuse(f"train {name}", done)
                 return done
         shutil.rmtree(run_dir, ignore_errors=True)
         sh(BIN / "protege-train", *train_common, f"dataset=[{','.join(map(str, datasets))}]", f"run_dir={run_dir}", *extra, log=log)
@@ -101,7 +106,9 @@ def main() -> int:
 
     def evaluate(ckpt: Path, name: str) -> dict:
         out = work / f"eval-{name}"
-        if not (args.resume and (out / "eval.json").exists()):
+        if args.resume and (out / "eval.json").exists():
+            reuse(f"eval {name}", out / "eval.json")
+        else:
             sh(BIN / "protege-eval", f"checkpoint={ckpt}", f"n_episodes={args.eval_episodes}", f"seed={TEST_SEED}", "n_videos=0",
                f"out_dir={out}", log=log)
         r = json.loads((out / "eval.json").read_text())
@@ -110,7 +117,7 @@ def main() -> int:
 
     demos = work / "demos.zarr"
     if args.resume and demos.exists():
-        pass
+        reuse("demonstrations", demos)
     else:
         shutil.rmtree(demos, ignore_errors=True)
         sh(BIN / "protege-record", "robot=sim", "task=lift", "teleop=scripted", f"episodes={args.demos}", f"out={demos}", "seed=0", log=log)
@@ -123,7 +130,9 @@ def main() -> int:
     extra_demos = work / "extra_demos.zarr"
     for r in range(1, args.rounds + 1):
         roll = work / f"rollouts{r}.zarr"
-        if not (args.resume and (work / f"deploy{r}" / "summary.json").exists()):
+        if args.resume and (work / f"deploy{r}" / "summary.json").exists():
+            reuse(f"deploy round {r}", work / f"deploy{r}" / "summary.json")
+        else:
             shutil.rmtree(roll, ignore_errors=True)
             sh(BIN / "protege-deploy", f"checkpoint={hg_ckpt}", "robot=sim", "task=lift", "teleop=scripted",
                f"episodes={args.deploy_episodes}", f"seed={DEPLOY_SEED + 1000 * r}", f"record={roll}",
@@ -179,7 +188,8 @@ def main() -> int:
         pass
     write_result(args.out, "hg_dagger", task="sim_lift", policy="act", demos=args.demos, rounds=rounds,
                  deploy_episodes=args.deploy_episodes, train_steps=args.steps, eval_seeds=[TEST_SEED, TEST_SEED + args.eval_episodes - 1],
-                 operator={"takeover_m": 0.04, "window_s": 1.5, "give_back_s": 2.0}, minutes=round((time.monotonic() - t_start) / 60, 1))
+                 operator={"takeover_m": 0.04, "window_s": 1.5, "give_back_s": 2.0}, minutes=round((time.monotonic() - t_start) / 60, 1),
+                 reused=reused)
     return 0
 
 
