@@ -3,6 +3,7 @@ copy instead; offline and corrupt downloads fail clearly and leave nothing behin
 
 import functools
 import hashlib
+import os
 import http.server
 import subprocess
 import threading
@@ -84,7 +85,16 @@ def test_offline_says_how_to_use_a_local_copy_and_the_copy_works(tmp_path, archi
     with pytest.raises(FileNotFoundError, match="protege-data fetch pusht"):
         resolve_store("pusht")
     assert EpisodeStore(fetch("pusht", source=zpath, progress=False)).n_episodes == 3      # the archive
-    assert EpisodeStore(fetch("pusht", source=src, force=True, progress=False)).n_episodes == 3  # an unpacked store
+    for d, _, files in os.walk(src):  # a read-only copy, as a shared dataset folder is
+        for f in files:
+            os.chmod(os.path.join(d, f), 0o444)
+        os.chmod(d, 0o555)
+    try:
+        fetched = fetch("pusht", source=src, force=True, progress=False)  # an unpacked store
+    finally:
+        for d, _, files in os.walk(src):
+            os.chmod(d, 0o755)
+    assert EpisodeStore(fetched).n_episodes == 3 and (fetched / "protege_manifest.json").exists()
     other = tmp_path / "other.zip"
     with zipfile.ZipFile(other, "w") as z:
         z.writestr("readme.txt", "not pusht")

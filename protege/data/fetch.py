@@ -169,6 +169,10 @@ def fetch(name: str, dest: str | os.PathLike | None = None, source: str | os.Pat
         if src is not None and src.is_dir():
             staged = tmp / "store"
             shutil.copytree(src, staged)
+            for d, _, files in os.walk(staged):  # the copy is ours: writable even when the source was not
+                os.chmod(d, os.stat(d).st_mode | 0o200)
+                for f in files:
+                    os.chmod(os.path.join(d, f), os.stat(os.path.join(d, f)).st_mode | 0o200)
         else:
             if src is not None:
                 if not src.is_file():
