@@ -357,8 +357,11 @@ class ControlLoop:
             self.safety.reset_to(state)
             human, width_cmd = False, None
             if self.operator is not None:
-                self.operator.begin(seed, {key: v[-1] for key, v in self._window(self._window_times(self.clock.now()),
-                                                                                  self.obs_keys_all).items()})
+                try:
+                    self.operator.begin(seed, {key: v[-1] for key, v in self._window(self._window_times(self.clock.now()),
+                                                                                      self.obs_keys_all).items()})
+                except ActionSourceLost as e:
+                    raise _Stop(StopReason.TELEOP_DEVICE, str(e)) from e
             t0 = self._first_chunk()
             chunks = 1
             k = 0
