@@ -52,7 +52,7 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, task, extra in cases:
-            run_dir = Path(tmp) / name.replace(" ", "_")
+            run_dir = Path(tmp) / f"case{len(rows)}"  # hydra reads parentheses in a value as a call
             p = subprocess.run([str(BIN / "protege-train"), f"task={task}", f"run_dir={run_dir}", *common, *extra],
                                capture_output=True, text=True)
             if p.returncode != 0:
