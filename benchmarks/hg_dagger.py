@@ -34,6 +34,7 @@ sys.path.insert(0, str(HERE))
 from machine import write_result  # noqa: E402
 
 TEST_SEED = 100000      # evaluation (test) seeds: TEST_SEED, TEST_SEED + 1, ...
+VAL_SEED = 110000       # validation seeds (--val-episodes): where settings are chosen
 DEPLOY_SEED = 300000    # deployment rounds' seeds
 DEMO_SEED = 500000      # the baseline's extra demonstrations
 
@@ -73,6 +74,9 @@ def main() -> int:
     ap.add_argument("--deploy-episodes", type=int, default=8, help="real-time episodes per round")
     ap.add_argument("--steps", type=int, default=400, help="ACT training steps, from scratch, every training")
     ap.add_argument("--eval-episodes", type=int, default=50)
+    ap.add_argument("--val-episodes", type=int, default=0,
+                    help="also evaluate every policy on this many validation seeds (from VAL_SEED): tune the operator "
+                         "or the budget on these, then run the test seeds once")
     ap.add_argument("--work", default="runs/hg_dagger")
     ap.add_argument("--out", default=str(HERE / "results" / "hg_dagger.json"))
     ap.add_argument("--resume", action="store_true",
@@ -112,8 +116,18 @@ def main() -> int:
             sh(BIN / "protege-eval", f"checkpoint={ckpt}", f"n_episodes={args.eval_episodes}", f"seed={TEST_SEED}", "n_videos=0",
                f"out_dir={out}", log=log)
         r = json.loads((out / "eval.json").read_text())
-        return {"success_rate": r["success_rate"], "success_rate_ci95": r["success_rate_ci95"],
-                "successes": round(r["success_rate"] * r["n_episodes"]), "n_episodes": r["n_episodes"]}
+        row = {"success_rate": r["success_rate"], "success_rate_ci95": r["success_rate_ci95"],
+               "successes": round(r["success_rate"] * r["n_episodes"]), "n_episodes": r["n_episodes"],
+               "seeds": [TEST_SEED, TEST_SEED + args.eval_episodes - 1]}
+        if args.val_episodes:
+            vout = work / f"val-{name}"
+            if not (args.resume and (vout / "eval.json").exists()):
+                sh(BIN / "protege-eval", f"checkpoint={ckpt}", f"n_episodes={args.val_episodes}", f"seed={VAL_SEED}",
+                   "n_videos=0", f"out_dir={vout}", log=log)
+            v = json.loads((vout / "eval.json").read_text())
+            row["validation"] = {"success_rate": v["success_rate"], "n_episodes": v["n_episodes"],
+                                 "seeds": [VAL_SEED, VAL_SEED + args.val_episodes - 1]}
+        return row
 
     demos = work / "demos.zarr"
     if args.resume and demos.exists():
