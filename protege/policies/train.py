@@ -215,7 +215,7 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.dist, rank_device = init_from_env(cfg.device)  # torchrun: this process's rank and device
         self.device = rank_device or select_device(cfg.device)
-        self.shard = self.dist.shard(cfg.train.batch_size)  # this rank's slice of every global batch
+        self.dist.shard(cfg.train.batch_size)  # a global batch the processes cannot share evenly fails here
         if not self.dist.is_main:
             logging.getLogger().setLevel(logging.WARNING)  # rank 0 speaks for the run
         self.autocast = bf16_autocast(cfg.train.bf16, self.device)  # a bad setting fails before data loads
@@ -383,9 +383,14 @@ class Trainer:
         while self.step < t.steps and self.train_seconds < budget and not stop.requested:
             t0 = time.perf_counter()
             global_batch = next(batches)
-            batch = self.batch({k: v[self.shard] for k, v in global_batch.items()} if self.dist.enabled else global_batch)
-            with self.autocast, batch_shard(self.shard, t.batch_size):
-                loss = self.ddp(batch) if self.ddp is not None else self.policy.compute_loss(batch)
+            if self.dist.enabled:  # this rank's slice of the batch drawn (shorter than batch_size on a small store)
+                n = len(global_batch["action"])
+                part = self.dist.shard(n)
+                with self.autocast, batch_shard(part, n):
+                    loss = self.ddp(self.batch({k: v[part] for k, v in global_batch.items()}))
+            else:
+                with self.autocast:
+                    loss = self.policy.compute_loss(self.batch(global_batch))
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at step {self.step}; last checkpoint: {last}")
             self.optimizer.zero_grad(set_to_none=True)
@@ -401,10 +406,10 @@ class Trainer:
                 stop.requested = stop.requested or bool(flag)
             if budget < math.inf:
                 self.follow_time_budget(budget)
-            window_samples += len(batch["action"])
+            window_samples += len(global_batch["action"])
             bar.update(1)
             if main and (self.step % t.log_every == 0 or self.step == t.steps):
-                rate = window_samples * self.dist.world / (time.perf_counter() - window_start)  # samples/s of the run
+                rate = window_samples / (time.perf_counter() - window_start)  # samples/s of the run (global batches)
                 window_start, window_samples = time.perf_counter(), 0
                 bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{rate:.0f}", epoch=self.epoch[0])
                 tb.add_scalar("train/loss", loss.item(), self.step)
