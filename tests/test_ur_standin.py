@@ -1,6 +1,6 @@
 """protege-ur-sim answers as a UR controller does, or refuses as one does: through the real ur-rtde
 client (control, receive, IO), a plain dashboard socket, a raw RTDE client in UR's wire format and
-plain URScript on port 30003 (shared/hardware/ur_standin.md lists what is emulated)."""
+plain URScript on port 30003 (docs/ur_standin.md lists what is emulated)."""
 
 import math
 import socket

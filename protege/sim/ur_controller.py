@@ -18,7 +18,7 @@ The arm (:mod:`protege.sim.ur_arm`): kinematics, moves, servo and speed commands
 Protocol facts (ports, framing, recipes, the register handshake, command ids, the client's
 timeouts) are those of ``shared/hardware/ur_rtde_protocol.md``, gathered from ur_rtde 1.6's
 sources and Universal Robots' RTDE guide; what is emulated and what is refused, command by
-command, is in ``shared/hardware/ur_standin.md``.
+command, is in ``docs/ur_standin.md``.
 
 The simulated controller, modelled on an e-Series at 500 Hz:
 
