@@ -15,6 +15,7 @@ rtde_receive = pytest.importorskip("rtde_receive")
 rtde_control = pytest.importorskip("rtde_control")
 rtde_io = pytest.importorskip("rtde_io")
 
+from protege.sim import ur_realtime as realtime  # noqa: E402
 from protege.sim.ur_arm import pose_trans  # noqa: E402
 from test_ur import dashboard  # noqa: E402
 from ur_standin import StandIn  # noqa: E402
@@ -258,6 +259,59 @@ def test_dashboard_power_programs_and_the_protective_stop_unlock_delay(standin):
         assert dashboard(standin.host, "unlock protective stop", "safetystatus") == [
             "Protective stop releasing", "Safetystatus: NORMAL"]
         assert _wait(lambda: not r.isProtectiveStopped())
+    finally:
+        r.disconnect()
+
+
+def _realtime_package(s) -> bytes:
+    """One package of port 30003, read the way lab scripts read it: 1220 bytes, then fields by offset."""
+    data = b""
+    while len(data) < 1220:
+        chunk = s.recv(1220 - len(data))
+        assert chunk, "the controller closed the connection"
+        data += chunk
+    return data
+
+
+def test_script_port_streams_the_real_time_state_package(standin):
+    r = rtde_receive.RTDEReceiveInterface(standin.host)
+    try:
+        q0, pose0 = np.array(r.getActualQ()), np.array(r.getActualTCPPose())
+        with socket.create_connection((standin.host, 30003), timeout=3) as s, \
+                socket.socket(socket.AF_INET, socket.SOCK_STREAM) as idle:
+            idle.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a client that does not read
+            idle.connect((standin.host, 30003))
+            packages = [_realtime_package(s) for _ in range(20)]
+            for data in packages:
+                assert struct.unpack(">i", data[:4])[0] == 1220
+                np.testing.assert_allclose(struct.unpack(">6d", data[252:300]), q0, atol=1e-3)  # q_actual
+                np.testing.assert_allclose(struct.unpack(">6d", data[444:492]), pose0, atol=1e-3)  # tool vector
+            fields = [realtime.unpack(d) for d in packages]
+            steps = np.diff([f["time"] for f in fields])
+            assert np.all(steps > 0) and np.allclose(steps / 0.002, np.round(steps / 0.002), atol=1e-6)
+            assert fields[-1]["robot_mode"] == 7 and fields[-1]["program_state"] == 1  # RUNNING, no program
+            assert fields[-1]["safety_mode"] == 1 and list(fields[-1]["joint_modes"]) == [253] * 6
+            # a program sent on the same connection: the stream shows it playing and the arm moving
+            q = q0 + [0.3, 0, 0, 0, 0, 0]
+            s.sendall(f"movej([{', '.join(map(str, q))}], a=1.4, v=1.05)\n".encode())
+            moving = []
+            for _ in range(1000):
+                f = realtime.unpack(_realtime_package(s))
+                moving.append((f["program_state"], f["qd_actual"][0], f["qd_target"][0]))
+                if np.allclose(f["q_actual"], q, atol=2e-3):
+                    break
+            states, qd, qd_target = np.array(moving).T
+            assert 2 in states and qd.max() > 0.3 and qd_target.max() > 0.3
+            np.testing.assert_allclose(f["q_actual"], r.getActualQ(), atol=2e-3)
+            # the client that did not read finds whole packages when it does (those that did not fit were dropped)
+            # (it reads what its buffers held, then, after a gap in time, the packages sent since)
+            idle.settimeout(3)
+            times = []
+            while len(times) < 6000 and not (len(times) > 22 and times[-21] - times[-22] > 0.1):
+                data = _realtime_package(idle)
+                assert struct.unpack(">i", data[:4])[0] == 1220
+                times.append(realtime.unpack(data)["time"])
+            assert np.all(np.diff(times) > 0) and np.diff(times).max() > 0.1
     finally:
         r.disconnect()
 

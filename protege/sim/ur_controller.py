@@ -10,8 +10,9 @@ served by its own module:
 * **30003 script port** (:mod:`protege.sim.ur_script`): ``ur-rtde``'s ``rtde_control`` script,
   emulated command by command (commands it does not emulate stop the program with a runtime error),
   and single-command URScript programs (movej, movel, set_standard_digital_out, ...); anything else
-  is refused as a compile error. The port streams no robot state (nor are 30001 / 30002 served:
-  their connections are refused, as on a controller with those interfaces disabled).
+  is refused as a compile error. Every client of the port is sent the real-time interface's state
+  package at the servo rate (:mod:`protege.sim.ur_realtime`). Ports 30001 / 30002 are not served:
+  their connections are refused, as on a controller with those interfaces disabled.
 * **63352 Robotiq URCap socket** (:mod:`protege.sim.robotiq_standin`): replies without a line ending.
 
 The arm (:mod:`protege.sim.ur_arm`): kinematics, moves, servo and speed commands, safety checks.
@@ -55,7 +56,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from protege.sim import urscript
+from protege.sim import ur_realtime, urscript
 from protege.sim.robotiq_standin import RobotiqStandIn
 from protege.sim.ur_arm import URArm
 from protege.sim.ur_dashboard import Dashboard
@@ -163,6 +164,7 @@ class URControllerSim:
                 steps += 1
             if steps and not self.frozen:
                 self.rtde.publish(self.ticks, every_tick=True)
+                self._publish_realtime()
             next_t += self.dt
             now = time.monotonic()
             if next_t < now - 0.05:
@@ -187,6 +189,19 @@ class URControllerSim:
         self.ticks += 1
         if not self.frozen:
             self.rtde.publish(self.ticks, every_tick=False)
+
+    def _publish_realtime(self) -> None:
+        """The newest tick's state package to every client of the script port (once per pass of the
+        loop: a loaded stand-in skips ticks, as its ``time`` field shows)."""
+        conns = [k.data[1] for k in self.sel.get_map().values() if k.data[0] == "conn" and k.data[1].kind == "script"]
+        if not conns:
+            return
+        data = ur_realtime.package(self.rtde.snapshot(ur_realtime.RTDE_NAMES))
+        for conn in conns:
+            try:
+                ur_realtime.offer(conn.sock, conn.pending, data)
+            except OSError:
+                self.close_conn(conn)
 
     def close(self) -> None:
         """Close every socket and the simulation (idempotent)."""
@@ -303,6 +318,8 @@ class URControllerSim:
                     continue
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if obj == "script":  # a slow reader of the state stream gets fresh packages, not seconds-old ones
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, ur_realtime.SEND_BUFFER)
                 conn = Conn(sock, obj)
                 self.sel.register(sock, selectors.EVENT_READ, ("conn", conn))
                 if obj == "dashboard":

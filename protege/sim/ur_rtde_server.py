@@ -50,6 +50,7 @@ class Conn:
     started: bool = False
     inputs: dict = dataclasses.field(default_factory=dict)  # recipe id -> (names, struct)
     script: bytearray = dataclasses.field(default_factory=bytearray)
+    pending: bytearray = dataclasses.field(default_factory=bytearray)  # a real-time package not yet sent whole
 
 
 class RTDEServer:
@@ -65,6 +66,7 @@ class RTDEServer:
         self._prev_T = ctrl.arm.actual_tcp_T()
         self._prev_q_cmd = ctrl.arm.robot.commanded_joint_positions
         self._prev_t = ctrl.clock()
+        self._speed, self._qd_cmd = np.zeros(6), np.zeros(6)  # the derivatives at _prev_t
 
     def forget(self, conn: Conn) -> None:
         for name in [n for n, c in self.owner.items() if c is conn]:
@@ -200,12 +202,15 @@ class RTDEServer:
         d, s = arm.data, arm.scene
         now = c.clock()
         T = arm.actual_tcp_T()
-        dt = max(now - self._prev_t, 1.0 / c.rate_hz)
-        dR = self._prev_T[:3, :3].T @ T[:3, :3]
-        speed = np.concatenate([(T[:3, 3] - self._prev_T[:3, 3]) / dt, self._prev_T[:3, :3] @ matrix_to_rotvec(dR) / dt])
         q_cmd = arm.robot.commanded_joint_positions
-        qd_cmd = (q_cmd - self._prev_q_cmd) / dt
-        self._prev_T, self._prev_q_cmd, self._prev_t = T, q_cmd, now
+        if now > self._prev_t:  # speeds over the ticks since the last snapshot (a second one in a tick reuses them)
+            dt = now - self._prev_t
+            dR = self._prev_T[:3, :3].T @ T[:3, :3]
+            self._speed = np.concatenate([(T[:3, 3] - self._prev_T[:3, 3]) / dt,
+                                          self._prev_T[:3, :3] @ matrix_to_rotvec(dR) / dt])
+            self._qd_cmd = (q_cmd - self._prev_q_cmd) / dt
+            self._prev_T, self._prev_q_cmd, self._prev_t = T, q_cmd, now
+        speed, qd_cmd = self._speed, self._qd_cmd
         safety_bits = (1 << SAFETY_BIT_NORMAL) if not (c.protective_stop or c.estop) else 0
         if c.protective_stop:
             safety_bits |= (1 << SAFETY_BIT_PROTECTIVE) | (1 << SAFETY_BIT_STOPPED)
