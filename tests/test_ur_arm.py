@@ -85,3 +85,26 @@ def test_urscript_programs_parse_the_calls_the_stand_in_runs_and_refuse_the_rest
     path = urscript.path_of(script)
     assert [c.name for c in path] == ["movel", "movej"]
     assert urscript.path_of("def rtde_control():\n  textmsg(1)\nend\n") is None
+
+
+def test_state_outputs_sampled_twice_in_one_tick_give_the_same_speeds():
+    """A slow RTDE recipe and a servo-rate one (or the real-time stream) sample the same tick: each
+    gets the tick's speeds (the second once read zero), and the real-time package carries them."""
+    from protege.sim import ur_realtime
+    from protege.sim.ur_controller import URControllerSim
+    c = URControllerSim("127.0.0.249", ports={"dashboard": 0, "rtde": 0, "script": 0, "robotiq": 0}, log=lambda s: None)
+    try:
+        c.arm.speed("j", np.array([0.3, 0, 0, 0, 0, 0]), 10.0)
+        for _ in range(100):
+            c.step()
+        names = {"actual_TCP_speed", "target_qd"} | ur_realtime.RTDE_NAMES
+        first, second = c.rtde.snapshot(names), c.rtde.snapshot(names)
+        assert np.linalg.norm(first["actual_TCP_speed"][:3]) > 0.05 and first["target_qd"][0] > 0.25
+        np.testing.assert_array_equal(second["actual_TCP_speed"], first["actual_TCP_speed"])
+        np.testing.assert_array_equal(second["target_qd"], first["target_qd"])
+        f = ur_realtime.unpack(ur_realtime.package(second))
+        np.testing.assert_array_equal(f["tcp_speed_actual"], first["actual_TCP_speed"])
+        np.testing.assert_array_equal(f["q_actual"], first["actual_q"])
+        assert f["time"] == first["timestamp"] and f["robot_mode"] == 7
+    finally:
+        c.close()
