@@ -103,42 +103,47 @@ class TaskData:
         def make(mask):
             sampler = SequenceSampler(self.arrays, self.episode_ends, horizon, steps, pad_before, pad_after, mask)
             if self.row_store is not None:
-                keep, weights = self.window_choice(sampler.windows, horizon, n_obs_steps)
-                sampler.restrict(keep, weights)
+                keep, weights, learnable = self.window_choice(sampler.windows, horizon, n_obs_steps)
+                sampler.restrict(keep, weights, learnable, first_step=n_obs_steps - 1)
             return sampler
 
         return make(train), (make(val) if val.any() else None)
 
-    def window_choice(self, windows: np.ndarray, horizon: int, n_obs_steps: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Which windows to learn from and their sampling weights, for data of several stores.
+    def window_choice(self, windows: np.ndarray, horizon: int, n_obs_steps: int
+                      ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Which windows to learn from, their sampling weights, and which rows' actions may be
+        learned, for data of several stores.
 
-        A window learns the actions of its steps from its last observation on (rows
-        ``[start + n_obs_steps - 1, start + horizon)`` within its episode). From a deployment
-        rollout (``source: policy_rollout``) it is kept when :attr:`rollouts` is ``all``; when it
-        is ``human`` (HG-DAgger), only when the operator drove every one of those steps (a window
-        straddling a hand-over is left out: it would teach the policy's own actions); when
-        ``human_and_success``, also when its episode succeeded. Demonstrations are always kept.
+        A row of a deployment rollout (``source: policy_rollout``) is learnable when
+        :attr:`rollouts` is ``all``; when it is ``human`` (HG-DAgger, Kelly et al. 2019), only
+        when the operator drove it; when ``human_and_success``, also when its episode succeeded.
+        Rows of demonstrations always are. A window is kept when the row of its last observation
+        (``start + n_obs_steps - 1``, where the predicted chunk starts) is learnable, and the loss
+        learns the unbroken run of learnable rows through it (:meth:`SequenceSampler.sample`'s
+        ``"learn"``): a window that straddles a hand-over learns the operator's actions up to the
+        hand-back and none of the policy's after it; one that starts under the policy is left out.
         Weights: each store's share of the draws is its weight (``data.weights``), spread evenly
         over its kept windows.
+
+        Returns:
+            ``(keep (M,) bool, weights (M,) float or None, learnable (N,) bool or None)``.
         """
         first = np.clip(windows[:, 0] + n_obs_steps - 1, windows[:, 1], windows[:, 2] - 1)
-        last = np.clip(windows[:, 0] + horizon, windows[:, 1] + 1, windows[:, 2])  # exclusive
         store = self.row_store[first]
-        rollout = self.row_rollout[first]
         if self.rollouts == "all":
+            learnable = None
             keep = np.ones(len(windows), bool)
         else:
-            cum = np.concatenate([[0], np.cumsum(~self.row_human)])  # rows not driven by the operator
-            all_human = (cum[last] - cum[first]) == 0
-            keep = ~rollout | all_human
+            learnable = ~self.row_rollout | self.row_human
             if self.rollouts == "human_and_success":
-                keep |= self.row_success[first]
+                learnable |= self.row_success
+            keep = learnable[first]
         weights = None
         if self.store_weights is not None:
             counts = np.bincount(store[keep], minlength=len(self.store_weights)).astype(float)
             w = np.asarray(self.store_weights, float)
             weights = np.where(counts[store] > 0, w[store] / np.maximum(counts[store], 1), 0.0)
-        return keep, weights
+        return keep, weights, learnable
 
 
 def load_task_data(
@@ -296,8 +301,11 @@ def load_training_data(
         row_rollout.append(rollout)
         row_human.append(human)
         row_success.append(success)
-    stats = {k: compute_stats(arrays[k]) for k in first.stats}
+    human, rollout, success = np.concatenate(row_human), np.concatenate(row_rollout), np.concatenate(row_success)
+    # the action's statistics are those of the actions learned (a policy's, left out of the loss, are left out here too)
+    learned = None if rollouts == "all" else ~rollout | human | (success if rollouts == "human_and_success" else False)
+    stats = {k: compute_stats(arrays[k][learned] if k == "action" and learned is not None and not learned.all()
+                              else arrays[k]) for k in first.stats}
     return TaskData(arrays, np.concatenate(ends), first.shape_meta, stats,
                     [e for d, _ in parts for e in d.skipped], [p for d, _ in parts for p in d.problems],
-                    np.concatenate(row_store), np.concatenate(row_rollout), np.concatenate(row_human),
-                    np.concatenate(row_success), [float(w) for w in weights] if weights is not None else None, rollouts)
+                    np.concatenate(row_store), rollout, human, success, [float(w) for w in weights] if weights is not None else None, rollouts)

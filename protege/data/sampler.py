@@ -123,15 +123,24 @@ class SequenceSampler:
         self.key_steps = {k: (key_steps or {}).get(k, horizon) for k in self.arrays}
         self.windows = sequence_windows(episode_ends, horizon, pad_before, pad_after, episodes)
         self.weights: np.ndarray | None = None  # per-window sampling probabilities (None: each window once an epoch)
+        self.learnable: np.ndarray | None = None  # (N,) bool rows whose action may be learned (None: all)
+        self.first_step = 0  # the window step whose run of learnable rows the loss learns
 
-    def restrict(self, keep: np.ndarray, weights: np.ndarray | None = None) -> None:
+    def restrict(self, keep: np.ndarray, weights: np.ndarray | None = None, learnable: np.ndarray | None = None,
+                 first_step: int = 0) -> None:
         """Keep only the windows ``keep`` ((M,) bool); with ``weights`` ((M,) >= 0, for every window
         before the restriction), an epoch draws len(self) windows with replacement in proportion to
-        them instead of visiting each once.
+        them instead of visiting each once. With ``learnable`` ((N,) bool, one per row), batches
+        carry ``"learn"`` (see :meth:`sample`) around step ``first_step`` of each window.
 
         Raises:
-            ValueError: no window left, or weights of another length or all zero.
+            ValueError: no window left, or weights or learnable of another length, or weights all zero.
         """
+        if learnable is not None:
+            learnable = np.asarray(learnable, bool)
+            if learnable.shape != (len(next(iter(self.arrays.values()))),):
+                raise ValueError("learnable must be one bool per row")
+            self.learnable, self.first_step = learnable, int(first_step)
         keep = np.asarray(keep, bool)
         if keep.shape != (len(self.windows),):
             raise ValueError(f"keep must be ({len(self.windows)},) bool, got {keep.shape}")
@@ -151,11 +160,29 @@ class SequenceSampler:
         return len(self.windows)
 
     def sample(self, ids: np.ndarray) -> dict[str, np.ndarray]:
-        """Batch of windows ``ids``: {key: (B, steps, ...)} plus ``"mask"`` (B, horizon) bool."""
+        """Batch of windows ``ids``: {key: (B, steps, ...)} plus ``"mask"`` (B, horizon) bool, and
+        with :attr:`learnable` rows ``"learn"`` (B, horizon) bool: the unbroken run of learnable
+        rows through step :attr:`first_step` (padded steps count as the row they repeat), so that a
+        window starting in an operator's correction learns the correction up to the hand-back and
+        nothing after it. The ``action`` steps outside that run repeat its first or last action, as
+        steps past an episode's end repeat its last (edge padding), so no policy-driven action
+        reaches the loss, not even as a diffusion model's noised input."""
         windows = self.windows[np.asarray(ids)]
         index, mask = window_indices(windows, self.horizon)
-        out = {k: a[index[:, : self.key_steps[k]]] for k, a in self.arrays.items()}
+        action_index = index
+        learn = None
+        if self.learnable is not None:
+            ok, f = self.learnable[index], self.first_step
+            after = np.cumprod(ok[:, f:], axis=1, dtype=bool)
+            before = np.cumprod(ok[:, f::-1], axis=1, dtype=bool)[:, :0:-1]
+            learn = np.concatenate([before, after], axis=1)
+            lo, hi = learn.argmax(1), self.horizon - 1 - learn[:, ::-1].argmax(1)  # the run's first and last step
+            cols = np.clip(np.arange(self.horizon)[None], lo[:, None], hi[:, None])
+            action_index = np.take_along_axis(index, cols, axis=1)
+        out = {k: a[(action_index if k == "action" else index)[:, : self.key_steps[k]]] for k, a in self.arrays.items()}
         out["mask"] = mask
+        if learn is not None:
+            out["learn"] = learn
         return out
 
     def batch_ids(self, batch_size: int, rng: np.random.Generator, drop_last: bool = True) -> Iterator[np.ndarray]:

@@ -35,9 +35,13 @@ def obs_to_torch(obs: Mapping[str, np.ndarray], image_keys, device: torch.device
 
 
 def to_torch(batch: Mapping[str, np.ndarray], obs_keys, image_keys, device: torch.device) -> dict[str, Any]:
-    """Sampler batch -> policy batch {"obs": see :func:`obs_to_torch`, "action", "mask"}."""
-    return {
+    """Sampler batch -> policy batch {"obs": see :func:`obs_to_torch`, "action", "mask"} and, where
+    the sampler gives it, "learn" ((B, horizon) bool: the action steps the loss learns)."""
+    out = {
         "obs": obs_to_torch(batch, image_keys, device, keys=obs_keys),
         "action": torch.from_numpy(batch["action"]).to(device),
         "mask": torch.from_numpy(batch["mask"]).to(device),
     }
+    if "learn" in batch:
+        out["learn"] = torch.from_numpy(batch["learn"]).to(device)
+    return out

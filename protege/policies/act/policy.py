@@ -149,10 +149,12 @@ class ACTPolicy(Policy):
 
         The L1 term is averaged over every step of the chunk with the padded ones zeroed (past an
         episode's end), as the reference implementation (``act/policy.py``) and LeRobot do, so
-        chunks near an episode's end weigh less against the KL term than full ones.
+        chunks near an episode's end weigh less against the KL term than full ones. Steps outside
+        ``batch["learn"]`` (where given: a policy's actions after an operator's correction) are
+        treated as padding, for the L1 term and the CVAE encoder alike.
         """
         actions = self.normalizer.normalize("action", batch["action"])
-        mask = batch["mask"]
+        mask = batch["mask"] & batch["learn"] if "learn" in batch else batch["mask"]
         mu, logvar = self.vae_encoder(actions, self._state(batch["obs"]), ~mask)
         z = mu + batch_randn_like(mu) * torch.exp(0.5 * logvar)
         pred = self._decode(batch["obs"], z)

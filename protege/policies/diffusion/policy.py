@@ -97,7 +97,9 @@ class DiffusionPolicy(Policy):
 
     def compute_loss(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """MSE between the true and predicted noise over the whole horizon (padded steps included,
-        as in the reference: edge padding teaches the policy to hold still at the end)."""
+        as in the reference: edge padding teaches the policy to hold still at the end), averaged
+        over the steps of ``batch["learn"]`` only where the batch gives it (a policy's actions after
+        an operator's correction are not learned)."""
         cond = self._condition(batch["obs"])
         action = self.normalizer.normalize("action", batch["action"])
         noise = batch_randn_like(action)  # the whole batch's draws, sliced, under data parallelism
@@ -105,7 +107,10 @@ class DiffusionPolicy(Policy):
         noisy = self.noise_scheduler.add_noise(action, noise, k)
         pred = self.model(noisy, k, cond)
         target = noise if self.noise_scheduler.config.prediction_type == "epsilon" else action
-        return F.mse_loss(pred, target)
+        if "learn" not in batch:
+            return F.mse_loss(pred, target)
+        w = batch["learn"].to(pred.dtype)[..., None]  # (B, horizon, 1)
+        return (F.mse_loss(pred, target, reduction="none") * w).sum() / (w.sum() * pred.shape[-1]).clamp_min(1.0)
 
     @torch.no_grad()
     def predict_action(self, obs: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
