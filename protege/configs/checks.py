@@ -21,7 +21,8 @@ RULES: dict[str, dict[str, tuple]] = {
         "train.log_every": (_INT, 1, None, False), "train.checkpoint_every": (_INT, 1, None, False),
         "train.eval_every": (_INT, 0, None, False), "train.ema.power": (_FLOAT, (0, "open"), None, False),
         "train.ema.max_decay": (_FLOAT, 0, 1, False), "max_episodes": (_INT, 1, None, True),
-        "train.num_workers": (_INT, 0, None, True), "train.nproc": (_INT, 1, None, False), "evaluator.n_episodes": (_INT, 1, None, True),
+        "train.num_workers": (_INT, 0, None, True), "train.nproc": (_INT, 1, None, False),
+        "train.grad_accum_steps": (_INT, 1, None, False), "evaluator.n_episodes": (_INT, 1, None, True),
     },
     "eval": {
         "n_episodes": (_INT, 1, None, False), "batch_envs": (_INT, 1, None, False), "n_videos": (_INT, 0, None, False),

@@ -9,6 +9,7 @@ every N steps (the evaluator is chosen in config, e.g. a simulator rollout).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -216,6 +217,10 @@ class Trainer:
         self.dist, rank_device = init_from_env(cfg.device)  # torchrun: this process's rank and device
         self.device = rank_device or select_device(cfg.device)
         self.dist.shard(cfg.train.batch_size)  # a global batch the processes cannot share evenly fails here
+        self.accum = int(cfg.train.get("grad_accum_steps", 1))
+        if cfg.train.batch_size // self.dist.world < self.accum:
+            raise ValueError(f"train.grad_accum_steps={self.accum} exceeds the {cfg.train.batch_size // self.dist.world} "
+                             f"samples each process gets of train.batch_size={cfg.train.batch_size}")
         if not self.dist.is_main:
             logging.getLogger().setLevel(logging.WARNING)  # rank 0 speaks for the run
         self.autocast = bf16_autocast(cfg.train.bf16, self.device)  # a bad setting fails before data loads
@@ -336,6 +341,44 @@ class Trainer:
         self.policy.train()
         return float(np.mean(losses))
 
+    def check_loss(self, loss: torch.Tensor, last: Path | None) -> None:
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {self.step}; last checkpoint: {last}")
+
+    def sharded_backward(self, global_batch: dict[str, np.ndarray], last: Path | None) -> torch.Tensor:
+        """Gradients of this process's slice of the batch drawn (shorter than batch_size on a small
+        store), in ``train.grad_accum_steps`` micro-batches: each micro-batch's loss, weighted by its
+        share of the slice, is back-propagated (DDP averages the processes' gradients at the last
+        one only). Every micro-batch draws the loss's random numbers for the whole batch and takes
+        its rows (:func:`~protege.policies.distributed.batch_shard`, from the same generator state),
+        so N processes x K micro-batches draw what one pass over the batch draws. Returns the
+        slice's loss (detached).
+
+        Raises:
+            FloatingPointError: a micro-batch's loss is not finite.
+        """
+        n = len(global_batch["action"])
+        mine = self.dist.shard(n) if self.dist.enabled else slice(0, n)
+        bounds = np.linspace(mine.start, mine.stop, min(self.accum, mine.stop - mine.start) + 1).round().astype(int)
+        cuda = [self.device] if self.device.type == "cuda" else []
+        state = (torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in cuda])
+        total = torch.zeros((), device=self.device)
+        for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+            if i:  # the same draws for the whole batch as the first micro-batch took its rows of
+                torch.set_rng_state(state[0])
+                for d, st in zip(cuda, state[1]):
+                    torch.cuda.set_rng_state(st, d)
+            last_micro = i == len(bounds) - 2
+            sync = self.ddp.no_sync() if self.ddp is not None and not last_micro else contextlib.nullcontext()
+            with sync:
+                with self.autocast, batch_shard(slice(a, b), n):
+                    micro = self.batch({k: v[a:b] for k, v in global_batch.items()})
+                    loss = self.ddp(micro) if self.ddp is not None else self.policy.compute_loss(micro)
+                self.check_loss(loss, last)
+                (loss * ((b - a) / (mine.stop - mine.start))).backward()
+            total += loss.detach() * ((b - a) / (mine.stop - mine.start))
+        return total
+
     def batch(self, b: dict[str, np.ndarray]) -> dict[str, Any]:
         return to_torch(b, self.data.shape_meta["obs"], self.data.image_keys, self.device)
 
@@ -375,6 +418,9 @@ class Trainer:
         if self.dist.enabled:
             log.info("data parallel: %d processes (%s), global batch %d (%d per process), lr %g",
                      self.dist.world, self.dist.backend, t.batch_size, t.batch_size // self.dist.world, t.lr)
+        if self.accum > 1:
+            log.info("gradient accumulation: %d micro-batches of about %d samples per process and step (batch %d)",
+                     self.accum, t.batch_size // self.dist.world // self.accum, t.batch_size)
         self.policy.train()
         bar = tqdm(total=t.steps, initial=self.step, desc="train", dynamic_ncols=True, disable=not t.progress or not main)
         window_start, window_samples = time.perf_counter(), 0
@@ -383,18 +429,14 @@ class Trainer:
         while self.step < t.steps and self.train_seconds < budget and not stop.requested:
             t0 = time.perf_counter()
             global_batch = next(batches)
-            if self.dist.enabled:  # this rank's slice of the batch drawn (shorter than batch_size on a small store)
-                n = len(global_batch["action"])
-                part = self.dist.shard(n)
-                with self.autocast, batch_shard(part, n):
-                    loss = self.ddp(self.batch({k: v[part] for k, v in global_batch.items()}))
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.dist.enabled or self.accum > 1:
+                loss = self.sharded_backward(global_batch, last)
             else:
                 with self.autocast:
                     loss = self.policy.compute_loss(self.batch(global_batch))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at step {self.step}; last checkpoint: {last}")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+                self.check_loss(loss, last)
+                loss.backward()
             self.optimizer.step()
             self.lr_scheduler.step()
             if self.ema is not None:
