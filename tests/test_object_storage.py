@@ -76,3 +76,54 @@ def test_train_a_few_steps_from_s3(s3, tmp_path):
     cli(env, "protege-train", "task=pusht_state", f"dataset={url}", f"run_dir={tmp_path / 'run'}", "train.steps=2",
         "train.batch_size=8", "train.val_ratio=0", "train.progress=false", "policy.unet.down_dims=[16,32,64]")
     assert (tmp_path / "run" / "checkpoints" / "latest.pt").exists()
+
+
+@pytest.mark.slow
+def test_images_read_from_s3_during_training_are_kept_in_a_local_chunk_cache(s3, tmp_path):
+    """data.in_memory=false on an s3:// store: the image chunks a run reads are kept locally; the
+    same run again reads none of them from the bucket (the S3 server's request log says so)."""
+    import logging
+
+    import fsspec
+
+    _, env, _ = s3
+    src = tmp_path / "images.zarr"
+    rng = np.random.default_rng(1)
+    with EpisodeWriter(src, fps=10) as w:
+        for n in (20, 25):
+            w.add_episode({"img": rng.integers(0, 255, (n, 96, 96, 3), dtype=np.uint8),
+                           "state": rng.uniform(0, 512, (n, 5)).astype(np.float32),
+                           "action": rng.uniform(0, 512, (n, 2)).astype(np.float32)})
+    fsspec.filesystem("s3", skip_instance_cache=True).put(str(src), "lab-data/images.zarr", recursive=True)
+    url, cache = "s3://lab-data/images.zarr", tmp_path / "chunks"
+
+    class Requests(logging.Handler):  # moto's server (in this process) logs every request it serves
+        def __init__(self):
+            super().__init__()
+            self.lines = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage())
+
+    def run(name):
+        seen = Requests()
+        logging.getLogger("werkzeug").addHandler(seen)
+        try:
+            p = cli(env, "protege-train", "task=pusht_image", f"dataset={url}", f"run_dir={tmp_path / name}", "train.steps=2",
+                    "train.batch_size=4", "train.val_ratio=0", "train.progress=false", "data.in_memory=false",
+                    "data.workers=1", f"data.chunk_cache={cache}", "policy.unet.down_dims=[16,32,64]")
+        finally:
+            logging.getLogger("werkzeug").removeHandler(seen)
+        chunk_gets = [ln for ln in seen.lines if "GET /lab-data/images.zarr/data/img/c/" in ln]
+        assert (tmp_path / name / "checkpoints" / "latest.pt").exists()
+        return p, chunk_gets
+
+    first, gets1 = run("a")
+    assert f"are kept in {cache}" in first.stdout + first.stderr and "Warning" not in first.stderr
+    assert len(gets1) >= 3 and len(list(cache.iterdir())) >= 45  # every image chunk read (the damage check reads them all)
+    second, gets2 = run("b")
+    assert gets2 == []  # every chunk from the cache, none from the bucket
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    cached = {f.read_bytes() for f in cache.iterdir()}
+    chunks = [k for k in fs.find("lab-data/images.zarr/data/img") if "/c/" in k]
+    assert len(chunks) == 45 and all(fs.cat_file(k) in cached for k in chunks)  # byte for byte what the bucket holds

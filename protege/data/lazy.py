@@ -46,8 +46,12 @@ class LazyArray:
         return self.shape[0]
 
     @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+    def remote(self) -> bool:
+        """Whether any of its arrays is read through fsspec (object storage): such arrays are not
+        fork-safe (their clients are bound to the parent's event loop), so workers must be spawned."""
+        from zarr.storage import FsspecStore
+
+        return any(isinstance(a.store, FsspecStore) for a, _, _ in self.segments)
 
     @staticmethod
     def concat(parts: list[LazyArray]) -> LazyArray:

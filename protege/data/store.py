@@ -20,6 +20,7 @@ Images are compressed by the codecs of :mod:`protege.data.codecs` (``EpisodeWrit
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -134,14 +135,20 @@ class EpisodeStore:
         check_rows: refuse a store whose arrays hold fewer rows than ``meta/episode_ends`` says
             (default). ``False`` opens it anyway, for :func:`protege.data.validate.validate`
             and repair to report and drop the cut episodes.
+        chunk_cache: for a store at an fsspec URL, a local folder where every file read (chunks,
+            metadata) is kept, through fsspec's ``simplecache`` (named by a hash of the file's
+            URL), so a second read, in this run or a later one, does not go to the network. The
+            copies are never checked against the bucket again: a store changed in place needs
+            another folder (or the folder emptied). Local stores ignore it.
 
     Raises:
         StoreError: the path does not exist, is not a zarr group, lacks ``data/`` or
             ``meta/episode_ends``, or its episode ends are not non-decreasing and within the data.
     """
 
-    def __init__(self, path: str | Path, check_rows: bool = True):
+    def __init__(self, path: str | Path, check_rows: bool = True, chunk_cache: str | Path | None = None):
         self.path = RemotePath(str(path)) if is_url(path) else Path(path)  # an fsspec URL opens read-only
+        self.chunk_cache = Path(chunk_cache).expanduser() if chunk_cache is not None and is_url(path) else None
         try:
             there = self.path.exists()
         except Exception as e:  # noqa: BLE001 - a remote store: no credentials, no network, no bucket
@@ -149,7 +156,17 @@ class EpisodeStore:
         if not there:
             raise StoreError(f"{self.path}: no such episode store")
         try:
-            self.root = zarr.open_group(str(self.path), mode="r")
+            if self.chunk_cache is not None:
+                self.chunk_cache.mkdir(parents=True, exist_ok=True)
+                # a file system of its own under the cache (fsspec's cached instance, made for sync
+                # calls such as exists(), fails when zarr's event loop drives it through the cache)
+                protocol = str(self.path).split("://", 1)[0]
+                with warnings.catch_warnings():  # zarr runs the (synchronous) cache in threads, and says so
+                    warnings.filterwarnings("ignore", message=r".*asynchronous=True", category=UserWarning)
+                    self.root = zarr.open_group(f"simplecache::{self.path}", mode="r", storage_options={
+                        "simplecache": {"cache_storage": str(self.chunk_cache)}, protocol: {"skip_instance_cache": True}})
+            else:
+                self.root = zarr.open_group(str(self.path), mode="r")
         except Exception as e:  # zarr raises several types for "not a group"
             if not is_url(self.path) and root_group_missing(self.path):
                 raise DamagedStore(f"{self.path}: the store's root group file (.zgroup or zarr.json) is gone, while data/ "

@@ -33,9 +33,9 @@ from tqdm import tqdm
 
 from .. import configs  # noqa: F401 - registers the configs' resolvers
 from ..data.dataset import TaskData, load_training_data
-from ..data.store import EpisodeStore
+from ..data.store import EpisodeStore, is_url
 from .distributed import all_max, batch_shard, init_from_env, shutdown
-from ..data.fetch import resolve_store
+from ..data.fetch import data_dir, resolve_store
 from ..errors import job, run as run_cli
 from ..data.sampler import SequenceSampler
 from .base import Policy
@@ -146,8 +146,14 @@ def lazy_batches(sampler: SequenceSampler, batch_size: int, rng: np.random.Gener
             yield from sampler.batch_ids(batch_size, rng)
             epoch[0] += 1
 
+    from ..data.lazy import LazyArray
+
+    # a store in object storage: workers are spawned and open it afresh (a forked one inherits an
+    # fsspec client bound to this process's event loop, which fails there)
+    remote = any(isinstance(a, LazyArray) and a.remote for a in sampler.arrays.values())
     loader = torch.utils.data.DataLoader(_WindowBatches(sampler), sampler=ids(), batch_size=None, num_workers=workers,
-                                         prefetch_factor=2 if workers else None, persistent_workers=workers > 0)
+                                         prefetch_factor=2 if workers else None, persistent_workers=workers > 0,
+                                         multiprocessing_context="spawn" if remote and workers else None)
     for batch in loader:
         yield {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -237,6 +243,14 @@ class Trainer:
         weights = OmegaConf.to_container(cfg.data.weights) if cfg.data.get("weights") is not None else None
         obs_spec = OmegaConf.to_container(cfg.task.obs)
         self.lazy = images_out_of_memory(stores, obs_spec, cfg)
+        if self.lazy:  # images read during training from a store at a URL: through a local copy of what is read
+            cache = Path(cfg.data.get("chunk_cache") or data_dir() / "chunk_cache").expanduser()
+            opened = [EpisodeStore(p, check_rows=False, chunk_cache=cache) if is_url(p) else p
+                      for p in (stores if isinstance(stores, list) else [stores])]
+            if any(isinstance(p, EpisodeStore) for p in opened):
+                log.info("data: chunks read from %s are kept in %s (data.chunk_cache)",
+                         ", ".join(str(p.path) for p in opened if isinstance(p, EpisodeStore)), cache)
+                stores = opened if isinstance(stores, list) else opened[0]
         self.data: TaskData = load_training_data(
             stores, obs_spec, OmegaConf.to_container(cfg.task.action), cfg.max_episodes,
             skip_damaged=cfg.data.skip_damaged, weights=weights, rollouts=cfg.data.get("rollouts", "human"),
