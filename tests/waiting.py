@@ -28,6 +28,3 @@ class Output:
         while sum(text in ln for ln in self.lines) < n:
             assert time.monotonic() < deadline and self.proc.poll() is None, "".join(self.lines)
             time.sleep(0.05)
-
-    def text(self) -> str:
-        return "".join(self.lines)

@@ -80,6 +80,7 @@ class KeyboardDevice:
         self.keys = TerminalKeys(stream)
         self.name = "keyboard"
         self._pending: str | None = None
+        self._buffer = ""  # keys read and not yet acted on
 
     def reset(self, seed: int, obs, task_state=None) -> None:
         if self.keys.start():
@@ -90,7 +91,7 @@ class KeyboardDevice:
         self._pending = None
 
     def _collect(self) -> None:
-        self._buffer = getattr(self, "_buffer", "") + self.keys.read()
+        self._buffer += self.keys.read()
 
     def toggle_pressed(self) -> bool:
         """Whether t (take over / give back, in protege-deploy) was typed since the last call."""

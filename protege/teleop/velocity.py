@@ -174,11 +174,6 @@ class DeviceReader:
             p, self._state.presses = self._state.presses, {}
             return p
 
-    def clear(self) -> None:
-        """Forget presses and deflection (between episodes)."""
-        with self._lock:
-            self._state.presses = {}
-
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
