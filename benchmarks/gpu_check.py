@@ -5,7 +5,7 @@ For each policy (Diffusion Policy and ACT, state and image PushT): a few trainin
 GPU against the CPU's (same weights, same batch, same noise: they must agree to bf16 / TF32
 tolerance), ``protege-eval`` of the checkpoint with and without ``compile=true``; with two GPUs or
 more, a 2-process DDP run with NCCL (``train.nproc=2``) against one process with the same global
-batch. Writes ``results/gpu_check.json`` (samples/s, memory, the loss differences) and prints a
+batch, and on one GPU gradient accumulation (``train.grad_accum_steps=4``) against one pass. Writes ``results/gpu_check.json`` (samples/s, memory, the loss differences) and prints a
 table; refuses to run without CUDA (nothing measured is written).
 
     python benchmarks/gpu_check.py [--steps 50]
@@ -94,18 +94,22 @@ def main() -> int:
                 row[f"eval{'_compiled' if compiled else ''}_inference_s"] = r.get("inference_seconds")
             rows.append(row)
             print(row, flush=True)
-        ddp = None
-        if torch.cuda.device_count() >= 2:
-            one, two = Path(tmp) / "one", Path(tmp) / "two"
-            common = ["task=pusht_state", f"dataset={store}", "train.steps=10", "train.val_ratio=0", "train.progress=false",
-                      "device=cuda", "train.bf16=false"]
-            sh(BIN / "protege-train", *common, f"run_dir={one}")
-            sh(BIN / "protege-train", *common, f"run_dir={two}", "train.nproc=2")
-            from protege.policies.checkpoint import read_checkpoint
+        from protege.policies.checkpoint import read_checkpoint
 
-            a = read_checkpoint(one / "checkpoints" / "latest.pt")["state_dict"]
-            b = read_checkpoint(two / "checkpoints" / "latest.pt")["state_dict"]
-            ddp = {"max_abs_weight_diff_2_gpus_vs_1": max(float((a[k].float() - b[k].float()).abs().max()) for k in a)}
+        def weight_diff(x: Path, y: Path) -> float:
+            a = read_checkpoint(x / "checkpoints" / "latest.pt")["state_dict"]
+            b = read_checkpoint(y / "checkpoints" / "latest.pt")["state_dict"]
+            return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+        one, acc, two = Path(tmp) / "one", Path(tmp) / "acc", Path(tmp) / "two"
+        common = ["task=pusht_state", f"dataset={store}", "train.steps=10", "train.val_ratio=0", "train.progress=false",
+                  "device=cuda", "train.bf16=false"]
+        sh(BIN / "protege-train", *common, f"run_dir={one}")
+        sh(BIN / "protege-train", *common, f"run_dir={acc}", "train.grad_accum_steps=4")
+        ddp = {"max_abs_weight_diff_grad_accum_4_vs_1": weight_diff(one, acc)}
+        if torch.cuda.device_count() >= 2:
+            sh(BIN / "protege-train", *common, f"run_dir={two}", "train.nproc=2")
+            ddp["max_abs_weight_diff_2_gpus_vs_1"] = weight_diff(one, two)
     write_result(args.out, "gpu_check", gpu=torch.cuda.get_device_name(0), gpus=torch.cuda.device_count(), cases=rows, ddp=ddp)
     return 0
 
