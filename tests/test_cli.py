@@ -71,8 +71,10 @@ def test_resume_continues_step_schedule_and_ema(tmp_path, pusht_path):
 @pytest.mark.slow
 def test_time_budget_anneals_the_lr_schedule(tmp_path, pusht_path):
     run_dir = tmp_path / "run"
-    run("protege-train", "task=pusht_state", f"dataset={pusht_path}", f"run_dir={run_dir}", "train.steps=1000000",
-        "train.warmup_steps=0", "train.max_minutes=0.1", *TINY)  # far more steps than 6 s allow
+    p = run("protege-train", "task=pusht_state", f"dataset={pusht_path}", f"run_dir={run_dir}", "train.steps=1000000",
+            "train.warmup_steps=0", "train.max_minutes=0.1", *TINY, "train.progress=true")  # far more steps than 6 s allow
+    # the progress bar counts the minutes of the budget, not the million steps
+    assert "/0.1 min" in p.stderr and "100%" in p.stderr and "/1000000" not in p.stderr
     s = read_checkpoint(run_dir / "checkpoints/latest.pt")["train_state"]
     assert 1 <= s["step"] < 1000000
     lr = s["optimizer"]["param_groups"][0]["lr"]

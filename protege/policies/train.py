@@ -331,6 +331,18 @@ class Trainer:
         log.info("resumed %s at step %d", path, self.step)
 
     # -- loop -------------------------------------------------------------------------------
+    def progress_bar(self, budget_s: float, disable: bool) -> tqdm:
+        """Steps out of ``train.steps``; with a time budget (``train.max_minutes``), minutes of
+        training out of the budget (or the steps' share, when they will end first), the step in
+        the postfix."""
+        t = self.cfg.train
+        if budget_s == math.inf:
+            return tqdm(total=t.steps, initial=self.step, desc="train", dynamic_ncols=True, disable=disable)
+        total = round(budget_s / 60, 2)
+        done = round(min(1.0, max(self.step / t.steps, self.train_seconds / budget_s)) * total, 2)
+        return tqdm(total=total, initial=done, desc="train", unit="min", dynamic_ncols=True, disable=disable,
+                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} min [{elapsed}<{remaining}{postfix}]")
+
     def follow_time_budget(self, budget_s: float) -> None:
         """With ``train.max_minutes`` set, run the learning-rate schedule (warm-up, cosine decay) on
         whichever ends first, steps or minutes: the lr is the schedule's value at step
@@ -436,7 +448,7 @@ class Trainer:
             log.info("gradient accumulation: %d micro-batches of about %d samples per process and step (batch %d)",
                      self.accum, t.batch_size // self.dist.world // self.accum, t.batch_size)
         self.policy.train()
-        bar = tqdm(total=t.steps, initial=self.step, desc="train", dynamic_ncols=True, disable=not t.progress or not main)
+        bar = self.progress_bar(budget, disable=not t.progress or not main)
         window_start, window_samples = time.perf_counter(), 0
         last = None
         stop = StopRequest()  # Ctrl-C: finish this step, save, exit; a second Ctrl-C interrupts at once
@@ -463,11 +475,16 @@ class Trainer:
             if budget < math.inf:
                 self.follow_time_budget(budget)
             window_samples += len(global_batch["action"])
-            bar.update(1)
+            if budget < math.inf:  # the bar follows whichever ends first, the steps or the minutes
+                done = min(1.0, max(self.step / t.steps, self.train_seconds / budget)) * bar.total
+                bar.update(round(done - bar.n, 2))
+            else:
+                bar.update(1)
             if main and (self.step % t.log_every == 0 or self.step == t.steps):
                 rate = window_samples / (time.perf_counter() - window_start)  # samples/s of the run (global batches)
                 window_start, window_samples = time.perf_counter(), 0
-                bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{rate:.0f}", epoch=self.epoch[0])
+                bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{rate:.0f}", epoch=self.epoch[0],
+                                **({"step": self.step} if budget < math.inf else {}))
                 tb.add_scalar("train/loss", loss.item(), self.step)
                 tb.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], self.step)
                 tb.add_scalar("train/samples_per_s", rate, self.step)
