@@ -246,7 +246,7 @@ def test_dashboard_power_programs_and_the_protective_stop_unlock_delay(standin):
     r = rtde_receive.RTDEReceiveInterface(standin.host)
     try:
         assert dashboard(standin.host, "power off", "robotmode") == ["Powering off", "Robotmode: POWER_OFF"]
-        assert _wait(lambda: not c.isProgramRunning()) and r.getRobotMode() == 3
+        assert _wait(lambda: not c.isProgramRunning()) and _wait(lambda: r.getRobotMode() == 3)  # the stream may lag the reply
         assert dashboard(standin.host, "power on", "brake release", "robotmode")[-1] == "Robotmode: RUNNING"
         c = _fresh(c, standin)
         c.triggerProtectiveStop()  # True or False: the stop ends the program as the call returns
