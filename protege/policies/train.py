@@ -476,8 +476,8 @@ class Trainer:
                 self.follow_time_budget(budget)
             window_samples += len(global_batch["action"])
             if budget < math.inf:  # the bar follows whichever ends first, the steps or the minutes
-                done = min(1.0, max(self.step / t.steps, self.train_seconds / budget)) * bar.total
-                bar.update(round(done - bar.n, 2))
+                bar.n = min(1.0, max(self.step / t.steps, self.train_seconds / budget)) * bar.total  # never past it
+                bar.update(0)  # redraws at tqdm's pace
             else:
                 bar.update(1)
             if main and (self.step % t.log_every == 0 or self.step == t.steps):
