@@ -138,6 +138,8 @@ class TaskData:
             if self.rollouts == "human_and_success":
                 learnable |= self.row_success
             keep = learnable[first]
+            if learnable.all():  # demonstrations only, or nothing the policy drove: no mask to carry
+                learnable = None
         weights = None
         if self.store_weights is not None:
             counts = np.bincount(store[keep], minlength=len(self.store_weights)).astype(float)
