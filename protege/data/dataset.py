@@ -79,14 +79,11 @@ class TaskData:
     stats: dict[str, dict[str, np.ndarray]]
     skipped: list[int] = field(default_factory=list)  # damaged episodes left out (skip_damaged)
     problems: list[Problem] = field(default_factory=list)  # what damaged them
-    # several stores (load_training_data): per row, its store, whether it is a deployment rollout's and
-    # whether the operator drove it; per store, its sampling weight; which rollout windows to learn from
+    # several stores (load_training_data): per row, its store and whether its action may be learned
+    # (None: every row's; see window_choice); per store, its sampling weight
     row_store: np.ndarray | None = None
-    row_rollout: np.ndarray | None = None
-    row_human: np.ndarray | None = None
-    row_success: np.ndarray | None = None
+    row_learnable: np.ndarray | None = None
     store_weights: list[float] | None = None
-    rollouts: str = "all"
 
     @property
     def image_keys(self) -> list[str]:
@@ -112,12 +109,9 @@ class TaskData:
     def window_choice(self, windows: np.ndarray, horizon: int, n_obs_steps: int
                       ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Which windows to learn from, their sampling weights, and which rows' actions may be
-        learned, for data of several stores.
+        learned (:attr:`row_learnable`, see :func:`load_training_data`), for data of several stores.
 
-        A row of a deployment rollout (``source: policy_rollout``) is learnable when
-        :attr:`rollouts` is ``all``; when it is ``human`` (HG-DAgger, Kelly et al. 2019), only
-        when the operator drove it; when ``human_and_success``, also when its episode succeeded.
-        Rows of demonstrations always are. A window is kept when the row of its last observation
+        A window is kept when the row of its last observation
         (``start + n_obs_steps - 1``, where the predicted chunk starts) is learnable, and the loss
         learns the unbroken run of learnable rows through it (:meth:`SequenceSampler.sample`'s
         ``"learn"``): a window that straddles a hand-over learns the operator's actions up to the
@@ -130,16 +124,8 @@ class TaskData:
         """
         first = np.clip(windows[:, 0] + n_obs_steps - 1, windows[:, 1], windows[:, 2] - 1)
         store = self.row_store[first]
-        if self.rollouts == "all":
-            learnable = None
-            keep = np.ones(len(windows), bool)
-        else:
-            learnable = ~self.row_rollout | self.row_human
-            if self.rollouts == "human_and_success":
-                learnable |= self.row_success
-            keep = learnable[first]
-            if learnable.all():  # demonstrations only, or nothing the policy drove: no mask to carry
-                learnable = None
+        learnable = self.row_learnable
+        keep = np.ones(len(windows), bool) if learnable is None else learnable[first]
         weights = None
         if self.store_weights is not None:
             counts = np.bincount(store[keep], minlength=len(self.store_weights)).astype(float)
@@ -246,7 +232,10 @@ def load_training_data(
     """One store, or several concatenated for training (images in memory, or read lazily: see
     :func:`load_task_data`): demonstrations and deployment rollouts
     (episodes with ``source: policy_rollout`` and a per-step ``intervention`` label), mixed with
-    per-store ``weights`` (see :meth:`TaskData.window_choice` for what is learned from rollouts).
+    per-store ``weights``. What a rollout teaches is ``rollouts``: ``all`` its every step;
+    ``human`` (HG-DAgger, Kelly et al. 2019) the steps the operator drove; ``human_and_success``
+    those and every step of its successful episodes. Demonstrations' steps are always learned
+    (:attr:`TaskData.row_learnable`; :meth:`TaskData.window_choice` for the windows).
 
     Raises:
         ValueError: weights not one positive number per store, an unknown ``rollouts`` choice, or
@@ -283,7 +272,7 @@ def load_training_data(
 
     arrays = {k: concat([d.arrays[k] for d, _ in parts]) for k in first.arrays}
     ends, offset = [], 0
-    row_store, row_rollout, row_human, row_success = [], [], [], []
+    row_store, row_learnable = [], []
     for i, (d, st) in enumerate(parts):
         ends.append(d.episode_ends + offset)
         n = int(d.episode_ends[-1])
@@ -300,14 +289,13 @@ def load_training_data(
         else:
             human = np.zeros(n, bool)
         row_store.append(np.full(n, i))
-        row_rollout.append(rollout)
-        row_human.append(human)
-        row_success.append(success)
-    human, rollout, success = np.concatenate(row_human), np.concatenate(row_rollout), np.concatenate(row_success)
+        row_learnable.append(~rollout | (rollouts == "all") | human | ((rollouts == "human_and_success") & success))
+    learnable = np.concatenate(row_learnable)
+    if learnable.all():  # demonstrations only, or nothing a policy drove is left out: no mask to carry
+        learnable = None
     # the action's statistics are those of the actions learned (a policy's, left out of the loss, are left out here too)
-    learned = None if rollouts == "all" else ~rollout | human | (success if rollouts == "human_and_success" else False)
-    stats = {k: compute_stats(arrays[k][learned] if k == "action" and learned is not None and not learned.all()
-                              else arrays[k]) for k in first.stats}
+    stats = {k: compute_stats(arrays[k] if k != "action" or learnable is None else arrays[k][learnable])
+             for k in first.stats}
     return TaskData(arrays, np.concatenate(ends), first.shape_meta, stats,
                     [e for d, _ in parts for e in d.skipped], [p for d, _ in parts for p in d.problems],
-                    np.concatenate(row_store), rollout, human, success, [float(w) for w in weights] if weights is not None else None, rollouts)
+                    np.concatenate(row_store), learnable, [float(w) for w in weights] if weights is not None else None)
