@@ -97,8 +97,7 @@ def test_state_outputs_sampled_twice_in_one_tick_give_the_same_speeds():
         c.arm.speed("j", np.array([0.3, 0, 0, 0, 0, 0]), 10.0)
         for _ in range(100):
             c.step()
-        names = {"actual_TCP_speed", "target_qd"} | ur_realtime.RTDE_NAMES
-        first, second = c.rtde.snapshot(names), c.rtde.snapshot(names)
+        first, second = c.rtde.snapshot(), c.rtde.snapshot()
         assert np.linalg.norm(first["actual_TCP_speed"][:3]) > 0.05 and first["target_qd"][0] > 0.25
         np.testing.assert_array_equal(second["actual_TCP_speed"], first["actual_TCP_speed"])
         np.testing.assert_array_equal(second["target_qd"], first["target_qd"])
@@ -106,5 +105,9 @@ def test_state_outputs_sampled_twice_in_one_tick_give_the_same_speeds():
         np.testing.assert_array_equal(f["tcp_speed_actual"], first["actual_TCP_speed"])
         np.testing.assert_array_equal(f["q_actual"], first["actual_q"])
         assert f["time"] == first["timestamp"] and f["robot_mode"] == 7
+        c.step()  # the next tick: new values, speeds over that tick
+        third = c.rtde.snapshot()
+        assert third["timestamp"] == pytest.approx(first["timestamp"] + c.dt)
+        assert third["actual_q"][0] > first["actual_q"][0] and third["target_qd"][0] > 0.25
     finally:
         c.close()

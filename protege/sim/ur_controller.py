@@ -196,7 +196,7 @@ class URControllerSim:
         conns = [k.data[1] for k in self.sel.get_map().values() if k.data[0] == "conn" and k.data[1].kind == "script"]
         if not conns:
             return
-        data = ur_realtime.package(self.rtde.snapshot(ur_realtime.RTDE_NAMES))
+        data = ur_realtime.package(self.rtde.snapshot())
         for conn in conns:
             try:
                 ur_realtime.offer(conn.sock, conn.pending, data)

@@ -43,12 +43,6 @@ N_VALUES = sum(n for _, n in FIELDS)          # 152
 PACKAGE = struct.Struct(f">i{N_VALUES}d")     # 1220 bytes
 MESSAGE_SIZE = PACKAGE.size
 SEND_BUFFER = 32 * 1024                       # bytes of a script connection's send buffer: ~25 packages, 50 ms
-OFFSETS = {}                                  # field -> byte offset in the package
-_o = 4
-for _name, _n in FIELDS:
-    OFFSETS[_name] = _o
-    _o += 8 * _n
-del _o, _name, _n
 
 # the RTDE snapshot's names for the fields the stand-in models
 _FROM_RTDE = {"time": "timestamp", "q_target": "target_q", "qd_target": "target_qd", "q_actual": "actual_q",
@@ -59,14 +53,11 @@ _FROM_RTDE = {"time": "timestamp", "q_target": "target_q", "qd_target": "target_
               "v_robot": "actual_robot_voltage", "digital_outputs": "actual_digital_output_bits",
               "program_state": "runtime_state", "safety_status": "safety_status", "payload_mass": "payload",
               "payload_cog": "payload_cog"}
-RTDE_NAMES = set(_FROM_RTDE.values())
 
 
 def package(values: dict) -> bytes:
-    """The 1220-byte state package of one controller cycle from RTDE output values (:meth:`snapshot`).
-
-    Args:
-        values: RTDE output name -> value (scalars and sequences), at least :data:`RTDE_NAMES`.
+    """The 1220-byte state package of one controller cycle from its RTDE output values
+    (:meth:`~protege.sim.ur_rtde_server.RTDEServer.snapshot`; the fields RTDE has no value for are 0).
     """
     flat = []
     for name, n in FIELDS:
@@ -114,4 +105,3 @@ def unpack(data: bytes) -> dict:
         out[name] = flat[i] if n == 1 else np.array(flat[i:i + n])
         i += n
     return out
-

@@ -66,7 +66,7 @@ class RTDEServer:
         self._prev_T = ctrl.arm.actual_tcp_T()
         self._prev_q_cmd = ctrl.arm.robot.commanded_joint_positions
         self._prev_t = ctrl.clock()
-        self._speed, self._qd_cmd = np.zeros(6), np.zeros(6)  # the derivatives at _prev_t
+        self._snapshot: dict | None = None  # the outputs at controller time _prev_t
 
     def forget(self, conn: Conn) -> None:
         for name in [n for n, c in self.owner.items() if c is conn]:
@@ -168,7 +168,7 @@ class RTDEServer:
                and (k.data[1].out_every == 1) == every_tick and tick % k.data[1].out_every == 0]
         if not due:
             return
-        values = self.snapshot({n for conn in due for n in conn.out_names})
+        values = self.snapshot()
         for conn in due:
             flat = []
             for name in conn.out_names:
@@ -196,21 +196,25 @@ class RTDEServer:
             return [0] * int(fmt[0])
         return 0.0 if fmt == "d" else 0
 
-    def snapshot(self, names: set[str]) -> dict:
-        """Values of the outputs ``names`` asks for (registers excepted), now."""
+    def snapshot(self) -> dict:
+        """The state outputs (registers excepted) at this controller time, computed once a tick: the
+        slower recipes, the servo-rate ones and the real-time stream of one tick share them (speeds
+        are differences since the previous tick's)."""
         c, arm = self.ctrl, self.ctrl.arm
-        d, s = arm.data, arm.scene
         now = c.clock()
+        if self._snapshot is not None and now == self._prev_t:
+            return self._snapshot
+        d, s = arm.data, arm.scene
         T = arm.actual_tcp_T()
         q_cmd = arm.robot.commanded_joint_positions
-        if now > self._prev_t:  # speeds over the ticks since the last snapshot (a second one in a tick reuses them)
-            dt = now - self._prev_t
+        dt = now - self._prev_t
+        if dt > 0:
             dR = self._prev_T[:3, :3].T @ T[:3, :3]
-            self._speed = np.concatenate([(T[:3, 3] - self._prev_T[:3, 3]) / dt,
-                                          self._prev_T[:3, :3] @ matrix_to_rotvec(dR) / dt])
-            self._qd_cmd = (q_cmd - self._prev_q_cmd) / dt
-            self._prev_T, self._prev_q_cmd, self._prev_t = T, q_cmd, now
-        speed, qd_cmd = self._speed, self._qd_cmd
+            speed = np.concatenate([(T[:3, 3] - self._prev_T[:3, 3]) / dt, self._prev_T[:3, :3] @ matrix_to_rotvec(dR) / dt])
+            qd_cmd = (q_cmd - self._prev_q_cmd) / dt
+        else:  # before the first tick
+            speed, qd_cmd = np.zeros(6), np.zeros(6)
+        self._prev_T, self._prev_q_cmd, self._prev_t = T, q_cmd, now
         safety_bits = (1 << SAFETY_BIT_NORMAL) if not (c.protective_stop or c.estop) else 0
         if c.protective_stop:
             safety_bits |= (1 << SAFETY_BIT_PROTECTIVE) | (1 << SAFETY_BIT_STOPPED)
@@ -220,11 +224,11 @@ class RTDEServer:
                        SAFETY_PROTECTIVE_STOP if c.protective_stop else SAFETY_NORMAL)
         mass, cog = c.payload
         powered = c.robot_mode_name != "POWER_OFF"
-        return {
+        self._snapshot = {
             "timestamp": now,
             "actual_q": d.qpos[s.arm_qpos], "actual_qd": d.qvel[s.arm_dof], "target_q": q_cmd, "target_qd": qd_cmd,
             "actual_TCP_pose": matrix_to_pose(T),
-            "target_TCP_pose": matrix_to_pose(arm.target_tcp_T()) if "target_TCP_pose" in names else None,
+            "target_TCP_pose": matrix_to_pose(arm.target_tcp_T()),
             "actual_TCP_speed": speed, "target_TCP_speed": speed,
             "robot_mode": ROBOT_MODE[c.robot_mode_name],
             "joint_mode": [253 if powered else 239] * 6, "safety_mode": safety_mode, "safety_status": safety_mode,
@@ -238,3 +242,4 @@ class RTDEServer:
             "standard_analog_output0": c.analog_out[0], "standard_analog_output1": c.analog_out[1],
             "input_bit_registers0_to_31": c.in_bits & 0xFFFFFFFF, "input_bit_registers32_to_63": (c.in_bits >> 32) & 0xFFFFFFFF,
         }
+        return self._snapshot
