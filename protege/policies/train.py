@@ -339,17 +339,20 @@ class Trainer:
         if budget_s == math.inf:
             return tqdm(total=t.steps, initial=self.step, desc="train", dynamic_ncols=True, disable=disable)
         total = round(budget_s / 60, 2)
-        done = round(min(1.0, max(self.step / t.steps, self.train_seconds / budget_s)) * total, 2)
-        return tqdm(total=total, initial=done, desc="train", unit="min", dynamic_ncols=True, disable=disable,
+        return tqdm(total=total, initial=self.done(budget_s) * total, desc="train", unit="min", dynamic_ncols=True, disable=disable,
                     bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} min [{elapsed}<{remaining}{postfix}]")
+
+    def done(self, budget_s: float) -> float:
+        """The share of the run behind it, 0-1: of its steps or of its time budget, whichever ends first."""
+        return min(1.0, max(self.step / self.cfg.train.steps, self.train_seconds / budget_s))
 
     def follow_time_budget(self, budget_s: float) -> None:
         """With ``train.max_minutes`` set, run the learning-rate schedule (warm-up, cosine decay) on
         whichever ends first, steps or minutes: the lr is the schedule's value at step
-        ``steps * max(step / steps, train_seconds / budget)``, so a run stopped by its time budget
-        still ends annealed instead of at a high learning rate."""
+        ``steps * done``, so a run stopped by its time budget still ends annealed instead of at a
+        high learning rate."""
         steps = self.cfg.train.steps
-        virtual = min(steps, int(steps * max(self.step / steps, self.train_seconds / budget_s)))
+        virtual = int(steps * self.done(budget_s))
         for group, base, f in zip(self.optimizer.param_groups, self.lr_scheduler.base_lrs, self.lr_scheduler.lr_lambdas):
             group["lr"] = base * f(virtual)
 
@@ -395,14 +398,15 @@ class Trainer:
                 for d, st in zip(cuda, state[1]):
                     torch.cuda.set_rng_state(st, d)
             last_micro = i == len(bounds) - 2
+            share = (b - a) / (mine.stop - mine.start)
             sync = self.ddp.no_sync() if self.ddp is not None and not last_micro else contextlib.nullcontext()
             with sync:
                 with self.autocast, batch_shard(slice(a, b), n):
                     micro = self.batch({k: v[a:b] for k, v in global_batch.items()})
                     loss = self.ddp(micro) if self.ddp is not None else self.policy.compute_loss(micro)
                 self.check_loss(loss, last)
-                (loss * ((b - a) / (mine.stop - mine.start))).backward()
-            total += loss.detach() * ((b - a) / (mine.stop - mine.start))
+                (loss * share).backward()
+            total += loss.detach() * share
         return total
 
     def batch(self, b: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -476,7 +480,7 @@ class Trainer:
                 self.follow_time_budget(budget)
             window_samples += len(global_batch["action"])
             if budget < math.inf:  # the bar follows whichever ends first, the steps or the minutes
-                bar.n = min(1.0, max(self.step / t.steps, self.train_seconds / budget)) * bar.total  # never past it
+                bar.n = self.done(budget) * bar.total  # set, never stepped past the total
                 bar.update(0)  # redraws at tqdm's pace
             else:
                 bar.update(1)
