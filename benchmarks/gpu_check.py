@@ -106,11 +106,11 @@ def main() -> int:
                   "device=cuda", "train.bf16=false"]
         sh(BIN / "protege-train", *common, f"run_dir={one}")
         sh(BIN / "protege-train", *common, f"run_dir={acc}", "train.grad_accum_steps=4")
-        ddp = {"max_abs_weight_diff_grad_accum_4_vs_1": weight_diff(one, acc)}
+        same_batch = {"max_abs_weight_diff_grad_accum_4_vs_1": weight_diff(one, acc)}
         if torch.cuda.device_count() >= 2:
             sh(BIN / "protege-train", *common, f"run_dir={two}", "train.nproc=2")
-            ddp["max_abs_weight_diff_2_gpus_vs_1"] = weight_diff(one, two)
-    write_result(args.out, "gpu_check", gpu=torch.cuda.get_device_name(0), gpus=torch.cuda.device_count(), cases=rows, ddp=ddp)
+            same_batch["max_abs_weight_diff_2_gpus_vs_1"] = weight_diff(one, two)
+    write_result(args.out, "gpu_check", gpu=torch.cuda.get_device_name(0), gpus=torch.cuda.device_count(), cases=rows, same_batch=same_batch)
     return 0
 
 
