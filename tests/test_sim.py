@@ -220,6 +220,39 @@ def test_expert_succeeds(task):
     env.close()
 
 
+@pytest.mark.parametrize("task", ["lift", "pick_place"])
+def test_an_expert_taking_over_with_the_cube_in_the_gripper_goes_on_from_the_grasp(task):
+    """An operator who takes over mid-lift (HG-DAgger) plans from the scene as it is: a cube in the
+    gripper stays there and the task is finished from that stage, not let go of to start again."""
+    from protege.sim.expert import CLOSED
+
+    env, keys = SimEnv(task), ["tcp_pose", "gripper_width", "timestamp"]
+    first = ScriptedExpert(task)
+    env.reset(0)
+    first.reset(0, env.task_state())
+    while True:  # the first expert drives until the cube is held 2 cm off the table
+        a = first.act(env.observation(keys), env.now + env.dt)
+        _, done, info = env.step(pose_to_action(a.position, a.quat, a.width))
+        cube = env.task_state()["cube"]
+        assert not done, f"the first expert ended at {info['stage_name']}"
+        if cube.grasped and cube.position[2] > cube.half_extents[2] + 0.02:
+            break
+    second = ScriptedExpert(task)
+    second.reset(7, env.task_state())
+    widths, z = [], []
+    while not done:
+        a = second.act(env.observation(keys), env.now + env.dt)
+        widths.append(a.width)
+        z.append(a.position[2])
+        _, done, info = env.step(pose_to_action(a.position, a.quat, a.width))
+    assert info["success"], f"ended at {info['stage_name']}"
+    head = slice(0, min(10, len(widths)))  # lift succeeds within ~8 steps of the hand-over
+    assert set(widths[head]) == {CLOSED} and np.all(np.diff(z[head]) >= -1e-9)  # holds on and goes up first
+    if task == "lift":
+        assert max(widths) == CLOSED
+    env.close()
+
+
 def _expert_with_fingers(widths, dt=0.1):
     """Run the lift expert open loop on made-up observations: the TCP wherever it was told to be, the
     finger gap ``widths(k)`` m at step k. Returns the (step, commanded z m, commanded width m) rows."""

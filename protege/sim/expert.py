@@ -119,6 +119,19 @@ class _Planner:
         self.move(grasp + [0.0, 0.0, rise], duration=rise_s)
         self.move(grasp + [0.0, 0.0, rng.uniform(0.12, 0.16)], duration=1.0)
 
+    def lift_held(self, rest_z: float) -> None:
+        """The object is in the gripper already (an operator taking over mid-task): keep the gripper
+        closed and lift from here to where :meth:`pick` ends, ``rest_z`` m being the TCP's height at a
+        grasp on the table; slowly for the first :data:`LIFT_START` if still that low."""
+        here = self.last
+        self.waypoints[-1] = Waypoint(here.duration, here.position, here.rotation, CLOSED)
+        rise, rise_s = LIFT_START
+        if here.position[2] < rest_z + rise:
+            self.move([*here.position[:2], rest_z + rise], duration=rise_s)
+        top = rest_z + self.rng.uniform(0.12, 0.16)
+        if self.last.position[2] < top:
+            self.move([*here.position[:2], top], duration=max(0.4, (top - self.last.position[2]) / 0.13))
+
     def place(self, release: np.ndarray, yaw: float | None = None) -> None:
         """Carry over ``release`` (3,) (where the TCP lets go), descend, open, retreat upward."""
         rng = self.rng
@@ -137,16 +150,25 @@ def _cube_yaw(quat_xyzw: np.ndarray, reference: float = 0.0) -> float:
     return reference + (yaw - reference + np.pi / 4) % (np.pi / 2) - np.pi / 4
 
 
+def _pick_or_hold(p: _Planner, cube) -> None:
+    """Pick ``cube`` (an :class:`~protege.sim.tasks.ObjectState`), or, when it is in the gripper
+    already, lift it from where it is: an operator who takes over mid-task goes on from the task's
+    stage instead of letting go and starting again."""
+    if cube.grasped:
+        p.lift_held(rest_z=float(cube.half_extents[2]))
+    else:
+        p.pick(cube.position, _cube_yaw(cube.quat))
+
+
 def plan_lift(p: _Planner, objects: TaskState) -> None:
-    cube = objects["cube"]
-    p.pick(cube.position, _cube_yaw(cube.quat))
+    _pick_or_hold(p, objects["cube"])
     p.move(p.last.position + [0.0, 0.0, p.rng.uniform(0.02, 0.06)], duration=1.0)
     p.wait(2.0)
 
 
 def plan_pick_place(p: _Planner, objects: TaskState) -> None:
     cube, bin_ = objects["cube"], objects["bin"]
-    p.pick(cube.position, _cube_yaw(cube.quat))
+    _pick_or_hold(p, cube)
     top = bin_.position[2] + 2 * bin_.half_extents[2]
     p.place(bin_.position + [0.0, 0.0, top - bin_.position[2] + cube.half_extents[2] + 0.03])
     p.wait(1.0)
@@ -155,7 +177,7 @@ def plan_pick_place(p: _Planner, objects: TaskState) -> None:
 def plan_stack(p: _Planner, objects: TaskState) -> None:
     cube, base = objects["cube"], objects["base_cube"]
     grasp_yaw = _cube_yaw(cube.quat)
-    p.pick(cube.position, grasp_yaw)
+    _pick_or_hold(p, cube)
     release = base.position + [0.0, 0.0, base.half_extents[2] + cube.half_extents[2] + 0.004]
     p.place(release, yaw=_cube_yaw(base.quat, reference=grasp_yaw))
     p.wait(1.0)
@@ -284,7 +306,9 @@ class ExpertOperator:
       and takes over when the commanded TCP is farther than ``takeover_m`` from that plan's path
       within ``window_s`` s of the current time (a policy merely slower or faster than the plan
       does not trigger it);
-    - at a take-over it plans anew from the objects' poses and the arm's pose then, and drives;
+    - at a take-over it plans anew from the objects' poses and the arm's pose then, and drives; a
+      cube already in the gripper stays there (the plan goes on from the grasp: lift, carry),
+      as a person would correct it, never letting go to start the pick again;
     - it gives control back after ``give_back_s`` s (0: it finishes the episode).
 
     Args:

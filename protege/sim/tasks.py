@@ -38,11 +38,13 @@ class ObjectState:
         quat: (4,) float64 unit quaternion (x, y, z, w), the object's rotation in the base frame.
         half_extents: (3,) float64 m, half the object's size along its own axes; for a bin the
             inner opening (x, y) and half the wall height.
+        grasped: both finger pads touch the object (it is in the gripper).
     """
 
     position: np.ndarray
     quat: np.ndarray
     half_extents: np.ndarray
+    grasped: bool = False
 
 
 TaskState = dict  # object name -> ObjectState
@@ -137,7 +139,7 @@ class Task(abc.ABC):
         out = {}
         for cube in self.scene_spec.cubes:
             pos, quat = scene.object_pose(cube.name)
-            out[cube.name] = ObjectState(pos, quat[[1, 2, 3, 0]], np.full(3, cube.half_size))
+            out[cube.name] = ObjectState(pos, quat[[1, 2, 3, 0]], np.full(3, cube.half_size), scene.grasped(cube.name))
         for b in self.scene_spec.bins:
             pos, quat = scene.object_pose(b.name)
             out[b.name] = ObjectState(pos, quat[[1, 2, 3, 0]], np.array([*b.inner_half, b.wall_height / 2]))
