@@ -67,6 +67,14 @@ def human_steps(stores: list[Path]) -> int:
     return total
 
 
+def operator_settings(deploy_dir: Path) -> dict:
+    """The scripted operator's settings as the deployment used them (its run folder's config)."""
+    from omegaconf import OmegaConf
+
+    op = OmegaConf.load(deploy_dir / "config.yaml").teleop.operator
+    return {k: op[k] for k in ("takeover_m", "window_s", "give_back_s")}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--demos", type=int, default=10, help="scripted demonstrations of round 0")
@@ -202,7 +210,7 @@ def main() -> int:
         pass
     write_result(args.out, "hg_dagger", task="sim_lift", policy="act", demos=args.demos, rounds=rounds,
                  deploy_episodes=args.deploy_episodes, train_steps=args.steps, eval_seeds=[TEST_SEED, TEST_SEED + args.eval_episodes - 1],
-                 operator={"takeover_m": 0.04, "window_s": 1.5, "give_back_s": 2.0}, minutes=round((time.monotonic() - t_start) / 60, 1),
+                 operator=operator_settings(work / "deploy1") if args.rounds else None, minutes=round((time.monotonic() - t_start) / 60, 1),
                  reused=reused)
     return 0
 
