@@ -75,6 +75,7 @@ def test_the_policys_actions_after_a_hand_back_do_not_reach_the_loss(tmp_path, p
 
     from protege.policies.act import ACTPolicy
     from protege.policies.diffusion import DiffusionPolicy
+    from protege.policies.distributed import batch_shard
     from protege.policies.normalizer import Normalizer
     from protege.policies.tensors import to_torch
 
@@ -96,6 +97,19 @@ def test_the_policys_actions_after_a_hand_back_do_not_reach_the_loss(tmp_path, p
         torch.manual_seed(1)
         losses.append(pol.compute_loss(batch).item())
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    # split unevenly as data parallelism or accumulation does (each part's loss weighted by its share
+    # of the rows, the random draws the whole batch's): the parts add up to the whole batch's loss
+    n = len(batch["action"])
+
+    def rows(x, part):
+        return {k: rows(v, part) for k, v in x.items()} if isinstance(x, dict) else x[part]
+
+    parts = 0.0
+    for part in (slice(0, n // 3), slice(n // 3, n)):
+        torch.manual_seed(1)
+        with batch_shard(part, n):
+            parts += pol.compute_loss(rows(batch, part)).item() * (part.stop - part.start) / n
+    assert parts == pytest.approx(losses[1], rel=1e-5)
     if policy == "act":  # ACT: the steps after the hand-back count as padding (left out), not as held actions
         as_padding = {**batch, "mask": batch["mask"] & batch["learn"]}
         del as_padding["learn"]

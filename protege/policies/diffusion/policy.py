@@ -97,9 +97,10 @@ class DiffusionPolicy(Policy):
 
     def compute_loss(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """MSE between the true and predicted noise over the whole horizon (padded steps included,
-        as in the reference: edge padding teaches the policy to hold still at the end), averaged
-        over the steps of ``batch["learn"]`` only where the batch gives it (a policy's actions after
-        an operator's correction are not learned)."""
+        as in the reference: edge padding teaches the policy to hold still at the end). Where the
+        batch gives ``batch["learn"]`` (B, horizon) bool, the steps outside it (a policy's actions
+        after an operator's correction) are zeroed, as ACT zeroes padding: the mean stays over every
+        step, so a batch split across processes or micro-batches adds up to the whole batch's loss."""
         cond = self._condition(batch["obs"])
         action = self.normalizer.normalize("action", batch["action"])
         noise = batch_randn_like(action)  # the whole batch's draws, sliced, under data parallelism
@@ -109,8 +110,7 @@ class DiffusionPolicy(Policy):
         target = noise if self.noise_scheduler.config.prediction_type == "epsilon" else action
         if "learn" not in batch:
             return F.mse_loss(pred, target)
-        w = batch["learn"].to(pred.dtype)[..., None]  # (B, horizon, 1)
-        return (F.mse_loss(pred, target, reduction="none") * w).sum() / (w.sum() * pred.shape[-1]).clamp_min(1.0)
+        return (F.mse_loss(pred, target, reduction="none") * batch["learn"].to(pred.dtype)[..., None]).mean()
 
     @torch.no_grad()
     def predict_action(self, obs: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
