@@ -67,6 +67,39 @@ def human_steps(stores: list[Path]) -> int:
     return total
 
 
+NEAR_BINS_CM = (0, 2, 4)  # the test seeds by their cube's distance to the nearest round-0 demonstration's
+
+
+class CubeCoverage:
+    """Each evaluated seed's cube distance to the nearest cube of the round-0 demonstrations, and
+    success counted per distance bin: does a policy succeed beyond the positions it was shown?"""
+
+    def __init__(self, demos: Path):
+        from protege.data.store import EpisodeStore
+        from protege.sim.env import SimEnv
+
+        self.env = SimEnv("lift", image_size=32, video_size=32)
+        seeds = [m["seed"] for m in EpisodeStore(demos).episode_meta]
+        self.demo_xy = [self.cube_xy(s) for s in seeds]
+
+    def cube_xy(self, seed: int):
+        self.env.reset(seed)
+        return self.env.task_state()["cube"].position[:2]
+
+    def by_distance(self, episodes: list[dict]) -> dict[str, list[int]]:
+        """``{"0-2 cm": [successes, episodes], ...}`` over the evaluation's episodes."""
+        import numpy as np
+
+        edges = [*NEAR_BINS_CM, np.inf]
+        out = {f"{lo}-{hi} cm" if hi < np.inf else f">={lo} cm": [0, 0] for lo, hi in zip(edges[:-1], edges[1:])}
+        for e in episodes:
+            d = 100 * min(float(np.linalg.norm(self.cube_xy(e["seed"]) - xy)) for xy in self.demo_xy)
+            key = list(out)[int(np.searchsorted(edges, d, side="right")) - 1]
+            out[key][0] += int(e["success"])
+            out[key][1] += 1
+        return out
+
+
 def operator_settings(deploy_dir: Path) -> dict:
     """The scripted operator's settings as the deployment used them (its run folder's config)."""
     from omegaconf import OmegaConf
@@ -126,7 +159,8 @@ def main() -> int:
         r = json.loads((out / "eval.json").read_text())
         row = {"success_rate": r["success_rate"], "success_rate_ci95": r["success_rate_ci95"],
                "successes": round(r["success_rate"] * r["n_episodes"]), "n_episodes": r["n_episodes"],
-               "seeds": [TEST_SEED, TEST_SEED + args.eval_episodes - 1]}
+               "seeds": [TEST_SEED, TEST_SEED + args.eval_episodes - 1],
+               "by_cube_distance_to_demos": coverage.by_distance(r["episodes"])}
         if args.val_episodes:
             vout = work / f"val-{name}"
             if not (args.resume and (vout / "eval.json").exists()):
@@ -143,6 +177,7 @@ def main() -> int:
     else:
         shutil.rmtree(demos, ignore_errors=True)
         sh(BIN / "protege-record", "robot=sim", "task=lift", "teleop=scripted", f"episodes={args.demos}", f"out={demos}", "seed=0", log=log)
+    coverage = CubeCoverage(demos)
     ckpt = train("round0", [demos])
     r0 = evaluate(ckpt, "round0")
     rounds = [{"round": 0, "demo_steps": steps_of(demos), "human_steps": 0, "hg_dagger": r0, "more_demos": r0}]
