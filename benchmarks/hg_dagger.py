@@ -168,7 +168,8 @@ def main() -> int:
                    "n_videos=0", f"out_dir={vout}", log=log)
             v = json.loads((vout / "eval.json").read_text())
             row["validation"] = {"success_rate": v["success_rate"], "n_episodes": v["n_episodes"],
-                                 "seeds": [VAL_SEED, VAL_SEED + args.val_episodes - 1]}
+                                 "seeds": [VAL_SEED, VAL_SEED + args.val_episodes - 1],
+                                 "by_cube_distance_to_demos": coverage.by_distance(v["episodes"])}
         return row
 
     demos = work / "demos.zarr"
@@ -213,6 +214,8 @@ def main() -> int:
         rounds.append({"round": r, "demo_steps": steps_of(demos), "human_steps": human, "extra_demo_steps": have,
                        "deploy": {"episodes": args.deploy_episodes, "successes": summary["successes"],
                                   "interventions": summary["interventions"]["total"],
+                                  "takeover_start_s": sorted(g["start_s"] for e in summary["interventions"]["episodes"].values()
+                                                             for g in e["segments"]),
                                   "human_fraction": summary["interventions"]["human_fraction"]},
                        "hg_dagger": hg, "more_demos": more})
         print(f"round {r}: HG-DAgger {hg['successes']}/{hg['n_episodes']} ({human} corrected steps); "
