@@ -79,12 +79,14 @@ class CubeCoverage:
         from protege.sim.env import SimEnv
 
         self.env = SimEnv("lift", image_size=32, video_size=32)
-        seeds = [m["seed"] for m in EpisodeStore(demos).episode_meta]
-        self.demo_xy = [self.cube_xy(s) for s in seeds]
+        self.xy: dict[int, object] = {}  # seed -> its cube's (x, y) m: every policy is evaluated on the same seeds
+        self.demo_xy = [self.cube_xy(m["seed"]) for m in EpisodeStore(demos).episode_meta]
 
     def cube_xy(self, seed: int):
-        self.env.reset(seed)
-        return self.env.task_state()["cube"].position[:2]
+        if seed not in self.xy:
+            self.env.reset(seed)
+            self.xy[seed] = self.env.task_state()["cube"].position[:2].copy()
+        return self.xy[seed]
 
     def by_distance(self, episodes: list[dict]) -> dict[str, list[int]]:
         """``{"0-2 cm": [successes, episodes], ...}`` over the evaluation's episodes."""
