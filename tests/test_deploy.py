@@ -277,6 +277,28 @@ def test_inference_latency_is_measured_and_compensated(backend, tmp_path):
     assert loop.lead_s() > 0.3
 
 
+def test_a_first_chunk_faster_than_the_next_does_not_stall_the_loop(backend, tmp_path):
+    # the episode's first chunk is computed with the arm still, often faster than the ones under
+    # way; sizing the lead on it alone ran the queue dry at the second chunk (policy_stalled)
+    t0 = start(backend)
+    p0 = backend.robot.state().tcp_position
+    moving = toward(p0 + [0.0, 0.0, 0.1], speed=0.1)
+    calls = []
+
+    def predict(window):
+        calls.append(1)
+        if len(calls) > 1:
+            time.sleep(0.35)  # with Ta = 8 (0.8 s), asked for 0.1 s + margin early this runs dry
+        return moving(window)
+
+    loop = make_loop(backend, predict, tmp_path)
+    res = loop.run_episode(t0, time_limit_s=4.0)
+    loop.close()
+    assert res.stop == StopReason.COMPLETED, res.message
+    assert res.chunks >= 5 and loop.running_chunks >= loop.WARMUP_CHUNKS
+    assert 0.35 < loop.lead_s() < 1.0  # measured now: the slow latency plus the margin
+
+
 def test_a_task_without_a_scene_is_a_clear_error():
     with pytest.raises(ValueError, match="sim_task"):
         SimBackend(None)

@@ -11,7 +11,8 @@ Each cycle ``k`` at ``t_k = t_0 + k dt`` on the backend's clock:
 3. a chunk the inference worker finished is scheduled (action i stamped
    ``t_obs + (i + offset) dt``, late ones dropped and counted); a new chunk is requested when the
    queue would run out before a chunk asked for now arrives (the *measured* latency: the slowest
-   of the recent inferences, plus ``latency_margin_s``);
+   of the recent inferences, plus ``latency_margin_s``; until a few chunks have been measured
+   with the arm moving, as soon as the last one arrived: see :meth:`ControlLoop.lead_s`);
 4. the action stamped ``t_k + dt`` goes through the safety filter to the robot, as the target to
    reach at ``t_k + dt``. No action for it (the queue ran dry) means the policy stalled. The
    filter decides the command: a TCP target (servoL; :class:`~protege.control.safety.SafetyFilter`,
@@ -258,12 +259,22 @@ class ControlLoop:
         self.operator = operator
         self.hooks = hooks or EpisodeHooks()
         self.latencies: deque[float] = deque(maxlen=10)
+        self.running_chunks = 0  # chunks whose latency was measured with the arm under way, this run
         self.episode = 0
         self._t_start = -math.inf
 
     # -- helpers ---------------------------------------------------------------------------------
+    WARMUP_CHUNKS = 3
+
     def lead_s(self) -> float:
-        """How early a chunk is requested: the slowest recent observation-to-chunk latency + margin."""
+        """How early a chunk is requested, s: the slowest recent observation-to-chunk latency plus
+        ``latency_margin_s``. Until ``WARMUP_CHUNKS`` chunks of this run have been measured with the
+        arm under way, ``inf``: the next chunk is asked for as soon as the last one arrived. The
+        only latency known before that is the episode's first chunk's, measured with the arm
+        still, and inference under way (cameras rendering, the arm's state streaming) can take
+        twice as long: sized on it, the queue ran dry and the loop stopped as "policy stalled"."""
+        if self.running_chunks < self.WARMUP_CHUNKS:
+            return math.inf
         return (max(self.latencies) if self.latencies else 0.0) + self.settings.latency_margin_s
 
     def _window_times(self, t: float) -> list[float]:
@@ -302,6 +313,7 @@ class ControlLoop:
 
     def _schedule(self, result: InferenceResult, now: float) -> dict:
         self.latencies.append(result.latency)
+        self.running_chunks += 1
         dropped = self.scheduler.add_chunk(result.chunk, result.t_obs, now)
         return {"t_obs": result.t_obs, "t_start": result.t_start, "t_end": result.t_end,
                 "scheduled": int(len(result.chunk) - dropped), "dropped": dropped}
