@@ -42,6 +42,9 @@ def main() -> None:
     ap.add_argument("--start-max-distance", type=float, default=0.10,
                     help="the start gate's limit, m (robot.safety.start_max_distance; the config's 0.05 refuses "
                          "a lightly trained policy whose first target overshoots)")
+    ap.add_argument("--start-ramp", action="store_true",
+                    help="a first target beyond the start gate is reached slowly (loop.start_ramp=true) instead of "
+                         "stopping the run (exit 3), so every seed runs")
     ap.add_argument("--run-dir", default="runs/bench-deploy")
     ap.add_argument("--out", default=str(HERE / "results" / "deploy_rt.json"))
     ap.add_argument("--skip-lockstep", action="store_true", help="keep the lockstep result of an earlier run")
@@ -73,7 +76,7 @@ def main() -> None:
         cmd = [str(BIN / "protege-deploy"), f"checkpoint={args.checkpoint}", "robot=sim", f"episodes={args.episodes}",
                f"seed={args.seed}", f"scheduler={args.scheduler}", f"inference_delay_s={delay}", f"run_dir={d}",
                "stop_key=false", f"torch_threads={args.threads}", f"compile={str(compiled).lower()}",
-               f"robot.safety.start_max_distance={args.start_max_distance}"]
+               f"robot.safety.start_max_distance={args.start_max_distance}", f"loop.start_ramp={str(args.start_ramp).lower()}"]
         if (d / "deploy.jsonl").exists():
             (d / "deploy.jsonl").unlink()
         p = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL)
@@ -95,7 +98,7 @@ def main() -> None:
 
     limit = OmegaConf.load(HERE.parent / "protege/configs/robot/sim.yaml").safety.max_tcp_speed
     write_result(out, "deploy_rt", checkpoint=args.checkpoint, scheduler=args.scheduler, seed=args.seed,
-                 max_tcp_speed_limit=limit, start_max_distance=args.start_max_distance, torch_threads=args.threads,
+                 max_tcp_speed_limit=limit, start_max_distance=args.start_max_distance, start_ramp=args.start_ramp, torch_threads=args.threads,
                  lockstep=lockstep, realtime=rows)
 
     print(f"\n{args.checkpoint}, {args.scheduler}, {args.episodes} seeds from {args.seed}; {machine()}")
