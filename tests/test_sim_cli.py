@@ -389,3 +389,24 @@ def test_hg_dagger_round_deploy_with_the_expert_taking_over_then_train_on_both(l
         f"run_dir={out}", "train.steps=2", "train.batch_size=4", "policy.image_encoder.width=8", "train.val_ratio=0",
         *TINY[:2], "train.progress=false")
     assert (out / "checkpoints/latest.pt").exists()
+
+
+@pytest.mark.slow
+def test_quickstart_runs_every_stage_and_reports_both_successes(lift_run, tmp_path):
+    store, _ = lift_run
+    out = tmp_path / "qs"
+    out.mkdir()
+    subprocess.run(["cp", "-r", str(store), str(out / "demos.zarr")], check=True)  # reused: no recording here
+    p = run("protege-quickstart", "--minutes", "0.05", "--eval-episodes", "1", "--deploy-episodes", "1", "--out", str(out),
+            "policy.hidden_dim=32", "policy.dim_feedforward=64", "policy.enc_layers=1", "policy.dec_layers=1",
+            "policy.vae_enc_layers=1")
+    assert "reusing its demonstrations" in p.stdout
+    for stage in ("== train: protege-train", "== evaluate: protege-eval", "== deploy (real time): protege-deploy"):
+        assert stage in p.stdout, p.stdout[-2000:]
+    assert "policy=act" in p.stdout and "train.lr_schedule=constant_with_warmup" in p.stdout
+    ev = json.loads((out / "eval/eval.json").read_text())
+    dep = json.loads((out / "deploy/summary.json").read_text())
+    line = next(ln for ln in p.stdout.splitlines() if ln.strip().startswith("success:"))
+    assert line.split(":", 1)[1].strip() == (f"{sum(e['success'] for e in ev['episodes'])}/1 evaluation episodes (lockstep), "
+                                             f"{dep['successes']}/{dep['episodes']} in real time")
+    assert dep["episodes"] == 1 and (out / "eval/videos").is_dir()
