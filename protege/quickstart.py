@@ -3,7 +3,7 @@
 Records 100 scripted demonstrations of a simulated task (about 3 minutes), trains ACT on them for
 7 minutes, evaluates the checkpoint on 10 new seeds, deploys it for 3 episodes through the
 real-time control loop (simulated arm on the wall clock, safety filter and watchdogs on) and prints
-the success of both and where the reports and videos are: about 15 minutes on a 2-core CPU. Each
+the success of both and where the reports and videos are: about 12 minutes on a 2-core CPU. Each
 stage is the real CLI (protege-record, protege-train, protege-eval, protege-deploy), printed before
 it runs, so the output doubles as a recipe for a full-scale run.
 
