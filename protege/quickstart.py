@@ -31,20 +31,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--policy", default="act", help="policy config (act, diffusion: it needs about an hour here)")
     ap.add_argument("--episodes", type=int, default=100, help="scripted demonstrations to record")
     ap.add_argument("--minutes", type=float, default=7.0,
-                    help="training time budget (the progress bar counts it); a fast machine stops at 800 steps first")
+                    help="training time budget (the progress bar counts it); training stops at --steps if sooner")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="most training steps (default: 800 for ACT, which a fast machine reaches first; else 100000)")
     ap.add_argument("--eval-episodes", type=int, default=10, help="lockstep evaluation episodes, seeds 100000, ...")
     ap.add_argument("--deploy-episodes", type=int, default=3, help="real-time episodes (0: skip)")
     ap.add_argument("--out", default="runs/quickstart", help="folder for the demos, the run and the evaluation")
     ap.add_argument("overrides", nargs="*", help="extra hydra overrides for protege-train (e.g. train.batch_size=16)")
     args = ap.parse_args(argv)
 
+    steps = args.steps or (800 if args.policy.startswith("act") else 100_000)
     out = Path(args.out)
     demos, run_dir = out / "demos.zarr", out / "run"
     bin_dir = Path(sys.executable).parent
     stages = [
         ("record", ["protege-record", f"task={args.task}", "teleop=scripted", f"episodes={args.episodes}", f"out={demos}"]),
         ("train", ["protege-train", f"task={args.task}", f"policy={args.policy}", f"dataset={demos}", f"run_dir={run_dir}",
-                   f"train.max_minutes={args.minutes}", "train.steps=800", "train.batch_size=32",
+                   f"train.max_minutes={args.minutes}", f"train.steps={steps}", "train.batch_size=32",
                    "train.checkpoint_every=500", "train.val_every=500", "train.warmup_steps=50",
                    "train.lr_schedule=constant_with_warmup", *args.overrides]),
         ("evaluate", ["protege-eval", f"checkpoint={run_dir / 'checkpoints/latest.pt'}", f"n_episodes={args.eval_episodes}",

@@ -403,7 +403,7 @@ def test_quickstart_runs_every_stage_and_reports_both_successes(lift_run, tmp_pa
     assert "reusing its demonstrations" in p.stdout
     for stage in ("== train: protege-train", "== evaluate: protege-eval", "== deploy (real time): protege-deploy"):
         assert stage in p.stdout, p.stdout[-2000:]
-    assert "policy=act" in p.stdout and "train.lr_schedule=constant_with_warmup" in p.stdout
+    assert "policy=act" in p.stdout and "train.steps=800" in p.stdout and "train.lr_schedule=constant_with_warmup" in p.stdout
     ev = json.loads((out / "eval/eval.json").read_text())
     dep = json.loads((out / "deploy/summary.json").read_text())
     line = next(ln for ln in p.stdout.splitlines() if ln.strip().startswith("success:"))
