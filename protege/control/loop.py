@@ -431,8 +431,10 @@ class ControlLoop:
                 if action is None:
                     busy = self.worker.busy_since
                     why = (f"inference running for {wake - busy:.2f} s" if busy is not None else "no inference running")
+                    lead = self.lead_s()
+                    lead = "chunks asked for on arrival (warm-up)" if math.isinf(lead) else f"lead {lead:.2f} s"
                     raise _Stop(StopReason.POLICY_STALLED, f"policy stalled: no action for t = {t_k + self.dt - t_start:.2f} s "
-                                                           f"of the episode ({why}; lead {self.lead_s():.2f} s)")
+                                                           f"of the episode ({why}; {lead})")
                 try:
                     target = self.safety.filter(action)
                 except UnsafeAction as e:
