@@ -33,10 +33,17 @@ BIN = Path(sys.executable).parent
 sys.path.insert(0, str(HERE))
 from machine import write_result  # noqa: E402
 
+from protege.control.loop import StopReason  # noqa: E402
+
 TEST_SEED = 100000      # evaluation (test) seeds: TEST_SEED, TEST_SEED + 1, ...
 VAL_SEED = 110000       # validation seeds (--val-episodes): where settings are chosen
 DEPLOY_SEED = 300000    # deployment rounds' seeds
 DEMO_SEED = 500000      # the baseline's extra demonstrations
+
+
+# 0, and the watchdog stops (policy stalled, camera stale, robot fault, non-finite action, safety
+# limit, teleop device lost): a watchdog may end a deployment round early; that is data, not failure
+OK_EXITS = {0} | {int(r) for r in StopReason if r >= StopReason.POLICY_STALLED}
 
 
 def sh(*args, log=None) -> subprocess.CompletedProcess:
@@ -44,7 +51,7 @@ def sh(*args, log=None) -> subprocess.CompletedProcess:
     if log is not None:
         log.write(f"$ {' '.join(map(str, args))}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}\n")
         log.flush()
-    if p.returncode not in (0, 15, 16):  # a watchdog may end a deployment episode; that is data, not failure
+    if p.returncode not in OK_EXITS:
         raise RuntimeError(f"{args[0]} failed ({p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
     return p
 
