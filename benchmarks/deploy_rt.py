@@ -17,11 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from machine import machine, write_result
+from machine import START_COMMIT, machine, write_result
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -34,7 +36,9 @@ def main() -> None:
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--episodes", type=int, default=50)
     ap.add_argument("--seed", type=int, default=100000)
-    ap.add_argument("--delays", type=float, nargs="+", default=[0.0, 0.1, 0.3], help="added inference delay, s")
+    ap.add_argument("--delays", type=float, nargs="*", default=[0.0, 0.1, 0.3],
+                    help="added inference delays, s (none: only the lockstep evaluation, to keep with --skip-lockstep "
+                         "when the real-time runs must wait for the machine to be free)")
     ap.add_argument("--compiled-delays", type=float, nargs="*", default=[0.0],
                     help="added inference delays, s, to deploy with the policy compiled (compile=true) too")
     ap.add_argument("--scheduler", default="receding_horizon", help="how chunks are executed (deploy's default)")
@@ -68,7 +72,9 @@ def main() -> None:
         n_ok = sum(e["success"] for e in r["episodes"])
         lockstep = {"successes": n_ok, "episodes": r["n_episodes"], "success_rate": r["success_rate"],
                     "success_rate_ci95": r["success_rate_ci95"], "seeds": [e["seed"] for e in r["episodes"]],
-                    "succeeded": [e["seed"] for e in r["episodes"] if e["success"]]}
+                    "succeeded": [e["seed"] for e in r["episodes"] if e["success"]],
+                    "command": shlex.join(["python", *sys.argv]), "commit": START_COMMIT, "machine": machine(),
+                    "date": time.strftime("%Y-%m-%d %H:%M:%S")}  # kept with it by a later --skip-lockstep run
 
     rows = []
     for delay, compiled in [(d, False) for d in args.delays] + [(d, True) for d in args.compiled_delays]:
