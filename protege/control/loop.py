@@ -528,7 +528,8 @@ class ControlLoop:
         target = self.safety.unfiltered(action)
         dist, angle = self.safety.start_gate(action)
         duration = max(dist, angle) / self.safety.limits.start_ramp_speed + 0.5
-        print(f"{msg}: ramping there at {self.safety.limits.start_ramp_speed} m/s ({duration:.1f} s)", flush=True)
+        v = self.safety.limits.start_ramp_speed  # m/s, and rad/s for the rotation
+        print(f"{msg}: ramping there at {v} m/s, {np.degrees(v):.1f} deg/s ({duration:.1f} s)", flush=True)
         t_end = self.clock.now() + duration
         self.safety.send(self.robot, target, t_end)
         if self.gripper is not None:
