@@ -262,6 +262,7 @@ class ControlLoop:
         self.running_chunks = 0  # chunks whose latency was measured with the arm under way, this run
         self.episode = 0
         self._t_start = -math.inf
+        self._ramp_s = 0.0  # this episode's start ramp, s (not counted against its time limit)
 
     # -- helpers ---------------------------------------------------------------------------------
     WARMUP_CHUNKS = 3
@@ -347,7 +348,8 @@ class ControlLoop:
     # -- the loop ------------------------------------------------------------------------------------
     def run_episode(self, t_start: float, time_limit_s: float, seed: int | None = None) -> EpisodeResult:
         """Run one episode from ``t_start`` (s, the clock's time of the backend's reset) for at
-        most ``time_limit_s`` s, or until the task succeeds or a watchdog stops it.
+        most ``time_limit_s`` s (not counting a start ramp's slow move to a far first target: the
+        policy's time is what the limit bounds), or until the task succeeds or a watchdog stops it.
 
         Returns:
             The :class:`EpisodeResult`; its ``stop`` says why it ended (COMPLETED when it ran to
@@ -374,6 +376,7 @@ class ControlLoop:
                                                                                       self.obs_keys_all).items()})
                 except ActionSourceLost as e:
                     raise _Stop(StopReason.TELEOP_DEVICE, str(e)) from e
+            self._ramp_s = 0.0
             t0 = self._first_chunk()
             chunks = 1
             k = 0
@@ -385,7 +388,7 @@ class ControlLoop:
                     # the loop overran by whole periods: skip their cycles (their actions count as dropped)
                     k += behind
                     t_k = t0 + k * self.dt
-                if wake - t_start > time_limit_s:
+                if wake - t_start - self._ramp_s > time_limit_s:
                     break
                 state = self._watchdogs(wake)
                 obs = self._window(self._window_times(t_k), self.obs_keys_all)
@@ -521,10 +524,12 @@ class ControlLoop:
             if not self.settings.start_ramp or attempt:
                 raise _Stop(StopReason.START_REFUSED, msg + ("; move the arm there or set loop.start_ramp=true"
                                                              if not attempt else "; still too far after the ramp"))
-            self._ramp_to(first, msg)
+            self._ramp_s += self._ramp_to(first, msg)
         raise AssertionError("unreachable")
 
-    def _ramp_to(self, action, msg: str) -> None:
+    def _ramp_to(self, action, msg: str) -> float:
+        """Move slowly (``start_ramp_speed``) to ``action``'s target; returns the time it took, s."""
+        t_begin = self.clock.now()
         target = self.safety.unfiltered(action)
         dist, angle = self.safety.start_gate(action)
         duration = max(dist, angle) / self.safety.limits.start_ramp_speed + 0.5
@@ -539,6 +544,7 @@ class ControlLoop:
         state = self.robot.state()
         self.safety.reset_to(state)
         self.scheduler.reset()
+        return self.clock.now() - t_begin
 
     def _sleep_until(self, t: float) -> None:
         try:
