@@ -262,7 +262,6 @@ class ControlLoop:
         self.running_chunks = 0  # chunks whose latency was measured with the arm under way, this run
         self.episode = 0
         self._t_start = -math.inf
-        self._ramp_s = 0.0  # this episode's start ramp, s (not counted against its time limit)
 
     # -- helpers ---------------------------------------------------------------------------------
     WARMUP_CHUNKS = 3
@@ -376,8 +375,7 @@ class ControlLoop:
                                                                                       self.obs_keys_all).items()})
                 except ActionSourceLost as e:
                     raise _Stop(StopReason.TELEOP_DEVICE, str(e)) from e
-            self._ramp_s = 0.0
-            t0 = self._first_chunk()
+            t0, ramp_s = self._first_chunk()
             chunks = 1
             k = 0
             while True:
@@ -388,7 +386,7 @@ class ControlLoop:
                     # the loop overran by whole periods: skip their cycles (their actions count as dropped)
                     k += behind
                     t_k = t0 + k * self.dt
-                if wake - t_start - self._ramp_s > time_limit_s:
+                if wake - t_start - ramp_s > time_limit_s:
                     break
                 state = self._watchdogs(wake)
                 obs = self._window(self._window_times(t_k), self.obs_keys_all)
@@ -496,9 +494,11 @@ class ControlLoop:
         """The keys assembled each cycle: the policy's, plus everything when recording."""
         return list(self.assembler.store_keys) if self.hooks.records else self.obs_keys
 
-    def _first_chunk(self) -> float:
+    def _first_chunk(self) -> tuple[float, float]:
         """Ask for the episode's first chunk, keep the watchdogs running while it comes, pass the
-        start gate (refuse, or ramp and ask again); returns the first cycle's time."""
+        start gate (refuse, or ramp and ask again); returns the first cycle's time and the time the
+        start ramp took (0.0 without one), s."""
+        ramp_s = 0.0
         for attempt in range(2):
             t_obs = self.clock.now()
             obs = self._window(self._window_times(t_obs), self.obs_keys)
@@ -514,7 +514,7 @@ class ControlLoop:
             first = self.scheduler.peek(t0 + self.dt)
             try:
                 if self.safety.start_ok(first):
-                    return t0
+                    return t0, ramp_s
                 dist, angle = self.safety.start_gate(first)
             except UnsafeAction as e:
                 raise _Stop(StopReason.NON_FINITE_ACTION, f"the policy's first action is unsafe and was not sent: {e}") from e
@@ -524,7 +524,7 @@ class ControlLoop:
             if not self.settings.start_ramp or attempt:
                 raise _Stop(StopReason.START_REFUSED, msg + ("; move the arm there or set loop.start_ramp=true"
                                                              if not attempt else "; still too far after the ramp"))
-            self._ramp_s += self._ramp_to(first, msg)
+            ramp_s = self._ramp_to(first, msg)
         raise AssertionError("unreachable")
 
     def _ramp_to(self, action, msg: str) -> float:
@@ -532,8 +532,8 @@ class ControlLoop:
         t_begin = self.clock.now()
         target = self.safety.unfiltered(action)
         dist, angle = self.safety.start_gate(action)
-        duration = max(dist, angle) / self.safety.limits.start_ramp_speed + 0.5
         v = self.safety.limits.start_ramp_speed  # m/s, and rad/s for the rotation
+        duration = max(dist, angle) / v + 0.5
         print(f"{msg}: ramping there at {v} m/s, {np.degrees(v):.1f} deg/s ({duration:.1f} s)", flush=True)
         t_end = self.clock.now() + duration
         self.safety.send(self.robot, target, t_end)
