@@ -17,13 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from machine import START_COMMIT, machine, write_result
+from machine import machine, provenance, write_result
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -73,8 +71,7 @@ def main() -> None:
         lockstep = {"successes": n_ok, "episodes": r["n_episodes"], "success_rate": r["success_rate"],
                     "success_rate_ci95": r["success_rate_ci95"], "seeds": [e["seed"] for e in r["episodes"]],
                     "succeeded": [e["seed"] for e in r["episodes"] if e["success"]],
-                    "command": shlex.join(["python", *sys.argv]), "commit": START_COMMIT, "machine": machine(),
-                    "date": time.strftime("%Y-%m-%d %H:%M:%S")}  # kept with it by a later --skip-lockstep run
+                    **provenance()}  # kept with it by a later --skip-lockstep run
 
     rows = []
     for delay, compiled in [(d, False) for d in args.delays] + [(d, True) for d in args.compiled_delays]:

@@ -46,16 +46,22 @@ def machine() -> str:
     return f"{cpu}, {torch.get_num_threads()} torch threads, {gpu}, torch {torch.__version__}"
 
 
+def provenance() -> dict:
+    """Where a figure comes from: the command line, the commit the run started from (and
+    ``commit_at_end`` if the code changed while it ran), the machine, when it started and ended."""
+    end = commit()
+    moved = {} if end == START_COMMIT else {"commit_at_end": end}
+    return {"command": shlex.join(["python", *sys.argv]), "commit": START_COMMIT, **moved,
+            "machine": machine(), "started": START_TIME, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
 def write_result(out: str | Path, benchmark: str, **fields) -> Path:
     """Write a benchmark's result JSON to ``out``: its name, the command line, the commit the run
     started from (taken when this module was imported; ``commit_at_end`` too if the code changed
     while it ran), the machine, when it started and ended (``started``, ``date``), then ``fields``
     (which may override any of these); returns the path."""
     out = Path(out)
-    end = commit()
-    moved = {} if end == START_COMMIT else {"commit_at_end": end}
-    result = {"benchmark": benchmark, "command": shlex.join(["python", *sys.argv]), "commit": START_COMMIT, **moved,
-              "machine": machine(), "started": START_TIME, "date": time.strftime("%Y-%m-%d %H:%M:%S"), **fields}
+    result = {"benchmark": benchmark, **provenance(), **fields}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"\nwrote {out}")
